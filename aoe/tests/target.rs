@@ -494,7 +494,7 @@ fn read_write_bounds_and_lba28_masking() {
     assert_eq!(ata_regs(&lab.reply(&f)).1, ata::ERR_IDNF);
     // more sectors than advertised: ATA ABRT (not AoE error 2: Linux would retry for 180 s)
     let r = lab.reply(&lab.ata(AtaRequest::read(0, 3)));
-    assert_eq!(ata_regs(&r).0..=ata_regs(&r).1, 0x41..=ata::ERR_ABRT);
+    assert_eq!((ata_regs(&r).0, ata_regs(&r).1), (0x41, ata::ERR_ABRT));
     assert_eq!(aoe_err(&r), None);
     // zero sectors: ABRT
     assert_eq!(
@@ -547,7 +547,7 @@ fn other_ata_commands() {
         Decision::Flush
     );
     let r = lab.reply(&lab.ata(req(ata::CHECK_POWER, 0, 0)));
-    assert_eq!(ata_regs(&r).0..=u8::from(ata_regs(&r).2 == 0xff), 0x40..=1);
+    assert_eq!((ata_regs(&r).0, ata_regs(&r).2), (0x40, 0xff), "active/idle");
     let sig = 0xc2_4f00;
     let r = lab.reply(&lab.ata(req(ata::SMART, ata::smart::RETURN_STATUS, sig)));
     assert_eq!(r.len(), 548, "aoeping -S needs 548 bytes");
