@@ -1,1 +1,829 @@
-//! placeholder
+//! The XDP steering program and its loader: all of the project's aya usage lives here.
+//!
+//! `aoe_steer.bpf.c` (next to this crate's `Cargo.toml`) sends AoE frames (EtherType 0x88A2)
+//! with the wanted R (response) flag to the AF_XDP socket registered for the receiving queue,
+//! drops AoE frames with the other R value, and passes everything else to the kernel stack.
+//! Its compiled object `aoe_steer.o` is committed and embedded, so building needs no clang;
+//! `cargo xtask ebpf` rebuilds it and `cargo xtask ebpf --check` verifies it.
+//!
+//! ```no_run
+//! use xblade_ebpf::{Role, Steering, XdpMode};
+//! # fn xsk_fd() -> std::os::fd::RawFd { 3 }
+//! let mut steering = Steering::attach("eth0", XdpMode::Auto, Role::Target, false)?;
+//! println!("XDP attached to eth0 in {} mode", steering.mode());
+//! steering.register(0, xsk_fd())?; // an AF_XDP socket bound to eth0 queue 0
+//! println!("{:?}", steering.counters()?);
+//! drop(steering); // detaches the program
+//! # Ok::<(), xblade_ebpf::SteerError>(())
+//! ```
+//!
+//! Every operation acts in the network namespace of the calling thread.
+
+mod netlink;
+mod sys;
+
+use std::{
+    fmt, io,
+    os::fd::{AsFd as _, RawFd},
+    str::FromStr,
+};
+
+use aya::{
+    maps::{Array, MapData, PerCpuArray, XskMap},
+    programs::{links::LinkType, xdp::XdpLink, Xdp},
+    Ebpf, EbpfLoader,
+};
+
+/// The embedded program object, built by `cargo xtask ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!("../aoe_steer.o");
+
+/// Name of the XDP function in `aoe_steer.bpf.c`.
+const PROGRAM: &str = "aoe_steer";
+/// Map names and layouts in `aoe_steer.bpf.c`.
+const MAP_XSKS: &str = "xsks";
+const MAP_CONFIG: &str = "config";
+const MAP_COUNTERS: &str = "counters";
+const COUNTER_REDIRECTED: u32 = 0;
+const COUNTER_DROPPED: u32 = 1;
+const COUNTER_PASSED: u32 = 2;
+
+/// Slots in the XSKMAP: queue ids `0..XSK_SLOTS` can get a socket (`max_entries` of `xsks`).
+pub const XSK_SLOTS: u32 = 64;
+
+/// How the XDP program is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpMode {
+    /// Driver mode if the NIC supports it, otherwise skb mode. [`Steering::mode`] tells which.
+    #[default]
+    Auto,
+    /// Native XDP, run by the NIC driver: the fast path, required for AF_XDP zero-copy.
+    Driver,
+    /// Generic XDP, run by the kernel stack after skb allocation: works on any interface.
+    Skb,
+}
+
+impl fmt::Display for XdpMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Driver => "driver",
+            Self::Skb => "skb",
+        })
+    }
+}
+
+impl FromStr for XdpMode {
+    type Err = String;
+
+    /// Parses `auto`, `driver` (alias `drv`, `native`) and `skb` (alias `generic`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "driver" | "drv" | "native" => Ok(Self::Driver),
+            "skb" | "generic" => Ok(Self::Skb),
+            _ => Err(format!(
+                "unknown XDP mode `{s}`: expected auto, driver or skb"
+            )),
+        }
+    }
+}
+
+/// Which AoE frames this host wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// An AoE target takes requests (R = 0); responses (our own, reflected back) are dropped.
+    Target,
+    /// An initiator or load generator takes responses (R = 1); requests are dropped.
+    Initiator,
+}
+
+impl Role {
+    /// The program's `want_response` config value.
+    const fn want_response(self) -> u32 {
+        match self {
+            Self::Target => 0,
+            Self::Initiator => 1,
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Target => "target",
+            Self::Initiator => "initiator",
+        })
+    }
+}
+
+/// The program's frame counters, summed over all CPUs since it was attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counters {
+    /// Wanted AoE frames handed to a registered AF_XDP socket.
+    pub redirected: u64,
+    /// AoE frames with the unwanted R flag, and truncated AoE frames.
+    pub dropped: u64,
+    /// Non-AoE frames, and wanted AoE frames on a queue with no socket registered.
+    pub passed: u64,
+}
+
+/// The XDP programs attached to one interface, per mode, as rtnetlink reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XdpAttachment {
+    /// Program id in driver (native) mode.
+    pub driver_prog_id: Option<u32>,
+    /// Program id in skb (generic) mode.
+    pub skb_prog_id: Option<u32>,
+    /// Program id in hardware-offload mode.
+    pub hw_prog_id: Option<u32>,
+}
+
+impl XdpAttachment {
+    fn from_state(state: &netlink::LinkState) -> Option<Self> {
+        let id = |id: u32| (id != 0).then_some(id);
+        let attachment = Self {
+            driver_prog_id: id(state.drv_prog_id),
+            skb_prog_id: id(state.skb_prog_id),
+            hw_prog_id: id(state.hw_prog_id),
+        };
+        (attachment.modes().next().is_some()).then_some(attachment)
+    }
+
+    /// `(XDP_FLAGS_*_MODE, name, program id)` for each mode with a program.
+    fn modes(&self) -> impl Iterator<Item = (u32, &'static str, u32)> {
+        [
+            (netlink::XDP_FLAGS_DRV_MODE, "driver", self.driver_prog_id),
+            (netlink::XDP_FLAGS_SKB_MODE, "skb", self.skb_prog_id),
+            (netlink::XDP_FLAGS_HW_MODE, "hardware", self.hw_prog_id),
+        ]
+        .into_iter()
+        .filter_map(|(flag, name, id)| Some((flag, name, id?)))
+    }
+}
+
+impl fmt::Display for XdpAttachment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (_, mode, id)) in self.modes().enumerate() {
+            let sep = if i == 0 { "" } else { ", " };
+            write!(f, "{sep}program id {id} in {mode} mode")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reports which XDP programs are attached to `ifname`; `None` when there are none.
+pub fn xdp_attachment(ifname: &str) -> Result<Option<XdpAttachment>, SteerError> {
+    let state = query_interface(ifname)?;
+    Ok(XdpAttachment::from_state(&state))
+}
+
+/// Why steering could not be set up or used. Each message says what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SteerError {
+    #[error("`{name}` is not a valid interface name (1 to 15 bytes, no '/', ':' or whitespace)")]
+    InvalidInterfaceName { name: String },
+
+    #[error("there is no network interface `{ifname}` in this network namespace (see `ip link`)")]
+    NoSuchInterface { ifname: String },
+
+    #[error(
+        "{action}: permission denied ({cause}); loading BPF needs root or \
+         CAP_BPF+CAP_NET_ADMIN (CAP_SYS_ADMIN before Linux 5.8)"
+    )]
+    NeedPrivileges { action: String, cause: io::Error },
+
+    #[error(
+        "{action}: out of memory for BPF ({cause}); BPF memory is charged to the service's \
+         memory cgroup (to RLIMIT_MEMLOCK before Linux 5.11): raise MemoryMax=/LimitMEMLOCK= \
+         (systemd) or `ulimit -l`, or run as root"
+    )]
+    MemoryLimit { action: String, cause: io::Error },
+
+    #[error(
+        "{ifname} already has an XDP program attached ({existing}); stop whatever attached it \
+         (see `ip -d link show dev {ifname}`), or pass --replace-xdp to replace it"
+    )]
+    AlreadyAttached { ifname: String, existing: String },
+
+    #[error("could not remove the XDP program already on {ifname} ({existing}): {cause}")]
+    ReplaceFailed {
+        ifname: String,
+        existing: String,
+        cause: io::Error,
+    },
+
+    #[error("the driver of {ifname} does not support native (driver-mode) XDP; use --xdp-mode skb")]
+    DriverModeUnsupported { ifname: String },
+
+    #[error(
+        "the MTU of {ifname} ({mtu}) is too large for XDP in {mode} mode on this driver; \
+         lower it (`ip link set dev {ifname} mtu 1500`) or use --xdp-mode skb"
+    )]
+    MtuTooLarge {
+        ifname: String,
+        mtu: u32,
+        mode: XdpMode,
+    },
+
+    #[error("attaching XDP to {ifname} in {mode} mode failed: {cause}")]
+    AttachFailed {
+        ifname: String,
+        mode: XdpMode,
+        cause: io::Error,
+    },
+
+    #[error(
+        "could not attach XDP to {ifname}: driver mode failed ({driver}), and so did the skb-mode \
+         fallback ({skb})"
+    )]
+    AutoFailed {
+        ifname: String,
+        driver: Box<SteerError>,
+        skb: Box<SteerError>,
+    },
+
+    #[error(
+        "the kernel rejected the XDP program ({cause}); xblade needs Linux 5.18 or newer \
+         (multi-buffer XDP). Verifier log:\n{log}"
+    )]
+    ProgramRejected { cause: io::Error, log: String },
+
+    #[error(
+        "the embedded XDP object ebpf/aoe_steer.o is unusable ({detail}); rebuild it with \
+         `cargo xtask ebpf`"
+    )]
+    BadObject { detail: String },
+
+    #[error(
+        "queue id {queue_id} has no XSKMAP slot: the program steers queues 0 to {} only; \
+         reduce the number of queues (`ethtool -L`)",
+        XSK_SLOTS - 1
+    )]
+    QueueOutOfRange { queue_id: u32 },
+
+    #[error("fd {fd} given for queue {queue_id} is not an AF_XDP socket ({cause})")]
+    NotXskSocket {
+        fd: RawFd,
+        queue_id: u32,
+        cause: io::Error,
+    },
+
+    #[error("{action} failed: {cause}")]
+    Map { action: String, cause: String },
+
+    #[error("querying interface {ifname} over rtnetlink failed: {cause}")]
+    Netlink { ifname: String, cause: io::Error },
+}
+
+/// The XDP program, loaded and attached to one interface. Dropping it detaches the program.
+pub struct Steering {
+    // Field order is drop order: the link (detach) goes before the maps and the program.
+    link: Option<XdpLink>,
+    xsks: XskMap<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    ebpf: Ebpf,
+    ifname: String,
+    ifindex: u32,
+    mode: XdpMode,
+    role: Role,
+    replaced: Option<XdpAttachment>,
+}
+
+impl fmt::Debug for Steering {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Steering")
+            .field("ifname", &self.ifname)
+            .field("ifindex", &self.ifindex)
+            .field("mode", &self.mode)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Steering {
+    /// Loads the program for `role` and attaches it to `ifname` in `mode`.
+    ///
+    /// If an XDP program is already attached to the interface (in any mode), this fails with
+    /// [`SteerError::AlreadyAttached`] unless `replace` is true; then that program is detached
+    /// first, whether it was attached over netlink or held by another process's bpf_link. The
+    /// replacement is not atomic: frames arriving in between reach the kernel stack.
+    pub fn attach(
+        ifname: &str,
+        mode: XdpMode,
+        role: Role,
+        replace: bool,
+    ) -> Result<Self, SteerError> {
+        let state = query_interface(ifname)?;
+        let existing = XdpAttachment::from_state(&state);
+        if let (Some(existing), false) = (existing, replace) {
+            return Err(SteerError::AlreadyAttached {
+                ifname: ifname.to_owned(),
+                existing: existing.to_string(),
+            });
+        }
+
+        let mut ebpf = load(ifname, role)?;
+        if let Some(existing) = existing {
+            detach_existing(ifname, state.ifindex, &existing)?;
+        }
+
+        let program = xdp_program(&mut ebpf)?;
+        let (link, mode) = match mode {
+            XdpMode::Driver | XdpMode::Skb => (attach_in(program, ifname, &state, mode)?, mode),
+            XdpMode::Auto => match attach_in(program, ifname, &state, XdpMode::Driver) {
+                Ok(link) => (link, XdpMode::Driver),
+                Err(e @ (SteerError::AlreadyAttached { .. } | SteerError::NeedPrivileges { .. })) => {
+                    return Err(e)
+                }
+                Err(driver) => match attach_in(program, ifname, &state, XdpMode::Skb) {
+                    Ok(link) => (link, XdpMode::Skb),
+                    Err(skb) => {
+                        return Err(SteerError::AutoFailed {
+                            ifname: ifname.to_owned(),
+                            driver: Box::new(driver),
+                            skb: Box::new(skb),
+                        })
+                    }
+                },
+            },
+        };
+
+        let xsks = take_map(&mut ebpf, MAP_XSKS, XskMap::try_from)?;
+        let counters = take_map(&mut ebpf, MAP_COUNTERS, PerCpuArray::try_from)?;
+        Ok(Self {
+            link: Some(link),
+            xsks,
+            counters,
+            ebpf,
+            ifname: ifname.to_owned(),
+            ifindex: state.ifindex,
+            mode,
+            role,
+            replaced: existing,
+        })
+    }
+
+    /// The mode actually used: [`XdpMode::Driver`] or [`XdpMode::Skb`], never `Auto`.
+    pub fn mode(&self) -> XdpMode {
+        self.mode
+    }
+
+    /// The role given to [`Steering::attach`].
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// The interface the program is attached to.
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The interface index, in the namespace `attach` ran in.
+    pub fn ifindex(&self) -> u32 {
+        self.ifindex
+    }
+
+    /// The programs that `attach` detached because `replace` was true.
+    pub fn replaced(&self) -> Option<XdpAttachment> {
+        self.replaced
+    }
+
+    /// The kernel's id for the loaded program (as in `ip link`, `bpftool prog`).
+    pub fn program_id(&self) -> Result<u32, SteerError> {
+        let program: &Xdp = self
+            .ebpf
+            .program(PROGRAM)
+            .and_then(|p| p.try_into().ok())
+            .ok_or_else(|| SteerError::BadObject {
+                detail: format!("no XDP program `{PROGRAM}`"),
+            })?;
+        program.info().map(|info| info.id()).map_err(|e| SteerError::Map {
+            action: "reading the XDP program's id".to_owned(),
+            cause: chain(&e),
+        })
+    }
+
+    /// Sends the wanted AoE frames received on `queue_id` to the AF_XDP socket `xsk_fd`, which
+    /// must be bound to that queue of this interface. Replaces any earlier socket for the queue.
+    pub fn register(&mut self, queue_id: u32, xsk_fd: RawFd) -> Result<(), SteerError> {
+        if queue_id >= XSK_SLOTS {
+            return Err(SteerError::QueueOutOfRange { queue_id });
+        }
+        self.xsks.set(queue_id, xsk_fd, 0).map_err(|e| {
+            match errno(&e) {
+                Some(libc::EOPNOTSUPP | libc::ENOTSOCK | libc::EBADF) => {
+                    SteerError::NotXskSocket {
+                        fd: xsk_fd,
+                        queue_id,
+                        cause: io_error(&e),
+                    }
+                }
+                _ => SteerError::Map {
+                    action: format!("registering the AF_XDP socket of queue {queue_id}"),
+                    cause: chain(&e),
+                },
+            }
+        })
+    }
+
+    /// Stops steering frames of `queue_id` to a socket: they go to the kernel stack again.
+    /// Unregistering a queue that has no socket is not an error.
+    pub fn unregister(&mut self, queue_id: u32) -> Result<(), SteerError> {
+        if queue_id >= XSK_SLOTS {
+            return Err(SteerError::QueueOutOfRange { queue_id });
+        }
+        match self.xsks.unset(queue_id) {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(SteerError::Map {
+                action: format!("unregistering the AF_XDP socket of queue {queue_id}"),
+                cause: chain(&e),
+            }),
+        }
+    }
+
+    /// The counters, summed over all CPUs.
+    pub fn counters(&self) -> Result<Counters, SteerError> {
+        let read = |index: u32| -> Result<u64, SteerError> {
+            let values = self.counters.get(&index, 0).map_err(|e| SteerError::Map {
+                action: "reading the XDP counters".to_owned(),
+                cause: chain(&e),
+            })?;
+            Ok(values.iter().copied().fold(0u64, u64::wrapping_add))
+        };
+        Ok(Counters {
+            redirected: read(COUNTER_REDIRECTED)?,
+            dropped: read(COUNTER_DROPPED)?,
+            passed: read(COUNTER_PASSED)?,
+        })
+    }
+}
+
+impl Drop for Steering {
+    fn drop(&mut self) {
+        // Dropping an XdpLink detaches it (closes the bpf_link, or clears the netlink program
+        // if it is still ours). Done explicitly, before the maps and the program go.
+        drop(self.link.take());
+    }
+}
+
+fn validate_ifname(name: &str) -> Result<(), SteerError> {
+    let valid = !name.is_empty()
+        && name.len() < 16
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b == 0 || b.is_ascii_whitespace());
+    if valid {
+        Ok(())
+    } else {
+        Err(SteerError::InvalidInterfaceName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+fn query_interface(ifname: &str) -> Result<netlink::LinkState, SteerError> {
+    validate_ifname(ifname)?;
+    netlink::link_state(ifname).map_err(|cause| match cause.raw_os_error() {
+        Some(libc::ENODEV) => SteerError::NoSuchInterface {
+            ifname: ifname.to_owned(),
+        },
+        _ => SteerError::Netlink {
+            ifname: ifname.to_owned(),
+            cause,
+        },
+    })
+}
+
+/// Parses the object, creates the maps, writes the config and loads the program (no attach).
+fn load(ifname: &str, role: Role) -> Result<Ebpf, SteerError> {
+    let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
+        let action = format!("loading the XDP program for {ifname}");
+        classify(&e, action).unwrap_or_else(|| SteerError::BadObject { detail: chain(&e) })
+    })?;
+
+    let mut config: Array<&mut MapData, u32> = ebpf
+        .map_mut(MAP_CONFIG)
+        .ok_or_else(|| missing_map(MAP_CONFIG))
+        .and_then(|map| {
+            Array::try_from(map).map_err(|e| SteerError::BadObject { detail: chain(&e) })
+        })?;
+    config
+        .set(0, role.want_response(), 0)
+        .map_err(|e| SteerError::Map {
+            action: "writing the XDP program's config".to_owned(),
+            cause: chain(&e),
+        })?;
+
+    let program = xdp_program(&mut ebpf)?;
+    program.load().map_err(|e| {
+        let action = format!("loading the XDP program for {ifname}");
+        if let Some(known) = classify(&e, action) {
+            return known;
+        }
+        match e {
+            aya::programs::ProgramError::LoadError {
+                io_error,
+                verifier_log,
+            } => SteerError::ProgramRejected {
+                cause: io_error,
+                log: verifier_log.to_string(),
+            },
+            other => SteerError::BadObject {
+                detail: chain(&other),
+            },
+        }
+    })?;
+    Ok(ebpf)
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, SteerError> {
+    ebpf.program_mut(PROGRAM)
+        .ok_or_else(|| SteerError::BadObject {
+            detail: format!("it has no program `{PROGRAM}`"),
+        })?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| SteerError::BadObject { detail: chain(&e) })
+}
+
+fn missing_map(name: &str) -> SteerError {
+    SteerError::BadObject {
+        detail: format!("it has no map `{name}`"),
+    }
+}
+
+fn take_map<M, E: std::error::Error + 'static>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    convert: impl FnOnce(aya::maps::Map) -> Result<M, E>,
+) -> Result<M, SteerError> {
+    let map = ebpf.take_map(name).ok_or_else(|| missing_map(name))?;
+    convert(map).map_err(|e| SteerError::BadObject { detail: chain(&e) })
+}
+
+/// Attaches in `mode` (Driver or Skb) and takes ownership of the link.
+fn attach_in(
+    program: &mut Xdp,
+    ifname: &str,
+    state: &netlink::LinkState,
+    mode: XdpMode,
+) -> Result<XdpLink, SteerError> {
+    let aya_mode = match mode {
+        XdpMode::Driver => aya::programs::XdpMode::Driver,
+        XdpMode::Skb => aya::programs::XdpMode::Skb,
+        XdpMode::Auto => unreachable!("Auto is resolved by the caller"),
+    };
+    let link_id = program
+        .attach_to_if_index(state.ifindex, aya_mode)
+        .map_err(|e| {
+            let action = format!("attaching XDP to {ifname} in {mode} mode");
+            if let Some(known) = classify(&e, action) {
+                return known;
+            }
+            let ifname = ifname.to_owned();
+            match errno(&e) {
+                // Raced with another attach since our check.
+                Some(libc::EBUSY | libc::EEXIST) => SteerError::AlreadyAttached {
+                    existing: xdp_attachment(&ifname)
+                        .ok()
+                        .flatten()
+                        .map_or_else(|| "unknown program".to_owned(), |a| a.to_string()),
+                    ifname,
+                },
+                Some(libc::EOPNOTSUPP) if mode == XdpMode::Driver => {
+                    SteerError::DriverModeUnsupported { ifname }
+                }
+                Some(libc::ERANGE) => SteerError::MtuTooLarge {
+                    ifname,
+                    mtu: state.mtu,
+                    mode,
+                },
+                Some(libc::ENODEV) => SteerError::NoSuchInterface { ifname },
+                _ => SteerError::AttachFailed {
+                    ifname,
+                    mode,
+                    cause: io_error(&e),
+                },
+            }
+        })?;
+    program
+        .take_link(link_id)
+        .map_err(|e| SteerError::BadObject { detail: chain(&e) })
+}
+
+/// Removes every XDP program in `existing` from the interface: netlink-attached ones over
+/// netlink, bpf_link-held ones (netlink answers `EBUSY`) with `BPF_LINK_DETACH`.
+fn detach_existing(
+    ifname: &str,
+    ifindex: u32,
+    existing: &XdpAttachment,
+) -> Result<(), SteerError> {
+    let failed = |cause: io::Error| SteerError::ReplaceFailed {
+        ifname: ifname.to_owned(),
+        existing: existing.to_string(),
+        cause,
+    };
+    for (flag, _, prog_id) in existing.modes() {
+        match netlink::detach_xdp(ifindex, flag) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                detach_link(ifindex, prog_id).map_err(failed)?;
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                return Err(SteerError::NeedPrivileges {
+                    action: format!("removing the XDP program already on {ifname}"),
+                    cause: e,
+                })
+            }
+            Err(e) => return Err(failed(e)),
+        }
+    }
+    match xdp_attachment(ifname)? {
+        None => Ok(()),
+        Some(still) => Err(failed(io::Error::other(format!(
+            "{still} is still attached after detaching"
+        )))),
+    }
+}
+
+/// Finds the XDP bpf_link that holds `prog_id` on `ifindex` and detaches it.
+fn detach_link(ifindex: u32, prog_id: u32) -> io::Result<()> {
+    for info in aya::programs::loaded_links() {
+        let info = info.map_err(|e| io::Error::other(chain(&e)))?;
+        if info.program_id() != prog_id || !matches!(info.link_type(), Ok(LinkType::Xdp)) {
+            continue;
+        }
+        let link = match sys::link_fd_by_id(info.id()) {
+            Ok(link) => link,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue, // went away meanwhile
+            Err(e) => return Err(e),
+        };
+        let (_, link_ifindex) = sys::xdp_link_target(link.as_fd())?;
+        if link_ifindex == ifindex {
+            return sys::link_detach(link.as_fd());
+        }
+    }
+    Err(io::Error::other(format!(
+        "program id {prog_id} is held by a bpf_link that could not be found"
+    )))
+}
+
+/// Maps the errors every BPF step can hit (privileges, memory) to their variants.
+fn classify(error: &(dyn std::error::Error + 'static), action: String) -> Option<SteerError> {
+    match errno(error)? {
+        libc::EPERM | libc::EACCES if is_privilege_error(error) => {
+            Some(SteerError::NeedPrivileges {
+                action,
+                cause: io_error(error),
+            })
+        }
+        libc::ENOMEM | libc::ENOBUFS => Some(SteerError::MemoryLimit {
+            action,
+            cause: io_error(error),
+        }),
+        _ => None,
+    }
+}
+
+/// `EACCES` from BPF_PROG_LOAD is the verifier rejecting the program, not missing privileges;
+/// everywhere else EPERM/EACCES mean privileges.
+fn is_privilege_error(error: &(dyn std::error::Error + 'static)) -> bool {
+    match error.downcast_ref::<aya::programs::ProgramError>() {
+        Some(aya::programs::ProgramError::LoadError { io_error, .. }) => {
+            io_error.raw_os_error() == Some(libc::EPERM)
+        }
+        _ => true,
+    }
+}
+
+/// The first OS error code in the error's source chain.
+fn errno(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(code) = e.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) {
+            return Some(code);
+        }
+        if let Some(code) = e
+            .downcast_ref::<aya::programs::XdpError>()
+            .and_then(|aya::programs::XdpError::NetlinkError(n)| n.raw_os_error())
+        {
+            return Some(code);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// The OS error in the chain as an owned `io::Error` (or the whole chain as text).
+fn io_error(error: &(dyn std::error::Error + 'static)) -> io::Error {
+    errno(error).map_or_else(
+        || io::Error::other(chain(error)),
+        io::Error::from_raw_os_error,
+    )
+}
+
+/// "outer: inner: innermost", for errors whose parts are all worth showing.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(e) = current {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        current = e.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_object_has_the_expected_sections() {
+        let object = section_names();
+        for name in ["xdp.frags", ".maps", "license", ".BTF", ".BTF.ext"] {
+            assert!(object.contains(&name.to_owned()), "missing {name}: {object:?}");
+        }
+        assert!(!object.iter().any(|s| s.starts_with(".debug")), "not stripped");
+    }
+
+    /// Section names from the ELF header, without an ELF crate: enough for a sanity check.
+    fn section_names() -> Vec<String> {
+        let u16_at = |at: usize| usize::from(u16::from_le_bytes([OBJECT[at], OBJECT[at + 1]]));
+        let u64_at = |at: usize| {
+            usize::try_from(u64::from_le_bytes(OBJECT[at..at + 8].try_into().unwrap())).unwrap()
+        };
+        assert_eq!(&OBJECT[..4], b"\x7fELF");
+        let shoff = u64_at(0x28);
+        let (shentsize, shnum, shstrndx) = (u16_at(0x3a), u16_at(0x3c), u16_at(0x3e));
+        let strtab = u64_at(shoff + shstrndx * shentsize + 0x18);
+        (0..shnum)
+            .map(|i| {
+                let name = u32::from_le_bytes(
+                    OBJECT[shoff + i * shentsize..][..4].try_into().unwrap(),
+                );
+                let start = strtab + usize::try_from(name).unwrap();
+                let end = start + OBJECT[start..].iter().position(|&b| b == 0).unwrap();
+                String::from_utf8_lossy(&OBJECT[start..end]).into_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn modes_parse_and_print() {
+        for mode in [XdpMode::Auto, XdpMode::Driver, XdpMode::Skb] {
+            assert_eq!(mode.to_string().parse::<XdpMode>(), Ok(mode));
+        }
+        assert_eq!("native".parse::<XdpMode>(), Ok(XdpMode::Driver));
+        assert_eq!("generic".parse::<XdpMode>(), Ok(XdpMode::Skb));
+        assert!("hw".parse::<XdpMode>().unwrap_err().contains("auto, driver or skb"));
+    }
+
+    #[test]
+    fn interface_names_are_checked() {
+        for bad in ["", "a/b", "eth0:1", "has space", "sixteen_chars_xx", ".."] {
+            assert!(
+                matches!(
+                    validate_ifname(bad),
+                    Err(SteerError::InvalidInterfaceName { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        validate_ifname("enp1s0f0np0").unwrap();
+    }
+
+    #[test]
+    fn attachment_display_names_every_mode() {
+        let state = netlink::LinkState {
+            ifindex: 1,
+            mtu: 1500,
+            drv_prog_id: 0,
+            skb_prog_id: 7,
+            hw_prog_id: 0,
+        };
+        let a = XdpAttachment::from_state(&state).unwrap();
+        assert_eq!(a.to_string(), "program id 7 in skb mode");
+        let none = netlink::LinkState { skb_prog_id: 0, ..state };
+        assert_eq!(XdpAttachment::from_state(&none), None);
+    }
+
+    #[test]
+    fn messages_are_actionable() {
+        let e = SteerError::NeedPrivileges {
+            action: "loading the XDP program for eth0".to_owned(),
+            cause: io::Error::from_raw_os_error(libc::EPERM),
+        };
+        assert!(e.to_string().contains("needs root or CAP_BPF+CAP_NET_ADMIN"));
+        let e = SteerError::DriverModeUnsupported {
+            ifname: "eth0".to_owned(),
+        };
+        assert!(e.to_string().contains("use --xdp-mode skb"));
+    }
+}

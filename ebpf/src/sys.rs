@@ -1,0 +1,98 @@
+//! The three bpf(2) commands aya 0.14 does not expose: open a link by id, read an XDP link's
+//! interface, and detach a link. Needed to replace an XDP program that another process holds
+//! through a bpf_link (netlink cannot remove those: the kernel answers `EBUSY`).
+//!
+//! Layouts are from include/uapi/linux/bpf.h (`union bpf_attr`, `struct bpf_link_info`).
+
+use std::{
+    io,
+    os::fd::{AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
+};
+
+const BPF_OBJ_GET_INFO_BY_FD: u32 = 15;
+const BPF_LINK_GET_FD_BY_ID: u32 = 30;
+const BPF_LINK_DETACH: u32 = 34;
+
+/// A zeroed `union bpf_attr` prefix: every command below uses less, and the kernel requires
+/// the unused rest to be zero.
+type Attr = [u8; 64];
+/// A `struct bpf_link_info` prefix: `type`, `id`, `prog_id` (byte 8), padding, then the union
+/// whose `xdp.ifindex` is at byte 16.
+type LinkInfo = [u8; 64];
+
+enum Command<'a> {
+    LinkGetFdById(u32),
+    LinkInfo(BorrowedFd<'a>, &'a mut LinkInfo),
+    LinkDetach(BorrowedFd<'a>),
+}
+
+/// Runs one command; the borrows in `cmd` keep every pointer handed to the kernel valid.
+fn bpf(cmd: Command<'_>) -> io::Result<i64> {
+    let mut attr: Attr = [0; 64];
+    let code = match cmd {
+        Command::LinkGetFdById(id) => {
+            put(&mut attr, 0, &id.to_ne_bytes()); // link_id; next_id, open_flags stay zero
+            BPF_LINK_GET_FD_BY_ID
+        }
+        Command::LinkInfo(fd, info) => {
+            let len = u32::try_from(info.len()).expect("64 fits in u32");
+            put(&mut attr, 0, &fd_u32(fd.as_raw_fd()).to_ne_bytes()); // info.bpf_fd
+            put(&mut attr, 4, &len.to_ne_bytes()); // info.info_len
+            put(&mut attr, 8, &(info.as_mut_ptr() as u64).to_ne_bytes()); // info.info
+            BPF_OBJ_GET_INFO_BY_FD
+        }
+        Command::LinkDetach(fd) => {
+            put(&mut attr, 0, &fd_u32(fd.as_raw_fd()).to_ne_bytes()); // link_detach.link_fd
+            BPF_LINK_DETACH
+        }
+    };
+    // SAFETY: `attr` is a live, zero-initialised buffer of the size passed. The only
+    // pointer inside it (for LinkInfo) refers to a `&mut LinkInfo` borrowed for this call, and the
+    // kernel writes at most the `info_len` bytes announced. The fds are borrowed, so open.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            code,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn put(attr: &mut Attr, at: usize, bytes: &[u8]) {
+    attr[at..at + bytes.len()].copy_from_slice(bytes);
+}
+
+fn get_u32(buf: &[u8], at: usize) -> u32 {
+    u32::from_ne_bytes([buf[at], buf[at + 1], buf[at + 2], buf[at + 3]])
+}
+
+fn fd_u32(fd: RawFd) -> u32 {
+    u32::try_from(fd).expect("a borrowed fd is never negative")
+}
+
+/// Opens the bpf_link with this id (needs CAP_SYS_ADMIN).
+pub(crate) fn link_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let fd = bpf(Command::LinkGetFdById(id))?;
+    let fd = RawFd::try_from(fd)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "bpf(2) returned a bad fd"))?;
+    // SAFETY: BPF_LINK_GET_FD_BY_ID returned a new fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The program id and interface index of an XDP link (ifindex 0 once detached).
+pub(crate) fn xdp_link_target(link: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    let mut info: LinkInfo = [0; 64];
+    bpf(Command::LinkInfo(link, &mut info))?;
+    Ok((get_u32(&info, 8), get_u32(&info, 16)))
+}
+
+/// Detaches a link from its hook; the link object lives on, defunct, until its last fd closes.
+pub(crate) fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    bpf(Command::LinkDetach(link)).map(drop)
+}

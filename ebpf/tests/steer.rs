@@ -1,0 +1,527 @@
+//! Privileged tests of the real program on a veth pair between two private network namespaces.
+//!
+//! Each test builds its own pair of namespaces, "target" and "peer", joined by a single-queue
+//! veth, with IPv6 off so the kernel sends nothing by itself. The program is attached to the
+//! target-side veth; frames are sent from the peer side with an AF_PACKET raw socket, and the
+//! program's counters must move by exactly the expected amounts.
+//!
+//! Needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN for setns) and `ip` (iproute2). Without root
+//! each test prints `SKIPPED (needs root)` and passes, unless `CI=true`, where it fails.
+
+use std::{
+    fs::File,
+    io,
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
+    process::Command,
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use xblade_ebpf::{xdp_attachment, Counters, Role, SteerError, Steering, XdpMode, XSK_SLOTS};
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+
+#[test]
+fn target_role_driver_mode() {
+    check_counts("target_role_driver_mode", XdpMode::Driver, Role::Target);
+}
+
+#[test]
+fn target_role_skb_mode() {
+    check_counts("target_role_skb_mode", XdpMode::Skb, Role::Target);
+}
+
+#[test]
+fn target_role_auto_mode() {
+    check_counts("target_role_auto_mode", XdpMode::Auto, Role::Target);
+}
+
+#[test]
+fn initiator_role_driver_mode() {
+    check_counts("initiator_role_driver_mode", XdpMode::Driver, Role::Initiator);
+}
+
+#[test]
+fn initiator_role_skb_mode() {
+    check_counts("initiator_role_skb_mode", XdpMode::Skb, Role::Initiator);
+}
+
+#[test]
+fn initiator_role_auto_mode() {
+    check_counts("initiator_role_auto_mode", XdpMode::Auto, Role::Initiator);
+}
+
+/// Attaches, sends a fixed mix of frames, checks the counters, registers and unregisters a
+/// socket, then drops the steering and checks the interface has no XDP program left.
+fn check_counts(test: &str, mode: XdpMode, role: Role) {
+    if !privileged(test) {
+        return;
+    }
+    let lab = Lab::new(1500);
+    lab.in_target(|| {
+        let mut steering = Steering::attach(&lab.target_if, mode, role, false)
+            .unwrap_or_else(|e| panic!("attach in {mode} mode: {e}"));
+        // veth supports native XDP, so Auto must pick it.
+        let expected_mode = if mode == XdpMode::Skb { XdpMode::Skb } else { XdpMode::Driver };
+        assert_eq!(steering.mode(), expected_mode);
+        assert_eq!(steering.role(), role);
+        assert_eq!(steering.replaced(), None);
+        let attached = xdp_attachment(&lab.target_if).unwrap().expect("attached");
+        let id = steering.program_id().unwrap();
+        match expected_mode {
+            XdpMode::Driver => assert_eq!(attached.driver_prog_id, Some(id)),
+            _ => assert_eq!(attached.skb_prog_id, Some(id)),
+        }
+        assert!(lab.ip_details().contains("prog/xdp"), "{}", lab.ip_details());
+
+        // 3 requests, 2 responses, 4 non-AoE frames, 1 AoE frame cut after the EtherType.
+        let (wanted, unwanted) = match role {
+            Role::Target => (REQUEST, RESPONSE),
+            Role::Initiator => (RESPONSE, REQUEST),
+        };
+        let mut frames = vec![aoe(REQUEST, 60); 3];
+        frames.extend(vec![aoe(RESPONSE, 60); 2]);
+        frames.extend(non_aoe_frames());
+        frames.push(truncated_aoe());
+        let (n_wanted, n_unwanted) = match role {
+            Role::Target => (3, 2),
+            Role::Initiator => (2, 3),
+        };
+        let mut expected = Counters {
+            redirected: 0,
+            // no socket registered: wanted AoE frames go to the stack
+            passed: n_wanted + 4,
+            dropped: n_unwanted + 1,
+        };
+        lab.send(&frames);
+        expect_counters(&steering, expected);
+
+        // With a socket in queue 0's slot, wanted frames are redirected (the socket is not
+        // bound, so the kernel then drops them, but the program's verdict is XDP_REDIRECT).
+        let xsk = xdp_socket();
+        steering.register(0, xsk.as_raw_fd()).unwrap();
+        lab.send(&[aoe(wanted, 60), aoe(wanted, 60), aoe(unwanted, 60), arp()]);
+        expected.redirected += 2;
+        expected.dropped += 1;
+        expected.passed += 1;
+        expect_counters(&steering, expected);
+
+        steering.unregister(0).unwrap();
+        steering.unregister(0).unwrap(); // idempotent
+        lab.send(&[aoe(wanted, 60)]);
+        expected.passed += 1;
+        expect_counters(&steering, expected);
+
+        drop(steering);
+        assert_eq!(xdp_attachment(&lab.target_if).unwrap(), None);
+        let details = lab.ip_details();
+        assert!(!details.contains("xdp"), "still attached after drop:\n{details}");
+    });
+}
+
+/// An `xdp.frags` program attaches in driver mode at MTU 9000 and sees jumbo frames (a
+/// non-frags program gets ERANGE on veth above about 3.5 KiB).
+#[test]
+fn jumbo_frames_in_driver_mode() {
+    if !privileged("jumbo_frames_in_driver_mode") {
+        return;
+    }
+    let lab = Lab::new(9000);
+    lab.in_target(|| {
+        let steering =
+            Steering::attach(&lab.target_if, XdpMode::Driver, Role::Target, false).unwrap();
+        let mut big_other = aoe(REQUEST, 9000);
+        big_other[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        lab.send(&[aoe(REQUEST, 9000), aoe(RESPONSE, 9000), big_other]);
+        expect_counters(
+            &steering,
+            Counters {
+                redirected: 0,
+                dropped: 1,
+                passed: 2,
+            },
+        );
+    });
+}
+
+/// A second attach is refused unless `replace`; with it, the first program (held by a bpf_link,
+/// in the other mode) is detached, and the first `Steering`'s drop leaves the second alone.
+#[test]
+fn second_attach_needs_replace() {
+    if !privileged("second_attach_needs_replace") {
+        return;
+    }
+    let lab = Lab::new(1500);
+    lab.in_target(|| {
+        let first = Steering::attach(&lab.target_if, XdpMode::Driver, Role::Target, false).unwrap();
+        let first_id = first.program_id().unwrap();
+
+        for mode in [XdpMode::Driver, XdpMode::Skb, XdpMode::Auto] {
+            let err = Steering::attach(&lab.target_if, mode, Role::Target, false).unwrap_err();
+            assert!(matches!(err, SteerError::AlreadyAttached { .. }), "{err:?}");
+            let message = err.to_string();
+            assert!(message.contains("already has an XDP program attached"), "{message}");
+            assert!(message.contains("--replace-xdp"), "{message}");
+            assert!(message.contains(&format!("program id {first_id} in driver mode")), "{message}");
+        }
+        // The refused attempts changed nothing.
+        let attached = xdp_attachment(&lab.target_if).unwrap().unwrap();
+        assert_eq!(attached.driver_prog_id, Some(first_id));
+
+        let second = Steering::attach(&lab.target_if, XdpMode::Skb, Role::Target, true).unwrap();
+        let second_id = second.program_id().unwrap();
+        assert_eq!(second.replaced().unwrap().driver_prog_id, Some(first_id));
+        let attached = xdp_attachment(&lab.target_if).unwrap().unwrap();
+        assert_eq!(attached.driver_prog_id, None);
+        assert_eq!(attached.skb_prog_id, Some(second_id));
+
+        drop(first);
+        let attached = xdp_attachment(&lab.target_if).unwrap().unwrap();
+        assert_eq!(attached.skb_prog_id, Some(second_id), "first drop detached the second");
+        lab.send(&[aoe(REQUEST, 60), aoe(RESPONSE, 60)]);
+        expect_counters(
+            &second,
+            Counters {
+                redirected: 0,
+                dropped: 1,
+                passed: 1,
+            },
+        );
+
+        // Same mode, replacing a bpf_link again.
+        let third = Steering::attach(&lab.target_if, XdpMode::Skb, Role::Initiator, true).unwrap();
+        assert_eq!(third.replaced().unwrap().skb_prog_id, Some(second_id));
+        drop(second);
+        assert_eq!(
+            xdp_attachment(&lab.target_if).unwrap().unwrap().skb_prog_id,
+            Some(third.program_id().unwrap())
+        );
+        drop(third);
+        assert_eq!(xdp_attachment(&lab.target_if).unwrap(), None);
+    });
+}
+
+/// A program attached over netlink by another tool (here `ip link set ... xdpgeneric obj`) is
+/// refused, then replaced with `replace`.
+#[test]
+fn replaces_a_netlink_attached_program() {
+    if !privileged("replaces_a_netlink_attached_program") {
+        return;
+    }
+    let lab = Lab::new(1500);
+    let object = concat!(env!("CARGO_MANIFEST_DIR"), "/aoe_steer.o");
+    ip(&[
+        "-n", &lab.target_ns, "link", "set", "dev", &lab.target_if, "xdpgeneric", "obj", object,
+        "sec", "xdp.frags",
+    ]);
+    lab.in_target(|| {
+        let foreign = xdp_attachment(&lab.target_if).unwrap().unwrap();
+        assert!(foreign.skb_prog_id.is_some());
+        let err = Steering::attach(&lab.target_if, XdpMode::Auto, Role::Target, false).unwrap_err();
+        assert!(matches!(err, SteerError::AlreadyAttached { .. }), "{err:?}");
+
+        let steering = Steering::attach(&lab.target_if, XdpMode::Auto, Role::Target, true).unwrap();
+        assert_eq!(steering.mode(), XdpMode::Driver);
+        assert_eq!(steering.replaced(), Some(foreign));
+        let attached = xdp_attachment(&lab.target_if).unwrap().unwrap();
+        assert_eq!(attached.skb_prog_id, None);
+        assert_eq!(attached.driver_prog_id, Some(steering.program_id().unwrap()));
+        drop(steering);
+        assert_eq!(xdp_attachment(&lab.target_if).unwrap(), None);
+    });
+}
+
+#[test]
+fn errors_say_what_is_wrong() {
+    if !privileged("errors_say_what_is_wrong") {
+        return;
+    }
+    let lab = Lab::new(1500);
+    lab.in_target(|| {
+        let err = Steering::attach("xbnope0", XdpMode::Auto, Role::Target, false).unwrap_err();
+        assert!(matches!(err, SteerError::NoSuchInterface { .. }), "{err:?}");
+        assert!(err.to_string().contains("no network interface `xbnope0`"), "{err}");
+        let err = Steering::attach("bad/name", XdpMode::Auto, Role::Target, false).unwrap_err();
+        assert!(matches!(err, SteerError::InvalidInterfaceName { .. }), "{err:?}");
+
+        let mut steering =
+            Steering::attach(&lab.target_if, XdpMode::Driver, Role::Target, false).unwrap();
+        let xsk = xdp_socket();
+        let err = steering.register(XSK_SLOTS, xsk.as_raw_fd()).unwrap_err();
+        assert!(matches!(err, SteerError::QueueOutOfRange { queue_id } if queue_id == XSK_SLOTS));
+        let err = steering.unregister(XSK_SLOTS).unwrap_err();
+        assert!(matches!(err, SteerError::QueueOutOfRange { .. }), "{err:?}");
+
+        let udp = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let err = steering.register(0, udp.as_raw_fd()).unwrap_err();
+        assert!(matches!(err, SteerError::NotXskSocket { .. }), "{err:?}");
+        assert!(err.to_string().contains("is not an AF_XDP socket"), "{err}");
+        let file = File::open("/dev/null").unwrap();
+        let err = steering.register(0, file.as_raw_fd()).unwrap_err();
+        assert!(matches!(err, SteerError::NotXskSocket { .. }), "{err:?}");
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames
+
+const REQUEST: u8 = 0x10; // AoE version 1, no flags
+const RESPONSE: u8 = 0x18; // AoE version 1, R flag
+
+/// A broadcast AoE ATA frame with the given ver/flags byte, zero-padded to `len` bytes.
+fn aoe(ver_flags: u8, len: usize) -> Vec<u8> {
+    let mut frame = ethernet(0x88a2);
+    frame.extend_from_slice(&[ver_flags, 0, 0x00, 0x01, 0x01, 0x00]); // error, major 1, minor 1, cmd 0
+    frame.extend_from_slice(&0x1234_5678u32.to_be_bytes()); // tag
+    frame.resize(len, 0);
+    frame
+}
+
+/// Ethernet header plus the AoE EtherType and nothing else.
+fn truncated_aoe() -> Vec<u8> {
+    ethernet(0x88a2)
+}
+
+fn arp() -> Vec<u8> {
+    let mut frame = ethernet(0x0806);
+    frame.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]); // Ethernet/IPv4 request
+    frame.extend_from_slice(&SRC_MAC);
+    frame.extend_from_slice(&[10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 10, 0, 0, 1]);
+    frame.resize(60, 0);
+    frame
+}
+
+/// Four frames that are not AoE: ARP, IPv4 (the stack discards it), and two made-up
+/// EtherTypes, one of them 0x88A3 right next to AoE's.
+fn non_aoe_frames() -> Vec<Vec<u8>> {
+    let mut ipv4 = ethernet(0x0800);
+    ipv4.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1]);
+    ipv4.resize(60, 0);
+    let mut local = ethernet(0x88b5);
+    local.resize(60, 0);
+    let mut near = aoe(REQUEST, 60);
+    near[12..14].copy_from_slice(&0x88a3u16.to_be_bytes());
+    vec![arp(), ipv4, local, near]
+}
+
+const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+
+fn ethernet(ethertype: u16) -> Vec<u8> {
+    let mut frame = vec![0xff; 6];
+    frame.extend_from_slice(&SRC_MAC);
+    frame.extend_from_slice(&ethertype.to_be_bytes());
+    frame
+}
+
+/// Polls until the counters equal `expected`, then checks they stay there (nothing extra).
+#[track_caller]
+fn expect_counters(steering: &Steering, expected: Counters) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = steering.counters().unwrap();
+        if now == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "counters {now:?}, expected {expected:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(steering.counters().unwrap(), expected, "counters moved further");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The lab: two namespaces and a veth pair, removed on drop (also when a test panics)
+
+struct Lab {
+    target_ns: String,
+    peer_ns: String,
+    target_if: String,
+    peer_if: String,
+}
+
+impl Lab {
+    fn new(mtu: u32) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let pid = std::process::id();
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let lab = Self {
+            target_ns: format!("xblade-test-{pid}-{n}-t"),
+            peer_ns: format!("xblade-test-{pid}-{n}-p"),
+            // interface names are at most 15 bytes, and live in their own namespaces
+            target_if: format!("xbt{pid}"),
+            peer_if: format!("xbp{pid}"),
+        };
+        // `lab` exists before the first namespace: its drop cleans up whatever got created.
+        // Creation is serialised: concurrent first-time `ip netns add` can race on /run/netns.
+        static CREATE: Mutex<()> = Mutex::new(());
+        let _serial = CREATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for ns in [&lab.target_ns, &lab.peer_ns] {
+            ip(&["netns", "add", ns]);
+            in_netns(ns, || {
+                for key in ["all", "default"] {
+                    std::fs::write(format!("/proc/sys/net/ipv6/conf/{key}/disable_ipv6"), "1")
+                        .unwrap();
+                }
+            });
+        }
+        let mtu = mtu.to_string();
+        ip(&[
+            "-n", &lab.peer_ns, "link", "add", "name", &lab.peer_if, "mtu", &mtu,
+            "numtxqueues", "1", "numrxqueues", "1", "type", "veth", "peer", "name",
+            &lab.target_if, "netns", &lab.target_ns, "mtu", &mtu, "numtxqueues", "1",
+            "numrxqueues", "1",
+        ]);
+        ip(&["-n", &lab.peer_ns, "link", "set", "dev", &lab.peer_if, "up"]);
+        ip(&["-n", &lab.target_ns, "link", "set", "dev", &lab.target_if, "up"]);
+        lab
+    }
+
+    /// Runs `f` on a thread inside the target namespace.
+    fn in_target<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        in_netns(&self.target_ns, f)
+    }
+
+    /// Sends raw frames out of the peer veth, towards the target.
+    fn send(&self, frames: &[Vec<u8>]) {
+        in_netns(&self.peer_ns, || {
+            let ifindex = ifindex(&self.peer_ns, &self.peer_if);
+            let sock = packet_socket();
+            for frame in frames {
+                send_frame(&sock, ifindex, frame).unwrap_or_else(|e| {
+                    panic!("sending a {}-byte frame from {}: {e}", frame.len(), self.peer_if)
+                });
+            }
+        });
+    }
+
+    /// `ip -d link show` of the target interface.
+    fn ip_details(&self) -> String {
+        ip(&["-n", &self.target_ns, "-d", "link", "show", "dev", &self.target_if])
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.target_ns, &self.peer_ns] {
+            // Deleting the namespaces deletes the veth pair. Best effort: never panic in drop.
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// Runs `ip args`, panicking with its stderr on failure; returns stdout.
+fn ip(args: &[&str]) -> String {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `ip` (install iproute2): {e}"));
+    assert!(
+        output.status.success(),
+        "`ip {}` failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The interface index, from `ip -o link show` ("7: name@peer: ...").
+fn ifindex(ns: &str, ifname: &str) -> i32 {
+    let line = ip(&["-n", ns, "-o", "link", "show", "dev", ifname]);
+    line.split(':')
+        .next()
+        .and_then(|index| index.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no ifindex in `{line}`"))
+}
+
+/// Runs `f` on a new thread that has joined the named network namespace; only that thread
+/// changes namespace. Panics propagate.
+fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let file = File::open(format!("/run/netns/{ns}"))
+                    .unwrap_or_else(|e| panic!("opening namespace {ns}: {e}"));
+                // SAFETY: setns(2) takes an open fd (borrowed from `file`, alive for the call) and
+                // a flag; it only changes this thread's network namespace, which this freshly
+                // spawned thread owns for its whole life.
+                let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(ret, 0, "setns({ns}): {}", io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+fn packet_socket() -> OwnedFd {
+    // SAFETY: socket(2) takes no pointers; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// An AF_XDP socket, neither bound nor with rings: enough to occupy an XSKMAP slot.
+fn xdp_socket() -> OwnedFd {
+    // SAFETY: socket(2) takes no pointers; the result is checked before use.
+    let fd = unsafe { libc::socket(libc::AF_XDP, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
+    assert!(fd >= 0, "AF_XDP socket: {}", io::Error::last_os_error());
+    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+fn send_frame(sock: &OwnedFd, ifindex: i32, frame: &[u8]) -> io::Result<()> {
+    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+    let addr = libc::sockaddr_ll {
+        sll_family: libc::AF_PACKET as u16,
+        sll_protocol: ethertype.to_be(),
+        sll_ifindex: ifindex,
+        sll_hatype: 0,
+        sll_pkttype: 0,
+        sll_halen: 6,
+        sll_addr: [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0],
+    };
+    // SAFETY: `frame` and `addr` are live for the call and their exact sizes are passed;
+    // the fd is open (borrowed from `sock`).
+    let sent = unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&raw const addr).cast(),
+            u32::try_from(size_of::<libc::sockaddr_ll>()).unwrap(),
+        )
+    };
+    if sent < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    assert_eq!(usize::try_from(sent).unwrap(), frame.len(), "short send");
+    Ok(())
+}
+
+/// True when the test can run. Otherwise skips loudly, or panics when `CI=true`.
+fn privileged(test: &str) -> bool {
+    // /proc/self belongs to the effective uid.
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if root {
+        return true;
+    }
+    let reason = format!("{test}: loading XDP programs and creating network namespaces needs root");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("CI=true but not root, refusing to skip: {reason}");
+    }
+    eprintln!("SKIPPED (needs root): {reason}");
+    false
+}

@@ -1,0 +1,224 @@
+//! Start-up and shutdown: preflight, open exports, attach XDP, build one worker per
+//! (interface, queue), run them on their threads, and report.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use aoe::target::{ExportState, Iface};
+use aoe::wire::{ATA_HLEN, MIN_MTU, SECTOR};
+use xblade_ebpf::{Role, Steering, XdpMode};
+use xsk::{Socket, SocketConfig, Umem, UmemConfig};
+
+use crate::backing::{Backing, BackingConfig, Durability, IoMode};
+use crate::config::{Config, IoArg, XdpModeArg};
+use crate::export::Export;
+use crate::sys::{self, cap};
+use crate::uring::Uring;
+use crate::worker::{Worker, WorkerStats};
+
+/// UMEM chunk size. Linux 6.18 allows 2 KiB or 4 KiB chunks in aligned mode.
+const CHUNK: u32 = 4096;
+/// In-flight table size bounds per worker.
+const MIN_INFLIGHT: usize = 64;
+const MAX_INFLIGHT: usize = 1024;
+
+/// What a finished daemon reports.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Per worker: (interface, queue, counters).
+    pub workers: Vec<(String, u32, WorkerStats)>,
+}
+
+/// Sectors per command the single-chunk datapath can carry: the ATA payload starts at chunk
+/// offset 256 + headroom + 36 = 512 and must end inside the 4 KiB chunk, so 7 sectors.
+pub fn datapath_max_sectors(umem: &UmemConfig) -> u8 {
+    ((umem.chunk_size - umem.rx_offset()) as usize - ATA_HLEN).div_euclid(SECTOR) as u8
+}
+
+fn umem_config(frames: u32) -> UmemConfig {
+    UmemConfig { frame_count: frames, chunk_size: CHUNK, ..UmemConfig::default() }
+}
+
+/// Check privileges and locked-memory limits before touching anything.
+fn preflight(cfg: &Config, workers: usize) -> Result<()> {
+    let mut missing = Vec::new();
+    if !sys::has_cap(cap::NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !sys::has_cap(cap::NET_RAW) {
+        missing.push("CAP_NET_RAW");
+    }
+    if !sys::has_cap(cap::BPF) && !sys::has_cap(cap::SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !missing.is_empty() {
+        bail!(
+            "xblade lacks {}: it loads an XDP program and opens AF_XDP sockets. Run it as root, or \
+             grant the capabilities (AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_IPC_LOCK \
+             in its systemd unit, or `setcap cap_net_admin,cap_net_raw,cap_bpf,cap_ipc_lock+ep $(which xblade)`)",
+            missing.join(", ")
+        );
+    }
+    if !sys::has_cap(cap::IPC_LOCK) {
+        // UMEM registration and io_uring's fixed buffers each pin the packet buffers.
+        let need = 2 * workers as u64 * u64::from(cfg.daemon.frames) * u64::from(CHUNK);
+        let have = sys::raise_memlock();
+        if let Some(have) = have.filter(|h| *h < need) {
+            bail!(
+                "locked-memory limit (RLIMIT_MEMLOCK) is {} KiB, but {workers} worker(s) need {} MiB of \
+                 pinned packet buffers: run as root, grant CAP_IPC_LOCK, raise `ulimit -l`, or set \
+                 LimitMEMLOCK=infinity in the systemd unit",
+                have / 1024,
+                need >> 20
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Open every export's backing store and build its protocol state.
+fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
+    let host = sys::hostname();
+    let mut out = Vec::new();
+    for e in &cfg.exports {
+        let bc = BackingConfig {
+            path: e.path.clone(),
+            offset_sectors: e.offset,
+            len_sectors: e.length,
+            read_only: e.read_only,
+            io: match e.io {
+                IoArg::Direct => IoMode::Direct,
+                IoArg::Buffered => IoMode::Buffered,
+            },
+            durability: if e.write_back { Durability::WriteBack } else { Durability::Sync },
+        };
+        let backing = Backing::open(&bc).with_context(|| format!("export e{}.{}", e.shelf, e.slot))?;
+        if backing.io_mode() == IoMode::Direct && backing.dio_offset_align().max(backing.dio_mem_align()) > SECTOR as u32 {
+            bail!(
+                "export e{}.{}: {} has {}-byte logical blocks, but AoE addresses 512-byte sectors and \
+                 O_DIRECT cannot do 512-byte I/O on it. Export a device with 512-byte sectors, or choose \
+                 buffered I/O explicitly (--buffered, or io = \"buffered\")",
+                e.shelf,
+                e.slot,
+                e.path.display(),
+                backing.dio_offset_align().max(backing.logical_block_size()),
+            );
+        }
+        let mut st = ExportState::new(e.shelf, e.slot, backing.sectors());
+        st.read_only = e.read_only;
+        st.bufcnt = e.bufcnt;
+        st.max_sectors = max_sectors;
+        st.write_cache = e.write_back;
+        st.mask = e.mask_macs();
+        st.serial = e.serial.clone().unwrap_or_else(|| format!("{}.{}:{host}", e.shelf, e.slot));
+        tracing::info!(
+            export = %format!("e{}.{}", e.shelf, e.slot),
+            path = %e.path.display(),
+            sectors = st.sectors,
+            io = ?backing.io_mode(),
+            durability = ?backing.durability(),
+            read_only = e.read_only,
+            "export ready"
+        );
+        out.push(Arc::new(Export::new(st, backing)));
+    }
+    Ok(out)
+}
+
+/// Run the daemon until `stop` is set. Returns the workers' counters.
+pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
+    cfg.validate()?;
+    let nworkers: usize = cfg.interfaces.iter().map(|i| i.queues.len()).sum();
+    preflight(cfg, nworkers)?;
+    let ucfg = umem_config(cfg.daemon.frames);
+    let exports = open_exports(cfg, datapath_max_sectors(&ucfg))?;
+
+    let mut steerings = Vec::new();
+    let mut workers = Vec::new();
+    for icfg in &cfg.interfaces {
+        let (mac, mtu) = sys::iface_info(&icfg.name)?;
+        if mtu < MIN_MTU {
+            bail!("interface {} has MTU {mtu}; AoE needs at least {MIN_MTU} (raise it with `ip link set {} mtu 1500`)", icfg.name, icfg.name);
+        }
+        let mode = match cfg.daemon.xdp_mode {
+            XdpModeArg::Auto => XdpMode::Auto,
+            XdpModeArg::Driver => XdpMode::Driver,
+            XdpModeArg::Skb => XdpMode::Skb,
+        };
+        let mut steering = Steering::attach(&icfg.name, mode, Role::Target, cfg.daemon.replace_xdp)?;
+        tracing::info!(iface = %icfg.name, mode = ?steering.mode(), "XDP program attached");
+        let mine: Vec<Arc<Export>> = cfg
+            .exports
+            .iter()
+            .zip(&exports)
+            .filter(|(e, _)| e.on(&icfg.name))
+            .map(|(_, x)| Arc::clone(x))
+            .collect();
+        let iface = Iface { mac, mtu };
+        for &q in &icfg.queues {
+            let capacity = mine.iter().map(|e| usize::from(e.state().bufcnt)).sum::<usize>().clamp(MIN_INFLIGHT, MAX_INFLIGHT);
+            if (cfg.daemon.frames as usize) < ucfg.fill_size as usize + capacity + 64 {
+                bail!("daemon.frames = {} is too small: need at least {}", cfg.daemon.frames, ucfg.fill_size as usize + capacity + 64);
+            }
+            let umem = Umem::new(ucfg).with_context(|| format!("packet buffers for {} queue {q}", icfg.name))?;
+            let sock = Socket::new(&icfg.name, q, &umem, SocketConfig::default())?;
+            steering.register(q, sock.fd())?;
+            let fds: Vec<_> = mine.iter().map(|e| e.backing.fd()).collect();
+            let uring = Uring::new(capacity.next_power_of_two() as u32, &fds, &[umem.area()])
+                .with_context(|| format!("io_uring for {} queue {q}", icfg.name))?;
+            tracing::info!(
+                iface = %icfg.name,
+                queue = q,
+                zero_copy = sock.zero_copy(),
+                exports = mine.len(),
+                in_flight = capacity,
+                "AF_XDP socket bound ({})",
+                if sock.zero_copy() { "zero-copy" } else { "copy mode: the NIC driver has no AF_XDP zero-copy" }
+            );
+            workers.push(Worker::new(icfg.name.clone(), q, iface, mine.clone(), umem, sock, uring, capacity));
+        }
+        steerings.push(steering);
+    }
+
+    let mut handles = Vec::new();
+    for (i, w) in workers.into_iter().enumerate() {
+        let stop = Arc::clone(&stop);
+        let cpu = cfg.daemon.cpus.get(i).copied();
+        let name = format!("xblade-{}-q{}", w.ifname, w.queue);
+        let (ifname, queue) = (w.ifname.clone(), w.queue);
+        let h = std::thread::Builder::new().name(name).spawn(move || {
+            if let Some(c) = cpu {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
+                    tracing::warn!(cpu = c, "could not pin worker to CPU");
+                }
+            }
+            w.run(&stop)
+        })?;
+        handles.push((ifname, queue, h));
+    }
+    tracing::info!(workers = handles.len(), "serving");
+    let mut summary = Summary::default();
+    let mut failed = None;
+    for (ifname, queue, h) in handles {
+        match h.join() {
+            Ok(Ok(stats)) => {
+                tracing::info!(iface = %ifname, queue, ?stats, "worker stopped");
+                summary.workers.push((ifname, queue, stats));
+            }
+            Ok(Err(e)) => failed = Some(anyhow::anyhow!("worker {ifname} queue {queue} failed: {e}")),
+            Err(_) => failed = Some(anyhow::anyhow!("worker {ifname} queue {queue} panicked")),
+        }
+    }
+    for s in &steerings {
+        if let Ok(c) = s.counters() {
+            tracing::info!(iface = %s.ifname(), redirected = c.redirected, dropped = c.dropped, passed = c.passed, "XDP counters");
+        }
+    }
+    drop(steerings);
+    tracing::info!("XDP detached; exiting");
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}

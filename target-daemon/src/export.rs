@@ -1,0 +1,56 @@
+//! An export at run time: its backing store and its protocol state.
+//!
+//! The protocol state (config string, mask and reserve lists) is read by every worker for every
+//! frame and changed rarely, by config/mask/reserve commands: a `RwLock` whose read side is
+//! uncontended on the hot path.
+
+use std::sync::{RwLock, RwLockReadGuard};
+
+use aoe::target::{ExportState, StateChange};
+
+use crate::backing::{Backing, Durability};
+
+/// One export: what it is called, where its bytes live, and its AoE state.
+pub struct Export {
+    /// `e<shelf>.<slot>`, for logs.
+    pub name: String,
+    /// The backing store.
+    pub backing: Backing,
+    shelf: u16,
+    slot: u8,
+    state: RwLock<ExportState>,
+}
+
+impl Export {
+    /// A new export over an opened backing store.
+    pub fn new(state: ExportState, backing: Backing) -> Self {
+        Export {
+            name: format!("e{}.{}", state.shelf, state.slot),
+            backing,
+            shelf: state.shelf,
+            slot: state.slot,
+            state: RwLock::new(state),
+        }
+    }
+
+    /// Read the protocol state.
+    pub fn state(&self) -> RwLockReadGuard<'_, ExportState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Apply a change decided by the protocol layer.
+    pub fn apply(&self, change: StateChange) {
+        tracing::info!(export = %self.name, ?change, "export state changed by an initiator");
+        self.state.write().unwrap_or_else(|p| p.into_inner()).apply(change);
+    }
+
+    /// Whether writes must be durable before they are acknowledged (RWF_DSYNC).
+    pub fn durable_writes(&self) -> bool {
+        self.backing.durability() == Durability::Sync
+    }
+
+    /// Whether (shelf, slot) of a request addresses this export (wildcards independent).
+    pub fn addressed(&self, shelf: u16, slot: u8) -> bool {
+        (shelf == self.shelf || shelf == aoe::wire::SHELF_ANY) && (slot == self.slot || slot == aoe::wire::SLOT_ANY)
+    }
+}

@@ -1,0 +1,388 @@
+//! Privileged: AF_XDP on a veth pair in fresh network namespaces. TX is checked byte for byte
+//! by an AF_PACKET socket on the peer; bind errors are checked for their advice.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use xsk::{Socket, SocketConfig, Umem, UmemConfig, ZeroCopy};
+
+const ETH_P_AOE: u16 = 0x88A2;
+
+/// False (after a loud SKIPPED line) when not root; panics instead when CI=true.
+fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    let msg = format!("{test}: SKIPPED (needs root): creates netns, veth and AF_XDP sockets");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg}; CI=true requires it to run");
+    }
+    // Straight to fd 2: the test harness captures `eprintln!`, and a skip must be seen.
+    let _ = writeln!(io::stderr(), "{msg}");
+    false
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("running `ip`");
+    assert!(st.success(), "ip {args:?} failed: {st}");
+}
+
+/// Two namespaces joined by a veth pair (`if_a` in `ns_a`, `if_b` in `ns_b`), both up.
+/// Deleted on drop, also when a test panics.
+struct VethPair {
+    ns_a: String,
+    ns_b: String,
+    if_a: String,
+    if_b: String,
+}
+
+impl VethPair {
+    fn new() -> VethPair {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let tag = format!(
+            "{}x{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let p = VethPair {
+            ns_a: format!("xsk-a{tag}"),
+            ns_b: format!("xsk-b{tag}"),
+            if_a: format!("xa{tag}"),
+            if_b: format!("xb{tag}"),
+        };
+        ip(&["netns", "add", &p.ns_a]);
+        ip(&["netns", "add", &p.ns_b]);
+        let (a, b) = (p.if_a.as_str(), p.if_b.as_str());
+        ip(&[
+            "link", "add", a, "netns", &p.ns_a, "type", "veth", "peer", "name", b, "netns", &p.ns_b,
+        ]);
+        ip(&["-n", &p.ns_a, "link", "set", a, "up"]);
+        ip(&["-n", &p.ns_b, "link", "set", b, "up"]);
+        p
+    }
+
+    /// Runs `f` on a thread that has entered network namespace `ns`.
+    fn in_ns<T: Send>(&self, ns: &str, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            let h = s.spawn(|| {
+                let file = File::open(format!("/run/netns/{ns}")).expect("netns file");
+                // SAFETY: setns on this thread only, with a valid namespace fd.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {ns}: {}", io::Error::last_os_error());
+                f()
+            });
+            h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        for ns in [&self.ns_a, &self.ns_b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// AF_PACKET socket receiving AoE frames on one interface, with a receive timeout.
+fn packet_socket(ifname: &str) -> OwnedFd {
+    let proto = ETH_P_AOE.to_be();
+    // SAFETY: plain syscall; the result is checked.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            proto.into(),
+        )
+    };
+    assert!(raw >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
+    // SAFETY: `raw` is a fresh fd nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let name = std::ffi::CString::new(ifname).unwrap();
+    // SAFETY: valid NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert_ne!(ifindex, 0, "{ifname}: {}", io::Error::last_os_error());
+    // SAFETY: all-zero is a valid sockaddr_ll.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    let len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    // SAFETY: `sll` is a valid sockaddr_ll of `len` bytes.
+    let rc = unsafe { libc::bind(raw, std::ptr::from_ref(&sll).cast(), len) };
+    assert_eq!(rc, 0, "bind AF_PACKET: {}", io::Error::last_os_error());
+    let tv = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    let tvlen = size_of::<libc::timeval>() as libc::socklen_t;
+    // SAFETY: `tv` is a valid timeval of `tvlen` bytes.
+    let rc = unsafe {
+        libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            std::ptr::from_ref(&tv).cast(),
+            tvlen,
+        )
+    };
+    assert_eq!(rc, 0);
+    fd
+}
+
+fn packet_recv(fd: &OwnedFd) -> Vec<u8> {
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: `buf` is writable for its length.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    assert!(n >= 0, "AF_PACKET recv: {}", io::Error::last_os_error());
+    buf.truncate(n as usize);
+    buf
+}
+
+/// A broadcast frame with the AoE ethertype and a pattern that differs per `i`.
+fn aoe_frame(i: usize, len: usize) -> Vec<u8> {
+    let mut f: Vec<u8> = (0..len).map(|k| (k * 31 + i * 7) as u8).collect();
+    f[..6].fill(0xff);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0x5a, i as u8]);
+    f[12..14].copy_from_slice(&ETH_P_AOE.to_be_bytes());
+    f[14] = 0x10; // AoE version 1, no flags
+    f
+}
+
+fn small_umem() -> Umem {
+    let cfg = UmemConfig {
+        frame_count: 128,
+        fill_size: 64,
+        comp_size: 64,
+        ..UmemConfig::default()
+    };
+    Umem::new(cfg).unwrap()
+}
+
+fn small_socket() -> SocketConfig {
+    SocketConfig {
+        rx_size: 64,
+        tx_size: 64,
+        ..SocketConfig::default()
+    }
+}
+
+#[test]
+fn tx_reaches_peer_byte_for_byte() {
+    if !privileged("tx_reaches_peer_byte_for_byte") {
+        return;
+    }
+    let veth = VethPair::new();
+    let pkt = veth.in_ns(&veth.ns_b, || packet_socket(&veth.if_b));
+    let mut umem = small_umem();
+    let mut sock = veth.in_ns(&veth.ns_a, || {
+        Socket::new(&veth.if_a, 0, &umem, small_socket()).unwrap()
+    });
+    assert!(
+        !sock.zero_copy(),
+        "veth has no zero-copy, Auto must fall back to copy mode"
+    );
+
+    // Buffers for RX (nothing arrives without an XDP redirect program).
+    let mut fill = Vec::new();
+    assert_eq!(umem.alloc_many(&mut fill, 16), 16);
+    assert_eq!(sock.fill(&mut fill), 16);
+    assert!(fill.is_empty());
+    assert_eq!(sock.fill_free(), 64 - 16);
+
+    // More frames than one copy-mode sendto() sends (32), built at varying chunk offsets.
+    const N: usize = 40;
+    let expected: Vec<Vec<u8>> = (0..N).map(|i| aoe_frame(i, 60 + i * 37)).collect();
+    let mut tx = Vec::new();
+    for (i, bytes) in expected.iter().enumerate() {
+        let mut f = umem.alloc().unwrap();
+        let off = i * 50;
+        umem.chunk_mut(&mut f)[off..off + bytes.len()].copy_from_slice(bytes);
+        f.set(off as u32, bytes.len() as u32);
+        assert_eq!(umem.data(&f), &bytes[..]);
+        tx.push(f);
+    }
+    let sent_addrs: Vec<u64> = tx.iter().map(|f| f.addr()).collect();
+    assert_eq!(sock.send(&mut tx), N);
+    assert!(tx.is_empty());
+    assert_eq!(sock.tx_free(), 64 - N as u32);
+
+    let mut done = Vec::new();
+    let mut kicks = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while done.len() < N {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {N} completions",
+            done.len()
+        );
+        if sock.needs_wakeup_tx() {
+            sock.kick_tx().unwrap();
+            kicks += 1;
+        }
+        sock.complete(&mut done, 64);
+    }
+    eprintln!("{N} frames completed after {kicks} kicks");
+    let mut got_addrs: Vec<u64> = done.iter().map(|f| f.addr()).collect();
+    got_addrs.sort_unstable();
+    assert_eq!(got_addrs, sent_addrs);
+    assert!(done.iter().all(|f| f.offset() == 0 && f.len() == 4096));
+    done.drain(..).for_each(|f| umem.free(f));
+    assert_eq!(sock.tx_free(), 64);
+
+    for (i, exp) in expected.iter().enumerate() {
+        assert_eq!(&packet_recv(&pkt), exp, "frame {i} differs");
+    }
+    let st = sock.statistics().unwrap();
+    assert_eq!(
+        (st.tx_invalid_descs, st.rx_invalid_descs, st.rx_dropped),
+        (0, 0, 0),
+        "{st:?}"
+    );
+
+    // Idle RX: nothing is ready, and waking is harmless.
+    assert!(!sock.poll_rx(0).unwrap());
+    sock.wake_rx().unwrap();
+    let mut rx = Vec::new();
+    assert_eq!(sock.recv(&mut rx, 64), 0);
+    sock.set_busy_poll(20, 64).unwrap();
+}
+
+#[test]
+fn bind_errors_say_what_to_do() {
+    if !privileged("bind_errors_say_what_to_do") {
+        return;
+    }
+    let veth = VethPair::new();
+    let name = veth.if_a.clone();
+    veth.in_ns(&veth.ns_a, || {
+        let umem = small_umem();
+        let cfg = SocketConfig {
+            zero_copy: ZeroCopy::Require,
+            ..small_socket()
+        };
+        let err = Socket::new(&name, 0, &umem, cfg).unwrap_err().to_string();
+        eprintln!("Require on veth: {err}");
+        assert!(err.contains(&name) && err.contains("zero-copy"), "{err}");
+
+        let err = Socket::new(&name, 3, &umem, small_socket())
+            .unwrap_err()
+            .to_string();
+        eprintln!("queue 3 on veth: {err}");
+        assert!(
+            err.contains("queue 3") && err.contains("does not exist"),
+            "{err}"
+        );
+
+        let err = Socket::new("xsk-nonexistent", 0, &umem, small_socket()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
+
+        // Failed binds released the UMEM, so it can be registered now.
+        let sock = Socket::new(&name, 0, &umem, small_socket()).unwrap();
+        let cfg = SocketConfig {
+            zero_copy: ZeroCopy::Off,
+            ..small_socket()
+        };
+        let err = Socket::new(&name, 0, &umem, cfg).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::Unsupported, "{err}");
+
+        let other = small_umem();
+        let err = Socket::new(&name, 0, &other, small_socket())
+            .unwrap_err()
+            .to_string();
+        eprintln!("second socket on the queue: {err}");
+        assert!(err.contains("already bound"), "{err}");
+
+        // The kernel frees the queue from a workqueue after close, so it is briefly EBUSY.
+        drop(sock);
+        let t0 = Instant::now();
+        let mut tries = 0;
+        let _sock = loop {
+            tries += 1;
+            match Socket::new(&name, 0, &umem, small_socket()) {
+                Ok(s) => break s,
+                Err(e) if e.kind() == io::ErrorKind::ResourceBusy && t0.elapsed().as_secs() < 5 => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Err(e) => panic!("UMEM and queue not reusable after the socket closed: {e}"),
+            }
+        };
+        eprintln!("queue free again after {:?} ({tries} binds)", t0.elapsed());
+    });
+}
+
+/// Drops CAP_IPC_LOCK from this thread's effective set (capabilities are per thread).
+fn drop_ipc_lock_on_this_thread() {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    const CAP_IPC_LOCK: u32 = 14;
+    let mut hdr = Header {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [Data::default(); 2];
+    // SAFETY: header and a 2-element data array, as capget expects for version 3.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget: {}", io::Error::last_os_error());
+    data[0].effective &= !(1 << CAP_IPC_LOCK);
+    // SAFETY: as above; pid 0 means the calling thread only.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", io::Error::last_os_error());
+}
+
+#[test]
+fn memlock_enobufs_is_explained() {
+    if !privileged("memlock_enobufs_is_explained") {
+        return;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid, writable rlimit.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) };
+    assert_eq!(rc, 0);
+    if lim.rlim_cur == libc::RLIM_INFINITY || lim.rlim_cur > 1 << 30 {
+        eprintln!("memlock_enobufs_is_explained: RLIMIT_MEMLOCK is unlimited; nothing to check");
+        return;
+    }
+    let veth = VethPair::new();
+    let name = veth.if_a.clone();
+    let err = veth.in_ns(&veth.ns_a, || {
+        drop_ipc_lock_on_this_thread();
+        let frames = u32::try_from(lim.rlim_cur / 4096 + 16).unwrap();
+        let cfg = UmemConfig {
+            frame_count: frames,
+            ..UmemConfig::default()
+        };
+        let umem = Umem::new(cfg).unwrap();
+        Socket::new(&name, 0, &umem, small_socket())
+            .unwrap_err()
+            .to_string()
+    });
+    eprintln!("UMEM over RLIMIT_MEMLOCK without CAP_IPC_LOCK: {err}");
+    assert!(
+        err.contains("RLIMIT_MEMLOCK") && err.contains("LimitMEMLOCK=infinity"),
+        "{err}"
+    );
+}
