@@ -24,7 +24,7 @@ mod sys;
 
 use std::{
     fmt, io,
-    os::fd::{AsFd as _, RawFd},
+    os::fd::{AsFd as _, OwnedFd, RawFd},
     str::FromStr,
 };
 
@@ -213,7 +213,9 @@ pub enum SteerError {
         cause: io::Error,
     },
 
-    #[error("the driver of {ifname} does not support native (driver-mode) XDP; use --xdp-mode skb")]
+    #[error(
+        "the driver of {ifname} does not support native (driver-mode) XDP; use --xdp-mode skb"
+    )]
     DriverModeUnsupported { ifname: String },
 
     #[error(
@@ -278,8 +280,8 @@ pub enum SteerError {
 
 /// The XDP program, loaded and attached to one interface. Dropping it detaches the program.
 pub struct Steering {
-    // Field order is drop order: the link (detach) goes before the maps and the program.
-    link: Option<XdpLink>,
+    /// Always `Some` until drop.
+    attachment: Option<Attachment>,
     xsks: XskMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     ebpf: Ebpf,
@@ -329,15 +331,15 @@ impl Steering {
         }
 
         let program = xdp_program(&mut ebpf)?;
-        let (link, mode) = match mode {
+        let (attachment, mode) = match mode {
             XdpMode::Driver | XdpMode::Skb => (attach_in(program, ifname, &state, mode)?, mode),
             XdpMode::Auto => match attach_in(program, ifname, &state, XdpMode::Driver) {
-                Ok(link) => (link, XdpMode::Driver),
-                Err(e @ (SteerError::AlreadyAttached { .. } | SteerError::NeedPrivileges { .. })) => {
-                    return Err(e)
-                }
+                Ok(attachment) => (attachment, XdpMode::Driver),
+                Err(
+                    e @ (SteerError::AlreadyAttached { .. } | SteerError::NeedPrivileges { .. }),
+                ) => return Err(e),
                 Err(driver) => match attach_in(program, ifname, &state, XdpMode::Skb) {
-                    Ok(link) => (link, XdpMode::Skb),
+                    Ok(attachment) => (attachment, XdpMode::Skb),
                     Err(skb) => {
                         return Err(SteerError::AutoFailed {
                             ifname: ifname.to_owned(),
@@ -352,7 +354,7 @@ impl Steering {
         let xsks = take_map(&mut ebpf, MAP_XSKS, XskMap::try_from)?;
         let counters = take_map(&mut ebpf, MAP_COUNTERS, PerCpuArray::try_from)?;
         Ok(Self {
-            link: Some(link),
+            attachment: Some(attachment),
             xsks,
             counters,
             ebpf,
@@ -398,10 +400,13 @@ impl Steering {
             .ok_or_else(|| SteerError::BadObject {
                 detail: format!("no XDP program `{PROGRAM}`"),
             })?;
-        program.info().map(|info| info.id()).map_err(|e| SteerError::Map {
-            action: "reading the XDP program's id".to_owned(),
-            cause: chain(&e),
-        })
+        program
+            .info()
+            .map(|info| info.id())
+            .map_err(|e| SteerError::Map {
+                action: "reading the XDP program's id".to_owned(),
+                cause: chain(&e),
+            })
     }
 
     /// Sends the wanted AoE frames received on `queue_id` to the AF_XDP socket `xsk_fd`, which
@@ -410,21 +415,19 @@ impl Steering {
         if queue_id >= XSK_SLOTS {
             return Err(SteerError::QueueOutOfRange { queue_id });
         }
-        self.xsks.set(queue_id, xsk_fd, 0).map_err(|e| {
-            match errno(&e) {
-                Some(libc::EOPNOTSUPP | libc::ENOTSOCK | libc::EBADF) => {
-                    SteerError::NotXskSocket {
-                        fd: xsk_fd,
-                        queue_id,
-                        cause: io_error(&e),
-                    }
-                }
+        self.xsks
+            .set(queue_id, xsk_fd, 0)
+            .map_err(|e| match errno(&e) {
+                Some(libc::EOPNOTSUPP | libc::ENOTSOCK | libc::EBADF) => SteerError::NotXskSocket {
+                    fd: xsk_fd,
+                    queue_id,
+                    cause: io_error(&e),
+                },
                 _ => SteerError::Map {
                     action: format!("registering the AF_XDP socket of queue {queue_id}"),
                     cause: chain(&e),
                 },
-            }
-        })
+            })
     }
 
     /// Stops steering frames of `queue_id` to a socket: they go to the kernel stack again.
@@ -461,10 +464,17 @@ impl Steering {
 }
 
 impl Drop for Steering {
+    /// Detaches the program before the maps and the program itself are released.
     fn drop(&mut self) {
-        // Dropping an XdpLink detaches it (closes the bpf_link, or clears the netlink program
-        // if it is still ours). Done explicitly, before the maps and the program go.
-        drop(self.link.take());
+        match self.attachment.take() {
+            Some(Attachment::Link(link)) => {
+                // Fails only if someone else detached it already (e.g. a replacing attach);
+                // either way it is off the interface. Closing the fd then frees the link.
+                let _ = sys::link_detach(link.as_fd());
+            }
+            Some(Attachment::Netlink(link)) => drop(link),
+            None => {}
+        }
     }
 }
 
@@ -564,63 +574,88 @@ fn take_map<M, E: std::error::Error + 'static>(
     convert(map).map_err(|e| SteerError::BadObject { detail: chain(&e) })
 }
 
-/// Attaches in `mode` (Driver or Skb) and takes ownership of the link.
+/// How the program is attached, and so how it gets detached.
+enum Attachment {
+    /// A bpf_link we created: detached with `BPF_LINK_DETACH` on drop, then closed. Detaching
+    /// explicitly makes drop synchronous even while a spawned child briefly holds a copy of
+    /// the fd (between its fork and exec), which would keep a merely closed link attached.
+    Link(OwnedFd),
+    /// aya's netlink attachment, used on kernels without XDP links (before 5.9): aya removes
+    /// it on drop, if it is still our program.
+    Netlink(XdpLink),
+}
+
+/// Attaches in `mode` (Driver or Skb).
 fn attach_in(
     program: &mut Xdp,
     ifname: &str,
     state: &netlink::LinkState,
     mode: XdpMode,
-) -> Result<XdpLink, SteerError> {
-    let aya_mode = match mode {
-        XdpMode::Driver => aya::programs::XdpMode::Driver,
-        XdpMode::Skb => aya::programs::XdpMode::Skb,
+) -> Result<Attachment, SteerError> {
+    let (flag, aya_mode) = match mode {
+        XdpMode::Driver => (netlink::XDP_FLAGS_DRV_MODE, aya::programs::XdpMode::Driver),
+        XdpMode::Skb => (netlink::XDP_FLAGS_SKB_MODE, aya::programs::XdpMode::Skb),
         XdpMode::Auto => unreachable!("Auto is resolved by the caller"),
     };
-    let link_id = program
-        .attach_to_if_index(state.ifindex, aya_mode)
-        .map_err(|e| {
-            let action = format!("attaching XDP to {ifname} in {mode} mode");
-            if let Some(known) = classify(&e, action) {
-                return known;
-            }
-            let ifname = ifname.to_owned();
-            match errno(&e) {
-                // Raced with another attach since our check.
-                Some(libc::EBUSY | libc::EEXIST) => SteerError::AlreadyAttached {
-                    existing: xdp_attachment(&ifname)
-                        .ok()
-                        .flatten()
-                        .map_or_else(|| "unknown program".to_owned(), |a| a.to_string()),
-                    ifname,
-                },
-                Some(libc::EOPNOTSUPP) if mode == XdpMode::Driver => {
-                    SteerError::DriverModeUnsupported { ifname }
-                }
-                Some(libc::ERANGE) => SteerError::MtuTooLarge {
-                    ifname,
-                    mtu: state.mtu,
-                    mode,
-                },
-                Some(libc::ENODEV) => SteerError::NoSuchInterface { ifname },
-                _ => SteerError::AttachFailed {
-                    ifname,
-                    mode,
-                    cause: io_error(&e),
-                },
-            }
-        })?;
-    program
-        .take_link(link_id)
-        .map_err(|e| SteerError::BadObject { detail: chain(&e) })
+    let created = {
+        let prog_fd = program
+            .fd()
+            .map_err(|e| SteerError::BadObject { detail: chain(&e) })?;
+        sys::xdp_link_create(prog_fd.as_fd(), state.ifindex, flag)
+    };
+    match created {
+        Ok(link) => Ok(Attachment::Link(link)),
+        // No XDP bpf_link in this kernel: aya's attach tries a link, then falls back to netlink.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => program
+            .attach_to_if_index(state.ifindex, aya_mode)
+            .and_then(|id| program.take_link(id))
+            .map(Attachment::Netlink)
+            .map_err(|e| attach_error(&e, ifname, state, mode)),
+        Err(e) => Err(attach_error(&e, ifname, state, mode)),
+    }
+}
+
+fn attach_error(
+    error: &(dyn std::error::Error + 'static),
+    ifname: &str,
+    state: &netlink::LinkState,
+    mode: XdpMode,
+) -> SteerError {
+    let action = format!("attaching XDP to {ifname} in {mode} mode");
+    if let Some(known) = classify(error, action) {
+        return known;
+    }
+    let ifname = ifname.to_owned();
+    match errno(error) {
+        // EBUSY: a program in this mode; EEXIST: one in the other mode. We checked before
+        // loading, so another attach raced with ours.
+        Some(libc::EBUSY | libc::EEXIST) => SteerError::AlreadyAttached {
+            existing: xdp_attachment(&ifname)
+                .ok()
+                .flatten()
+                .map_or_else(|| "unknown program".to_owned(), |a| a.to_string()),
+            ifname,
+        },
+        Some(libc::EOPNOTSUPP) if mode == XdpMode::Driver => {
+            SteerError::DriverModeUnsupported { ifname }
+        }
+        Some(libc::ERANGE) => SteerError::MtuTooLarge {
+            ifname,
+            mtu: state.mtu,
+            mode,
+        },
+        Some(libc::ENODEV) => SteerError::NoSuchInterface { ifname },
+        _ => SteerError::AttachFailed {
+            ifname,
+            mode,
+            cause: io_error(error),
+        },
+    }
 }
 
 /// Removes every XDP program in `existing` from the interface: netlink-attached ones over
 /// netlink, bpf_link-held ones (netlink answers `EBUSY`) with `BPF_LINK_DETACH`.
-fn detach_existing(
-    ifname: &str,
-    ifindex: u32,
-    existing: &XdpAttachment,
-) -> Result<(), SteerError> {
+fn detach_existing(ifname: &str, ifindex: u32, existing: &XdpAttachment) -> Result<(), SteerError> {
     let failed = |cause: io::Error| SteerError::ReplaceFailed {
         ifname: ifname.to_owned(),
         existing: existing.to_string(),
@@ -703,7 +738,10 @@ fn is_privilege_error(error: &(dyn std::error::Error + 'static)) -> bool {
 fn errno(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
     let mut current = Some(error);
     while let Some(e) = current {
-        if let Some(code) = e.downcast_ref::<io::Error>().and_then(io::Error::raw_os_error) {
+        if let Some(code) = e
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
             return Some(code);
         }
         if let Some(code) = e
@@ -748,9 +786,15 @@ mod tests {
     fn embedded_object_has_the_expected_sections() {
         let object = section_names();
         for name in ["xdp.frags", ".maps", "license", ".BTF", ".BTF.ext"] {
-            assert!(object.contains(&name.to_owned()), "missing {name}: {object:?}");
+            assert!(
+                object.contains(&name.to_owned()),
+                "missing {name}: {object:?}"
+            );
         }
-        assert!(!object.iter().any(|s| s.starts_with(".debug")), "not stripped");
+        assert!(
+            !object.iter().any(|s| s.starts_with(".debug")),
+            "not stripped"
+        );
     }
 
     /// Section names from the ELF header, without an ELF crate: enough for a sanity check.
@@ -765,9 +809,8 @@ mod tests {
         let strtab = u64_at(shoff + shstrndx * shentsize + 0x18);
         (0..shnum)
             .map(|i| {
-                let name = u32::from_le_bytes(
-                    OBJECT[shoff + i * shentsize..][..4].try_into().unwrap(),
-                );
+                let name =
+                    u32::from_le_bytes(OBJECT[shoff + i * shentsize..][..4].try_into().unwrap());
                 let start = strtab + usize::try_from(name).unwrap();
                 let end = start + OBJECT[start..].iter().position(|&b| b == 0).unwrap();
                 String::from_utf8_lossy(&OBJECT[start..end]).into_owned()
@@ -782,7 +825,10 @@ mod tests {
         }
         assert_eq!("native".parse::<XdpMode>(), Ok(XdpMode::Driver));
         assert_eq!("generic".parse::<XdpMode>(), Ok(XdpMode::Skb));
-        assert!("hw".parse::<XdpMode>().unwrap_err().contains("auto, driver or skb"));
+        assert!("hw"
+            .parse::<XdpMode>()
+            .unwrap_err()
+            .contains("auto, driver or skb"));
     }
 
     #[test]
@@ -810,7 +856,10 @@ mod tests {
         };
         let a = XdpAttachment::from_state(&state).unwrap();
         assert_eq!(a.to_string(), "program id 7 in skb mode");
-        let none = netlink::LinkState { skb_prog_id: 0, ..state };
+        let none = netlink::LinkState {
+            skb_prog_id: 0,
+            ..state
+        };
         assert_eq!(XdpAttachment::from_state(&none), None);
     }
 
@@ -820,7 +869,9 @@ mod tests {
             action: "loading the XDP program for eth0".to_owned(),
             cause: io::Error::from_raw_os_error(libc::EPERM),
         };
-        assert!(e.to_string().contains("needs root or CAP_BPF+CAP_NET_ADMIN"));
+        assert!(e
+            .to_string()
+            .contains("needs root or CAP_BPF+CAP_NET_ADMIN"));
         let e = SteerError::DriverModeUnsupported {
             ifname: "eth0".to_owned(),
         };

@@ -206,7 +206,7 @@ impl Message {
         buf.extend_from_slice(&flags.to_ne_bytes());
         buf.extend_from_slice(&1u32.to_ne_bytes()); // nlmsg_seq
         buf.extend_from_slice(&0u32.to_ne_bytes()); // nlmsg_pid: the kernel fills it in
-        // ifinfomsg: family AF_UNSPEC, pad, type, index, flags, change
+                                                    // ifinfomsg: family AF_UNSPEC, pad, type, index, flags, change
         buf.extend_from_slice(&[0, 0, 0, 0]);
         buf.extend_from_slice(&ifindex.to_ne_bytes());
         buf.extend_from_slice(&[0; 8]);

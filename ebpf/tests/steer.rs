@@ -10,7 +10,7 @@
 
 use std::{
     fs::File,
-    io,
+    io::{self, Write as _},
     os::{
         fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
         unix::fs::MetadataExt as _,
@@ -46,7 +46,11 @@ fn target_role_auto_mode() {
 
 #[test]
 fn initiator_role_driver_mode() {
-    check_counts("initiator_role_driver_mode", XdpMode::Driver, Role::Initiator);
+    check_counts(
+        "initiator_role_driver_mode",
+        XdpMode::Driver,
+        Role::Initiator,
+    );
 }
 
 #[test]
@@ -70,7 +74,11 @@ fn check_counts(test: &str, mode: XdpMode, role: Role) {
         let mut steering = Steering::attach(&lab.target_if, mode, role, false)
             .unwrap_or_else(|e| panic!("attach in {mode} mode: {e}"));
         // veth supports native XDP, so Auto must pick it.
-        let expected_mode = if mode == XdpMode::Skb { XdpMode::Skb } else { XdpMode::Driver };
+        let expected_mode = if mode == XdpMode::Skb {
+            XdpMode::Skb
+        } else {
+            XdpMode::Driver
+        };
         assert_eq!(steering.mode(), expected_mode);
         assert_eq!(steering.role(), role);
         assert_eq!(steering.replaced(), None);
@@ -80,7 +88,11 @@ fn check_counts(test: &str, mode: XdpMode, role: Role) {
             XdpMode::Driver => assert_eq!(attached.driver_prog_id, Some(id)),
             _ => assert_eq!(attached.skb_prog_id, Some(id)),
         }
-        assert!(lab.ip_details().contains("prog/xdp"), "{}", lab.ip_details());
+        assert!(
+            lab.ip_details().contains("prog/xdp"),
+            "{}",
+            lab.ip_details()
+        );
 
         // 3 requests, 2 responses, 4 non-AoE frames, 1 AoE frame cut after the EtherType.
         let (wanted, unwanted) = match role {
@@ -123,7 +135,10 @@ fn check_counts(test: &str, mode: XdpMode, role: Role) {
         drop(steering);
         assert_eq!(xdp_attachment(&lab.target_if).unwrap(), None);
         let details = lab.ip_details();
-        assert!(!details.contains("xdp"), "still attached after drop:\n{details}");
+        assert!(
+            !details.contains("xdp"),
+            "still attached after drop:\n{details}"
+        );
     });
 }
 
@@ -168,9 +183,15 @@ fn second_attach_needs_replace() {
             let err = Steering::attach(&lab.target_if, mode, Role::Target, false).unwrap_err();
             assert!(matches!(err, SteerError::AlreadyAttached { .. }), "{err:?}");
             let message = err.to_string();
-            assert!(message.contains("already has an XDP program attached"), "{message}");
+            assert!(
+                message.contains("already has an XDP program attached"),
+                "{message}"
+            );
             assert!(message.contains("--replace-xdp"), "{message}");
-            assert!(message.contains(&format!("program id {first_id} in driver mode")), "{message}");
+            assert!(
+                message.contains(&format!("program id {first_id} in driver mode")),
+                "{message}"
+            );
         }
         // The refused attempts changed nothing.
         let attached = xdp_attachment(&lab.target_if).unwrap().unwrap();
@@ -185,7 +206,11 @@ fn second_attach_needs_replace() {
 
         drop(first);
         let attached = xdp_attachment(&lab.target_if).unwrap().unwrap();
-        assert_eq!(attached.skb_prog_id, Some(second_id), "first drop detached the second");
+        assert_eq!(
+            attached.skb_prog_id,
+            Some(second_id),
+            "first drop detached the second"
+        );
         lab.send(&[aoe(REQUEST, 60), aoe(RESPONSE, 60)]);
         expect_counters(
             &second,
@@ -219,8 +244,17 @@ fn replaces_a_netlink_attached_program() {
     let lab = Lab::new(1500);
     let object = concat!(env!("CARGO_MANIFEST_DIR"), "/aoe_steer.o");
     ip(&[
-        "-n", &lab.target_ns, "link", "set", "dev", &lab.target_if, "xdpgeneric", "obj", object,
-        "sec", "xdp.frags",
+        "-n",
+        &lab.target_ns,
+        "link",
+        "set",
+        "dev",
+        &lab.target_if,
+        "xdpgeneric",
+        "obj",
+        object,
+        "sec",
+        "xdp.frags",
     ]);
     lab.in_target(|| {
         let foreign = xdp_attachment(&lab.target_if).unwrap().unwrap();
@@ -233,7 +267,10 @@ fn replaces_a_netlink_attached_program() {
         assert_eq!(steering.replaced(), Some(foreign));
         let attached = xdp_attachment(&lab.target_if).unwrap().unwrap();
         assert_eq!(attached.skb_prog_id, None);
-        assert_eq!(attached.driver_prog_id, Some(steering.program_id().unwrap()));
+        assert_eq!(
+            attached.driver_prog_id,
+            Some(steering.program_id().unwrap())
+        );
         drop(steering);
         assert_eq!(xdp_attachment(&lab.target_if).unwrap(), None);
     });
@@ -248,9 +285,15 @@ fn errors_say_what_is_wrong() {
     lab.in_target(|| {
         let err = Steering::attach("xbnope0", XdpMode::Auto, Role::Target, false).unwrap_err();
         assert!(matches!(err, SteerError::NoSuchInterface { .. }), "{err:?}");
-        assert!(err.to_string().contains("no network interface `xbnope0`"), "{err}");
+        assert!(
+            err.to_string().contains("no network interface `xbnope0`"),
+            "{err}"
+        );
         let err = Steering::attach("bad/name", XdpMode::Auto, Role::Target, false).unwrap_err();
-        assert!(matches!(err, SteerError::InvalidInterfaceName { .. }), "{err:?}");
+        assert!(
+            matches!(err, SteerError::InvalidInterfaceName { .. }),
+            "{err:?}"
+        );
 
         let mut steering =
             Steering::attach(&lab.target_if, XdpMode::Driver, Role::Target, false).unwrap();
@@ -303,7 +346,9 @@ fn arp() -> Vec<u8> {
 /// EtherTypes, one of them 0x88A3 right next to AoE's.
 fn non_aoe_frames() -> Vec<Vec<u8>> {
     let mut ipv4 = ethernet(0x0800);
-    ipv4.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1]);
+    ipv4.extend_from_slice(&[
+        0x45, 0, 0, 28, 0, 0, 0, 0, 64, 17, 0, 0, 10, 0, 0, 2, 10, 0, 0, 1,
+    ]);
     ipv4.resize(60, 0);
     let mut local = ethernet(0x88b5);
     local.resize(60, 0);
@@ -337,7 +382,11 @@ fn expect_counters(steering: &Steering, expected: Counters) {
         thread::sleep(Duration::from_millis(10));
     }
     thread::sleep(Duration::from_millis(100));
-    assert_eq!(steering.counters().unwrap(), expected, "counters moved further");
+    assert_eq!(
+        steering.counters().unwrap(),
+        expected,
+        "counters moved further"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -365,7 +414,9 @@ impl Lab {
         // `lab` exists before the first namespace: its drop cleans up whatever got created.
         // Creation is serialised: concurrent first-time `ip netns add` can race on /run/netns.
         static CREATE: Mutex<()> = Mutex::new(());
-        let _serial = CREATE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _serial = CREATE
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for ns in [&lab.target_ns, &lab.peer_ns] {
             ip(&["netns", "add", ns]);
             in_netns(ns, || {
@@ -377,13 +428,42 @@ impl Lab {
         }
         let mtu = mtu.to_string();
         ip(&[
-            "-n", &lab.peer_ns, "link", "add", "name", &lab.peer_if, "mtu", &mtu,
-            "numtxqueues", "1", "numrxqueues", "1", "type", "veth", "peer", "name",
-            &lab.target_if, "netns", &lab.target_ns, "mtu", &mtu, "numtxqueues", "1",
-            "numrxqueues", "1",
+            "-n",
+            &lab.peer_ns,
+            "link",
+            "add",
+            "name",
+            &lab.peer_if,
+            "mtu",
+            &mtu,
+            "numtxqueues",
+            "1",
+            "numrxqueues",
+            "1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.target_if,
+            "netns",
+            &lab.target_ns,
+            "mtu",
+            &mtu,
+            "numtxqueues",
+            "1",
+            "numrxqueues",
+            "1",
         ]);
         ip(&["-n", &lab.peer_ns, "link", "set", "dev", &lab.peer_if, "up"]);
-        ip(&["-n", &lab.target_ns, "link", "set", "dev", &lab.target_if, "up"]);
+        ip(&[
+            "-n",
+            &lab.target_ns,
+            "link",
+            "set",
+            "dev",
+            &lab.target_if,
+            "up",
+        ]);
         lab
     }
 
@@ -399,7 +479,11 @@ impl Lab {
             let sock = packet_socket();
             for frame in frames {
                 send_frame(&sock, ifindex, frame).unwrap_or_else(|e| {
-                    panic!("sending a {}-byte frame from {}: {e}", frame.len(), self.peer_if)
+                    panic!(
+                        "sending a {}-byte frame from {}: {e}",
+                        frame.len(),
+                        self.peer_if
+                    )
                 });
             }
         });
@@ -407,7 +491,15 @@ impl Lab {
 
     /// `ip -d link show` of the target interface.
     fn ip_details(&self) -> String {
-        ip(&["-n", &self.target_ns, "-d", "link", "show", "dev", &self.target_if])
+        ip(&[
+            "-n",
+            &self.target_ns,
+            "-d",
+            "link",
+            "show",
+            "dev",
+            &self.target_if,
+        ])
     }
 }
 
@@ -522,6 +614,7 @@ fn privileged(test: &str) -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("CI=true but not root, refusing to skip: {reason}");
     }
-    eprintln!("SKIPPED (needs root): {reason}");
+    // Straight to the stderr fd: libtest captures `eprintln!` of passing tests.
+    let _ = writeln!(io::stderr(), "SKIPPED (needs root): {reason}");
     false
 }

@@ -53,9 +53,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let new_bytes = fs::read(&built).with_context(|| format!("reading {}", built.display()))?;
 
     if check {
-        let old_bytes = fs::read(&committed).with_context(|| {
-            format!("reading the committed object {}", committed.display())
-        })?;
+        let old_bytes = fs::read(&committed)
+            .with_context(|| format!("reading the committed object {}", committed.display()))?;
         if old_bytes != new_bytes {
             let first_difference = old_bytes
                 .iter()
@@ -113,7 +112,9 @@ fn build(ebpf_dir: &Path, scratch: &Path, out: &Path) -> Result<String> {
     exec(
         Command::new(&clang)
             .current_dir(ebpf_dir)
-            .args(["-O2", "-g", "-target", "bpfel", "-Wall", "-Wextra", "-Werror"])
+            .args([
+                "-O2", "-g", "-target", "bpfel", "-Wall", "-Wextra", "-Werror",
+            ])
             .arg(prefix_map)
             .args(["-c", SOURCE, "-o"])
             .arg(&unstripped),
@@ -133,15 +134,22 @@ fn tool(env: &str, default: &str) -> PathBuf {
 }
 
 fn clang_version(clang: &Path) -> Result<String> {
-    let output = Command::new(clang).arg("--version").output().with_context(|| {
-        format!(
+    let output = Command::new(clang)
+        .arg("--version")
+        .output()
+        .with_context(|| {
+            format!(
             "cannot run `{}`: install clang and llvm (Debian: `apt-get install -y clang llvm`) \
              or point CLANG=/path/to/clang at one",
             clang.display()
         )
-    })?;
+        })?;
     if !output.status.success() {
-        bail!("`{} --version` failed with {}", clang.display(), output.status);
+        bail!(
+            "`{} --version` failed with {}",
+            clang.display(),
+            output.status
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -154,9 +162,7 @@ fn clang_version(clang: &Path) -> Result<String> {
 /// Runs `cmd` to completion; its output goes to our stderr/stdout.
 fn exec(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| {
-        format!(
-            "failed to run {cmd:?} (is it installed? Debian: `apt-get install -y clang llvm`)"
-        )
+        format!("failed to run {cmd:?} (is it installed? Debian: `apt-get install -y clang llvm`)")
     })?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
@@ -213,6 +219,8 @@ impl Drop for Scratch {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+
     use super::*;
 
     /// Builds from a copy of `ebpf/` at another path: the bytes must not depend on where the
@@ -221,7 +229,11 @@ mod tests {
     fn build_is_path_independent() {
         let clang = tool("CLANG", "clang");
         if clang_version(&clang).is_err() {
-            eprintln!("SKIPPED (needs clang): build_is_path_independent");
+            // Straight to the stderr fd: libtest captures `eprintln!` of passing tests.
+            let _ = writeln!(
+                std::io::stderr(),
+                "SKIPPED (needs clang): build_is_path_independent"
+            );
             return;
         }
         let ebpf_dir = crate::project_root().join("ebpf");

@@ -1,0 +1,239 @@
+//! End to end: xblade in a network namespace, attached to a veth by XDP, served through AF_XDP
+//! and io_uring, driven by a raw-socket AoE initiator in the peer namespace.
+
+mod common;
+
+use aoe::ata;
+use aoe::initiator::{parse_response, AtaRequest, Body};
+use aoe::wire::{error, SECTOR};
+use common::{file_bytes, pattern, privileged, Client, Lab};
+
+const MIB: u64 = 1 << 20;
+
+/// Write patterns across the export (first sectors, middle, last sector), read them back over
+/// the wire, and check the backing file byte for byte at `base` (the export's byte offset).
+fn write_read_verify(c: &mut Client, path: &std::path::Path, base: u64, sectors: u64, seed: u64) {
+    let lbas = [0, 1, 2, 77, sectors / 2, sectors - 3, sectors - 2];
+    for &lba in &lbas {
+        let data = pattern(seed, lba, 2);
+        assert_eq!(c.write(lba, &data), (ata::STATUS_OK, 0), "write at {lba}");
+    }
+    for &lba in &lbas {
+        let (s, e, d) = c.read(lba, 2);
+        assert_eq!((s, e), (ata::STATUS_OK, 0), "read at {lba}");
+        assert_eq!(d, pattern(seed, lba, 2), "data read back at {lba}");
+        // The last write wins where ranges overlap (sectors-3 and sectors-2 overlap): compare
+        // against the file only for the sector written last there.
+    }
+    for &lba in &lbas {
+        let on_disk = file_bytes(path, base + lba * SECTOR as u64, 2 * SECTOR);
+        assert_eq!(on_disk, pattern(seed, lba, 2), "backing file at lba {lba}");
+    }
+    // One sector past the end is out of range.
+    let (s, e, _) = c.read(sectors - 1, 2);
+    assert_eq!((s, e), (ata::STATUS_FAIL, ata::ERR_IDNF));
+}
+
+fn stopped_cleanly(lab: &Lab, d: common::Daemon) -> String {
+    let (status, log) = d.stop();
+    assert!(status.success(), "xblade exit {status}:\n{log}");
+    assert!(log.contains("copied_bytes: 0"), "no userspace copy of data expected:\n{log}");
+    assert!(!lab.xdp_attached(), "XDP program left attached after exit");
+    log
+}
+
+#[test]
+fn serves_a_tmpfs_file_in_driver_and_skb_mode() {
+    if !privileged("serves_a_tmpfs_file_in_driver_and_skb_mode") {
+        return;
+    }
+    for mode in ["driver", "skb"] {
+        let lab = Lab::new();
+        let img = lab.image("disk.img", 8 * MIB);
+        let d = lab.xblade(&["--xdp-mode", mode, "1", "0", "{if}", img.to_str().unwrap()]);
+        assert!(d.log().contains(&format!("mode={}", if mode == "driver" { "Driver" } else { "Skb" })), "{}", d.log());
+        let mut c = lab.client();
+        let cfg = c.discover(1, 0);
+        match parse_response(&cfg).unwrap().body {
+            Body::Config { bufcnt, sectors, .. } => assert_eq!((bufcnt, sectors), (64, 2)),
+            b => panic!("{b:?}"),
+        }
+        let (s, _, page) = Client::ata_regs(&c.ata(&AtaRequest::identify()));
+        assert_eq!(s, ata::STATUS_OK);
+        assert_eq!(ata::identify_capacity(&page[..512]), 8 * MIB / 512);
+        write_read_verify(&mut c, &img, 0, 8 * MIB / 512, 7);
+        let log = stopped_cleanly(&lab, d);
+        assert!(log.contains("writes: 7") && log.contains("write_bytes: 7168"), "{log}");
+    }
+}
+
+#[test]
+fn announces_itself_at_start_up() {
+    if !privileged("announces_itself_at_start_up") {
+        return;
+    }
+    let lab = Lab::new();
+    let img = lab.image("disk.img", MIB);
+    let c = lab.client();
+    let d = lab.xblade(&["3", "4", "{if}", img.to_str().unwrap()]);
+    let got = c.drain();
+    let adv = got.iter().map(|f| parse_response(f).unwrap()).find(|p| p.tag == 0).expect("no tag-0 advertisement");
+    assert_eq!((adv.shelf, adv.slot), (3, 4));
+    assert!(matches!(adv.body, Body::Config { .. }));
+    stopped_cleanly(&lab, d);
+}
+
+/// Every kind of bad frame gets the protocol's answer, the daemon keeps serving, and the
+/// backing file changes only where a valid write said so.
+#[test]
+fn bad_frames_get_precise_answers_and_write_nothing() {
+    if !privileged("bad_frames_get_precise_answers_and_write_nothing") {
+        return;
+    }
+    let lab = Lab::new();
+    let img = lab.image("disk.img", MIB);
+    std::fs::write(&img, vec![0x5au8; MIB as usize]).unwrap();
+    let before = std::fs::read(&img).unwrap();
+    let d = lab.xblade(&["-r", "1", "0", "{if}", img.to_str().unwrap()]);
+    let mut c = lab.client();
+    c.discover(1, 0);
+    let sectors = MIB / 512;
+    let data = vec![0xee; 1024];
+
+    // (name, frame, expected answer)
+    enum Want {
+        Silence,
+        AoeError(u8),
+        Ata(u8, u8),
+    }
+    let mut cases: Vec<(&str, Vec<u8>, Want)> = Vec::new();
+    let frame = |c: &mut Client, req: &AtaRequest<'_>| {
+        let a = c.addr();
+        let mut f = vec![0u8; 2000];
+        let n = aoe::initiator::ata_request(&mut f, &a, req);
+        f.truncate(n);
+        f
+    };
+    cases.push(("write to a read-only export", frame(&mut c, &AtaRequest::write(0, &data)), Want::Ata(0x41, ata::ERR_ABRT)));
+    cases.push(("read past the end", frame(&mut c, &AtaRequest::read(sectors - 1, 2)), Want::Ata(0x41, ata::ERR_IDNF)));
+    cases.push(("lba+count overflow", frame(&mut c, &AtaRequest::read(0xffff_ffff_ffff, 2)), Want::Ata(0x41, ata::ERR_IDNF)));
+    cases.push(("more sectors than advertised", frame(&mut c, &AtaRequest::read(0, 3)), Want::Ata(0x41, ata::ERR_ABRT)));
+    cases.push(("zero sectors", frame(&mut c, &AtaRequest::read(0, 0)), Want::Ata(0x41, ata::ERR_ABRT)));
+    cases.push(("unknown ATA opcode", frame(&mut c, &AtaRequest { cmd: 0xef, feature: 0, sectors: 0, lba: 0, data: None }), Want::Ata(0x41, ata::ERR_ABRT)));
+    let mut short = frame(&mut c, &AtaRequest::read(0, 1));
+    short.truncate(30);
+    cases.push(("truncated ATA header", short, Want::AoeError(error::BAD_ARG)));
+    let mut resp = frame(&mut c, &AtaRequest::read(0, 1));
+    resp[14] |= 0x08;
+    cases.push(("a response (R=1)", resp, Want::Silence));
+    let mut other = frame(&mut c, &AtaRequest::read(0, 1));
+    other[18] = 9;
+    cases.push(("another slot", other, Want::Silence));
+    let mut unknown = frame(&mut c, &AtaRequest::read(0, 1));
+    unknown[19] = 0x42;
+    cases.push(("unknown AoE command", unknown, Want::AoeError(error::BAD_CMD)));
+    let mut badver = frame(&mut c, &AtaRequest::read(0, 1));
+    badver[14] = 0x20;
+    cases.push(("AoE version 2", badver, Want::AoeError(error::BAD_VERSION)));
+    let mut junk = frame(&mut c, &AtaRequest::read(0, 1));
+    junk.extend_from_slice(&[0xab; 900]);
+    cases.push(("read with trailing junk", junk, Want::Ata(0x40, 0)));
+
+    for (name, f, want) in cases {
+        let tag = u32::from_be_bytes([f[20], f[21], f[22], f[23]]);
+        let got = c.transact(&f, tag);
+        match (want, got) {
+            (Want::Silence, None) => {}
+            (Want::Silence, Some(r)) => panic!("{name}: expected silence, got {r:02x?}"),
+            (_, None) => panic!("{name}: no answer"),
+            (Want::AoeError(code), Some(r)) => {
+                assert_eq!(parse_response(&r).unwrap().error, Some(code), "{name}");
+                assert!(r.len() >= 60, "{name}: padded");
+            }
+            (Want::Ata(s, e), Some(r)) => {
+                let (st, er, _) = Client::ata_regs(&r);
+                assert_eq!((st, er), (s, e), "{name}");
+                assert!(r.len() >= 60, "{name}: padded");
+            }
+        }
+    }
+    // Still serving, and not a byte written.
+    let (s, _, d0) = c.read(0, 2);
+    assert_eq!((s, d0), (0x40, vec![0x5a; 1024]));
+    stopped_cleanly(&lab, d);
+    assert!(std::fs::read(&img).unwrap() == before, "the backing file changed");
+}
+
+#[test]
+fn sub_range_export_writes_only_inside_its_range() {
+    if !privileged("sub_range_export_writes_only_inside_its_range") {
+        return;
+    }
+    let lab = Lab::new();
+    let img = lab.image("disk.img", 4 * MIB);
+    let d = lab.xblade(&["-o", "2048", "-l", "4096", "2", "7", "{if}", img.to_str().unwrap()]);
+    let mut c = lab.client();
+    c.discover(2, 7);
+    let (_, _, page) = Client::ata_regs(&c.ata(&AtaRequest::identify()));
+    assert_eq!(ata::identify_capacity(&page[..512]), 4096);
+    write_read_verify(&mut c, &img, 2048 * 512, 4096, 11);
+    stopped_cleanly(&lab, d);
+    let all = std::fs::read(&img).unwrap();
+    assert!(all[..2048 * 512].iter().all(|b| *b == 0), "bytes before the range were written");
+    assert!(all[(2048 + 4096) * 512..].iter().all(|b| *b == 0), "bytes after the range were written");
+}
+
+struct Loop(String);
+
+impl Loop {
+    fn new(backing: &std::path::Path, sector: u32) -> Loop {
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on", "--sector-size", &sector.to_string()])
+            .arg(backing)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+        Loop(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+#[test]
+fn loop_devices_512_and_4096() {
+    if !privileged("loop_devices_512_and_4096") {
+        return;
+    }
+    let lab = Lab::new();
+    // 512-byte sectors: O_DIRECT straight through, and O_EXCL keeps a second daemon off it.
+    let f512 = lab.image("l512.img", 8 * MIB);
+    let dev = Loop::new(&f512, 512);
+    let d = lab.xblade(&["1", "1", "{if}", &dev.0]);
+    let (status, log) = lab.xblade_fails(&["1", "2", "{if}", &dev.0]);
+    assert!(!status.success());
+    assert!(log.contains("device busy"), "{log}");
+    let mut c = lab.client();
+    c.discover(1, 1);
+    write_read_verify(&mut c, std::path::Path::new(&dev.0), 0, 8 * MIB / 512, 3);
+    stopped_cleanly(&lab, d);
+
+    // 4096-byte sectors: O_DIRECT cannot do 512-byte I/O there, so a clear refusal...
+    let f4k = lab.image("l4k.img", 8 * MIB);
+    let dev4k = Loop::new(&f4k, 4096);
+    let (status, log) = lab.xblade_fails(&["1", "3", "{if}", &dev4k.0]);
+    assert!(!status.success());
+    assert!(log.contains("4096-byte logical blocks") && log.contains("--buffered"), "{log}");
+    // ...and the admin's explicit buffered mode serves it.
+    let d = lab.xblade(&["--buffered", "1", "3", "{if}", &dev4k.0]);
+    let mut c = lab.client();
+    c.discover(1, 3);
+    for lba in [1u64, 9, 1000] {
+        assert_eq!(c.write(lba, &pattern(5, lba, 2)), (0x40, 0));
+        assert_eq!(c.read(lba, 2).2, pattern(5, lba, 2));
+    }
+    stopped_cleanly(&lab, d);
+}
