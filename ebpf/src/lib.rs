@@ -18,6 +18,21 @@
 //! ```
 //!
 //! Every operation acts in the network namespace of the calling thread.
+//!
+//! # Attaching next to other XDP programs
+//!
+//! An interface has at most one XDP program per mode, and the kernel refuses driver and skb
+//! programs at the same time. aya 0.14's `Xdp::attach` always tries `BPF_LINK_CREATE` first and
+//! only falls back to netlink on `EINVAL` (kernels before 5.9); when a program is already there
+//! the kernel answers `EBUSY` (same mode, or a bpf_link) or `EEXIST` (the other mode), and aya
+//! returns that as an opaque "`bpf_link_create` failed" — it never replaces anything (its netlink
+//! path also sets `XDP_FLAGS_UPDATE_IF_NOEXIST`). So [`Steering::attach`] asks rtnetlink first
+//! and refuses with [`SteerError::AlreadyAttached`], or with `replace` removes the old program
+//! itself: over netlink, or with `BPF_LINK_DETACH` when a bpf_link holds it.
+//!
+//! The link is created here rather than by aya so that drop can `BPF_LINK_DETACH` it: a link
+//! that is merely closed stays attached while any copy of its fd lives, e.g. in a child being
+//! spawned at that moment.
 
 mod netlink;
 mod sys;
@@ -290,6 +305,7 @@ pub struct Steering {
     mode: XdpMode,
     role: Role,
     replaced: Option<XdpAttachment>,
+    driver_error: Option<SteerError>,
 }
 
 impl fmt::Debug for Steering {
@@ -330,16 +346,20 @@ impl Steering {
             detach_existing(ifname, state.ifindex, &existing)?;
         }
 
+        let xsks = take_map(&mut ebpf, MAP_XSKS, XskMap::try_from)?;
+        let counters = take_map(&mut ebpf, MAP_COUNTERS, PerCpuArray::try_from)?;
         let program = xdp_program(&mut ebpf)?;
-        let (attachment, mode) = match mode {
-            XdpMode::Driver | XdpMode::Skb => (attach_in(program, ifname, &state, mode)?, mode),
+        let (attachment, mode, driver_error) = match mode {
+            XdpMode::Driver | XdpMode::Skb => {
+                (attach_in(program, ifname, &state, mode)?, mode, None)
+            }
             XdpMode::Auto => match attach_in(program, ifname, &state, XdpMode::Driver) {
-                Ok(attachment) => (attachment, XdpMode::Driver),
+                Ok(attachment) => (attachment, XdpMode::Driver, None),
                 Err(
                     e @ (SteerError::AlreadyAttached { .. } | SteerError::NeedPrivileges { .. }),
                 ) => return Err(e),
                 Err(driver) => match attach_in(program, ifname, &state, XdpMode::Skb) {
-                    Ok(attachment) => (attachment, XdpMode::Skb),
+                    Ok(attachment) => (attachment, XdpMode::Skb, Some(driver)),
                     Err(skb) => {
                         return Err(SteerError::AutoFailed {
                             ifname: ifname.to_owned(),
@@ -351,8 +371,6 @@ impl Steering {
             },
         };
 
-        let xsks = take_map(&mut ebpf, MAP_XSKS, XskMap::try_from)?;
-        let counters = take_map(&mut ebpf, MAP_COUNTERS, PerCpuArray::try_from)?;
         Ok(Self {
             attachment: Some(attachment),
             xsks,
@@ -363,6 +381,7 @@ impl Steering {
             mode,
             role,
             replaced: existing,
+            driver_error,
         })
     }
 
@@ -384,6 +403,12 @@ impl Steering {
     /// The interface index, in the namespace `attach` ran in.
     pub fn ifindex(&self) -> u32 {
         self.ifindex
+    }
+
+    /// Why driver mode was not used, when [`XdpMode::Auto`] fell back to skb mode (worth
+    /// logging: skb mode is much slower and rules out AF_XDP zero-copy).
+    pub fn auto_fallback_reason(&self) -> Option<&SteerError> {
+        self.driver_error.as_ref()
     }
 
     /// The programs that `attach` detached because `replace` was true.
@@ -816,6 +841,14 @@ mod tests {
                 String::from_utf8_lossy(&OBJECT[start..end]).into_owned()
             })
             .collect()
+    }
+
+    #[test]
+    fn types_cross_threads() {
+        fn send<T: Send>() {}
+        fn error<T: std::error::Error + Send + Sync + 'static>() {}
+        send::<Steering>();
+        error::<SteerError>();
     }
 
     #[test]

@@ -80,6 +80,7 @@ fn check_counts(test: &str, mode: XdpMode, role: Role) {
             XdpMode::Driver
         };
         assert_eq!(steering.mode(), expected_mode);
+        assert!(steering.auto_fallback_reason().is_none());
         assert_eq!(steering.role(), role);
         assert_eq!(steering.replaced(), None);
         let attached = xdp_attachment(&lab.target_if).unwrap().expect("attached");
@@ -273,6 +274,38 @@ fn replaces_a_netlink_attached_program() {
         );
         drop(steering);
         assert_eq!(xdp_attachment(&lab.target_if).unwrap(), None);
+    });
+}
+
+/// `lo` has no native XDP: driver mode is refused with advice, auto falls back to skb mode.
+#[test]
+fn auto_falls_back_to_skb_without_native_xdp() {
+    if !privileged("auto_falls_back_to_skb_without_native_xdp") {
+        return;
+    }
+    let lab = Lab::new(1500);
+    lab.in_target(|| {
+        let err = Steering::attach("lo", XdpMode::Driver, Role::Target, false).unwrap_err();
+        assert!(
+            matches!(err, SteerError::DriverModeUnsupported { .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("use --xdp-mode skb"), "{err}");
+
+        let steering = Steering::attach("lo", XdpMode::Auto, Role::Target, false).unwrap();
+        assert_eq!(steering.mode(), XdpMode::Skb);
+        assert!(
+            matches!(
+                steering.auto_fallback_reason(),
+                Some(SteerError::DriverModeUnsupported { .. })
+            ),
+            "{:?}",
+            steering.auto_fallback_reason()
+        );
+        let attached = xdp_attachment("lo").unwrap().unwrap();
+        assert_eq!(attached.skb_prog_id, Some(steering.program_id().unwrap()));
+        drop(steering);
+        assert_eq!(xdp_attachment("lo").unwrap(), None);
     });
 }
 
