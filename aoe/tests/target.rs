@@ -547,7 +547,11 @@ fn other_ata_commands() {
         Decision::Flush
     );
     let r = lab.reply(&lab.ata(req(ata::CHECK_POWER, 0, 0)));
-    assert_eq!((ata_regs(&r).0, ata_regs(&r).2), (0x40, 0xff), "active/idle");
+    assert_eq!(
+        (ata_regs(&r).0, ata_regs(&r).2),
+        (0x40, 0xff),
+        "active/idle"
+    );
     let sig = 0xc2_4f00;
     let r = lab.reply(&lab.ata(req(ata::SMART, ata::smart::RETURN_STATUS, sig)));
     assert_eq!(r.len(), 548, "aoeping -S needs 548 bytes");

@@ -37,7 +37,12 @@ pub struct Daemon {
 
 impl Default for Daemon {
     fn default() -> Self {
-        Daemon { xdp_mode: XdpModeArg::Auto, replace_xdp: false, frames: 4096, cpus: Vec::new() }
+        Daemon {
+            xdp_mode: XdpModeArg::Auto,
+            replace_xdp: false,
+            frames: 4096,
+            cpus: Vec::new(),
+        }
     }
 }
 
@@ -144,7 +149,10 @@ pub enum ConfigError {
 impl Config {
     /// Parse a TOML document (`path` only names it in errors) and validate it.
     pub fn from_toml(path: &str, text: &str) -> Result<Config, ConfigError> {
-        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Toml { path: path.into(), msg: e.to_string() })?;
+        let c: Config = toml::from_str(text).map_err(|e| ConfigError::Toml {
+            path: path.into(),
+            msg: e.to_string(),
+        })?;
         c.validate()?;
         Ok(c)
     }
@@ -153,7 +161,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if self.interfaces.is_empty() {
-            return bad("no [[interface]] given: name at least one network interface to serve on".into());
+            return bad(
+                "no [[interface]] given: name at least one network interface to serve on".into(),
+            );
         }
         if self.exports.is_empty() {
             return bad("no [[export]] given: name at least one backing store to export".into());
@@ -177,16 +187,23 @@ impl Config {
                 return bad(format!("{at}: e{}.{} is exported twice", e.shelf, e.slot));
             }
             if e.bufcnt < 2 {
-                return bad(format!("{at}: bufcnt {} is too small (the Linux initiator needs at least 2)", e.bufcnt));
+                return bad(format!(
+                    "{at}: bufcnt {} is too small (the Linux initiator needs at least 2)",
+                    e.bufcnt
+                ));
             }
             for m in &e.mask {
                 if parse_mac(m).is_none() {
-                    return bad(format!("{at}: mask entry {m:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+                    return bad(format!(
+                        "{at}: mask entry {m:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"
+                    ));
                 }
             }
             for n in &e.interfaces {
                 if !self.interfaces.iter().any(|i| &i.name == n) {
-                    return bad(format!("{at}: interface {n:?} is not one of the [[interface]] entries"));
+                    return bad(format!(
+                        "{at}: interface {n:?} is not one of the [[interface]] entries"
+                    ));
                 }
             }
         }
@@ -227,17 +244,28 @@ mod tests {
         assert_eq!(c.daemon.xdp_mode, XdpModeArg::Skb);
         assert_eq!(c.interfaces[0].queues, vec![0]);
         let e = &c.exports[0];
-        assert_eq!((e.bufcnt, e.io, e.write_back, e.read_only), (64, IoArg::Direct, false, false));
+        assert_eq!(
+            (e.bufcnt, e.io, e.write_back, e.read_only),
+            (64, IoArg::Direct, false, false)
+        );
         assert_eq!(e.mask_macs(), vec![[2, 0, 0, 0, 0, 1]]);
         assert!(e.on("eth1"));
     }
 
     #[test]
     fn unknown_keys_are_rejected_by_name() {
-        let err = Config::from_toml("x.toml", &GOOD.replace("slot = 0", "slot = 0\nreadonly = true")).unwrap_err();
+        let err = Config::from_toml(
+            "x.toml",
+            &GOOD.replace("slot = 0", "slot = 0\nreadonly = true"),
+        )
+        .unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("readonly") && msg.contains("x.toml"), "{msg}");
-        let err = Config::from_toml("x.toml", &GOOD.replace("xdp_mode = \"skb\"", "xdp_mode = \"fast\"")).unwrap_err();
+        let err = Config::from_toml(
+            "x.toml",
+            &GOOD.replace("xdp_mode = \"skb\"", "xdp_mode = \"fast\""),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("xdp_mode"), "{err}");
     }
 
@@ -251,10 +279,15 @@ mod tests {
             ("slot = 0", "slot = 0\nbufcnt = 1", "bufcnt"),
             ("slot = 0", "slot = 0\ninterfaces = [\"eth9\"]", "eth9"),
         ] {
-            let err = Config::from_toml("x.toml", &GOOD.replace(from, to)).unwrap_err().to_string();
+            let err = Config::from_toml("x.toml", &GOOD.replace(from, to))
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(needle), "{to}: {err}");
         }
         let twice = format!("{GOOD}\n[[export]]\nshelf = 1\nslot = 0\npath = \"/b\"\n");
-        assert!(Config::from_toml("x.toml", &twice).unwrap_err().to_string().contains("twice"));
+        assert!(Config::from_toml("x.toml", &twice)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
     }
 }

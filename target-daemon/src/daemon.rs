@@ -37,7 +37,11 @@ pub fn datapath_max_sectors(umem: &UmemConfig) -> u8 {
 }
 
 fn umem_config(frames: u32) -> UmemConfig {
-    UmemConfig { frame_count: frames, chunk_size: CHUNK, ..UmemConfig::default() }
+    UmemConfig {
+        frame_count: frames,
+        chunk_size: CHUNK,
+        ..UmemConfig::default()
+    }
 }
 
 /// Check privileges and locked-memory limits before touching anything.
@@ -91,10 +95,17 @@ fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
                 IoArg::Direct => IoMode::Direct,
                 IoArg::Buffered => IoMode::Buffered,
             },
-            durability: if e.write_back { Durability::WriteBack } else { Durability::Sync },
+            durability: if e.write_back {
+                Durability::WriteBack
+            } else {
+                Durability::Sync
+            },
         };
-        let backing = Backing::open(&bc).with_context(|| format!("export e{}.{}", e.shelf, e.slot))?;
-        if backing.io_mode() == IoMode::Direct && backing.dio_offset_align().max(backing.dio_mem_align()) > SECTOR as u32 {
+        let backing =
+            Backing::open(&bc).with_context(|| format!("export e{}.{}", e.shelf, e.slot))?;
+        if backing.io_mode() == IoMode::Direct
+            && backing.dio_offset_align().max(backing.dio_mem_align()) > SECTOR as u32
+        {
             bail!(
                 "export e{}.{}: {} has {}-byte logical blocks, but AoE addresses 512-byte sectors and \
                  O_DIRECT cannot do 512-byte I/O on it. Export a device with 512-byte sectors, or choose \
@@ -111,7 +122,10 @@ fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
         st.max_sectors = max_sectors;
         st.write_cache = e.write_back;
         st.mask = e.mask_macs();
-        st.serial = e.serial.clone().unwrap_or_else(|| format!("{}.{}:{host}", e.shelf, e.slot));
+        st.serial = e
+            .serial
+            .clone()
+            .unwrap_or_else(|| format!("{}.{}:{host}", e.shelf, e.slot));
         tracing::info!(
             export = %format!("e{}.{}", e.shelf, e.slot),
             path = %e.path.display(),
@@ -146,7 +160,8 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
             XdpModeArg::Driver => XdpMode::Driver,
             XdpModeArg::Skb => XdpMode::Skb,
         };
-        let mut steering = Steering::attach(&icfg.name, mode, Role::Target, cfg.daemon.replace_xdp)?;
+        let mut steering =
+            Steering::attach(&icfg.name, mode, Role::Target, cfg.daemon.replace_xdp)?;
         tracing::info!(iface = %icfg.name, mode = ?steering.mode(), "XDP program attached");
         let mine: Vec<Arc<Export>> = cfg
             .exports
@@ -157,11 +172,20 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
             .collect();
         let iface = Iface { mac, mtu };
         for &q in &icfg.queues {
-            let capacity = mine.iter().map(|e| usize::from(e.state().bufcnt)).sum::<usize>().clamp(MIN_INFLIGHT, MAX_INFLIGHT);
+            let capacity = mine
+                .iter()
+                .map(|e| usize::from(e.state().bufcnt))
+                .sum::<usize>()
+                .clamp(MIN_INFLIGHT, MAX_INFLIGHT);
             if (cfg.daemon.frames as usize) < ucfg.fill_size as usize + capacity + 64 {
-                bail!("daemon.frames = {} is too small: need at least {}", cfg.daemon.frames, ucfg.fill_size as usize + capacity + 64);
+                bail!(
+                    "daemon.frames = {} is too small: need at least {}",
+                    cfg.daemon.frames,
+                    ucfg.fill_size as usize + capacity + 64
+                );
             }
-            let umem = Umem::new(ucfg).with_context(|| format!("packet buffers for {} queue {q}", icfg.name))?;
+            let umem = Umem::new(ucfg)
+                .with_context(|| format!("packet buffers for {} queue {q}", icfg.name))?;
             let sock = Socket::new(&icfg.name, q, &umem, SocketConfig::default())?;
             steering.register(q, sock.fd())?;
             let fds: Vec<_> = mine.iter().map(|e| e.backing.fd()).collect();
@@ -176,7 +200,16 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
                 "AF_XDP socket bound ({})",
                 if sock.zero_copy() { "zero-copy" } else { "copy mode: the NIC driver has no AF_XDP zero-copy" }
             );
-            workers.push(Worker::new(icfg.name.clone(), q, iface, mine.clone(), umem, sock, uring, capacity));
+            workers.push(Worker::new(
+                icfg.name.clone(),
+                q,
+                iface,
+                mine.clone(),
+                umem,
+                sock,
+                uring,
+                capacity,
+            ));
         }
         steerings.push(steering);
     }
@@ -206,7 +239,9 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
                 tracing::info!(iface = %ifname, queue, ?stats, "worker stopped");
                 summary.workers.push((ifname, queue, stats));
             }
-            Ok(Err(e)) => failed = Some(anyhow::anyhow!("worker {ifname} queue {queue} failed: {e}")),
+            Ok(Err(e)) => {
+                failed = Some(anyhow::anyhow!("worker {ifname} queue {queue} failed: {e}"))
+            }
             Err(_) => failed = Some(anyhow::anyhow!("worker {ifname} queue {queue} panicked")),
         }
     }

@@ -41,7 +41,10 @@ impl Export {
     /// Apply a change decided by the protocol layer.
     pub fn apply(&self, change: StateChange) {
         tracing::info!(export = %self.name, ?change, "export state changed by an initiator");
-        self.state.write().unwrap_or_else(|p| p.into_inner()).apply(change);
+        self.state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(change);
     }
 
     /// Whether writes must be durable before they are acknowledged (RWF_DSYNC).
@@ -51,6 +54,7 @@ impl Export {
 
     /// Whether (shelf, slot) of a request addresses this export (wildcards independent).
     pub fn addressed(&self, shelf: u16, slot: u8) -> bool {
-        (shelf == self.shelf || shelf == aoe::wire::SHELF_ANY) && (slot == self.slot || slot == aoe::wire::SLOT_ANY)
+        (shelf == self.shelf || shelf == aoe::wire::SHELF_ANY)
+            && (slot == self.slot || slot == aoe::wire::SLOT_ANY)
     }
 }

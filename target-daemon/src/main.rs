@@ -118,8 +118,9 @@ impl DaemonArgs {
 fn config_from(cli: Cli) -> anyhow::Result<Config> {
     match cli.command {
         Some(Command::Serve { config, daemon }) => {
-            let text = std::fs::read_to_string(&config)
-                .map_err(|e| anyhow::anyhow!("cannot read configuration {}: {e}", config.display()))?;
+            let text = std::fs::read_to_string(&config).map_err(|e| {
+                anyhow::anyhow!("cannot read configuration {}: {e}", config.display())
+            })?;
             let mut c = Config::from_toml(&config.display().to_string(), &text)?;
             daemon.apply(&mut c.daemon);
             cli.daemon.apply(&mut c.daemon);
@@ -130,7 +131,10 @@ fn config_from(cli: Cli) -> anyhow::Result<Config> {
             let netif = v.netif.expect("clap requires NETIF");
             let mut c = Config {
                 daemon: Daemon::default(),
-                interfaces: vec![Interface { name: netif, queues: v.queues }],
+                interfaces: vec![Interface {
+                    name: netif,
+                    queues: v.queues,
+                }],
                 exports: vec![Export {
                     shelf: v.shelf.expect("clap requires SHELF"),
                     slot: v.slot.expect("clap requires SLOT"),
@@ -138,7 +142,11 @@ fn config_from(cli: Cli) -> anyhow::Result<Config> {
                     offset: v.offset,
                     length: v.length,
                     read_only: v.read_only,
-                    io: if v.buffered { IoArg::Buffered } else { IoArg::Direct },
+                    io: if v.buffered {
+                        IoArg::Buffered
+                    } else {
+                        IoArg::Direct
+                    },
                     write_back: v.write_back,
                     bufcnt: v.bufcnt,
                     mask: v.mask,
@@ -157,7 +165,8 @@ fn config_from(cli: Cli) -> anyhow::Result<Config> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("XBLADE_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("XBLADE_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

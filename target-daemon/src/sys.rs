@@ -6,8 +6,16 @@ use std::os::fd::RawFd;
 /// Wait up to `ms` milliseconds until `a` (or `b`) is readable. Interruptions count as a wakeup.
 pub fn poll_readable(a: RawFd, b: Option<RawFd>, ms: i32) -> io::Result<()> {
     let mut fds = [
-        libc::pollfd { fd: a, events: libc::POLLIN, revents: 0 },
-        libc::pollfd { fd: b.unwrap_or(-1), events: libc::POLLIN, revents: 0 },
+        libc::pollfd {
+            fd: a,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: b.unwrap_or(-1),
+            events: libc::POLLIN,
+            revents: 0,
+        },
     ];
     // SAFETY: `fds` is a valid array of two pollfd for the duration of the call; a negative fd
     // is ignored by poll(2).
@@ -54,7 +62,10 @@ pub fn has_cap(c: u32) -> bool {
 
 /// RLIMIT_MEMLOCK soft limit in bytes (`None`: unlimited).
 pub fn memlock_limit() -> Option<u64> {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes one rlimit into the valid, exclusively borrowed `r`.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) };
     if rc != 0 || r.rlim_cur == libc::RLIM_INFINITY {
@@ -66,7 +77,10 @@ pub fn memlock_limit() -> Option<u64> {
 
 /// Raise RLIMIT_MEMLOCK's soft limit to its hard limit; returns the new soft limit.
 pub fn raise_memlock() -> Option<u64> {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: as in `memlock_limit`.
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
         return memlock_limit();
@@ -84,16 +98,26 @@ pub fn iface_info(name: &str) -> io::Result<(aoe::Mac, u16)> {
     let addr = read("address").map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("network interface {name:?} does not exist ({e}): check `ip link` for its name"),
+            format!(
+                "network interface {name:?} does not exist ({e}): check `ip link` for its name"
+            ),
         )
     })?;
-    let mac = aoe::wire::parse_mac(addr.trim())
-        .ok_or_else(|| io::Error::other(format!("interface {name} has no Ethernet MAC address ({addr:?})")))?;
-    let mtu = read("mtu")?.trim().parse::<u32>().map_err(io::Error::other)?;
+    let mac = aoe::wire::parse_mac(addr.trim()).ok_or_else(|| {
+        io::Error::other(format!(
+            "interface {name} has no Ethernet MAC address ({addr:?})"
+        ))
+    })?;
+    let mtu = read("mtu")?
+        .trim()
+        .parse::<u32>()
+        .map_err(io::Error::other)?;
     Ok((mac, mtu.min(u32::from(u16::MAX)) as u16))
 }
 
 /// The host name, for IDENTIFY serial numbers.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
 }

@@ -187,7 +187,8 @@ impl Worker {
             }
 
             if stopping {
-                let deadline = *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
+                let deadline =
+                    *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
                 let idle_io = self.uring.in_flight() == 0 && self.tx.is_empty();
                 if idle_io && (self.tx_outstanding == 0 || Instant::now() > deadline) {
                     break;
@@ -215,10 +216,21 @@ impl Worker {
     fn announce(&mut self) {
         for i in 0..self.exports.len() {
             let state = self.exports[i].state().clone();
-            let dsts = if state.mask.is_empty() { vec![BROADCAST] } else { state.mask.clone() };
+            let dsts = if state.mask.is_empty() {
+                vec![BROADCAST]
+            } else {
+                state.mask.clone()
+            };
             for dst in dsts {
-                let Some(mut f) = self.umem.alloc() else { return };
-                let n = target::advertisement(&state, &self.iface, dst, &mut self.umem.chunk_mut(&mut f)[..]);
+                let Some(mut f) = self.umem.alloc() else {
+                    return;
+                };
+                let n = target::advertisement(
+                    &state,
+                    &self.iface,
+                    dst,
+                    &mut self.umem.chunk_mut(&mut f)[..],
+                );
                 f.set(0, n as u32);
                 self.tx.push(f);
             }
@@ -282,7 +294,12 @@ impl Worker {
         let export = Arc::clone(&self.exports[ei]);
         let out = {
             let state = export.state();
-            target::decide(&state, &self.iface, &mut self.umem.chunk_mut(&mut frame)[off..], len)
+            target::decide(
+                &state,
+                &self.iface,
+                &mut self.umem.chunk_mut(&mut frame)[off..],
+                len,
+            )
         };
         if let Some(change) = out.change {
             export.apply(change);
@@ -302,7 +319,10 @@ impl Worker {
 
     /// Queue the storage operation for a decision; the frame waits in the in-flight table.
     fn submit(&mut self, mut frame: Frame, ei: usize, decision: Decision) {
-        let slot = self.free_slots.pop().expect("RX is limited to the free slots");
+        let slot = self
+            .free_slots
+            .pop()
+            .expect("RX is limited to the free slots");
         let export = &self.exports[ei];
         let file = ei as u32;
         // The ATA payload of this frame: where read data lands and write data already is.
@@ -312,18 +332,28 @@ impl Worker {
             Decision::Read { lba, sectors } | Decision::Write { lba, sectors, .. } => {
                 let bytes = u32::from(*sectors) * SECTOR as u32;
                 let offset = export.backing.byte_offset() + lba * SECTOR as u64;
-                debug_assert!(export.backing.check_aligned(lba * SECTOR as u64, u64::from(bytes), payload as usize));
+                debug_assert!(export.backing.check_aligned(
+                    lba * SECTOR as u64,
+                    u64::from(bytes),
+                    payload as usize
+                ));
                 let pushed = if matches!(decision, Decision::Read { .. }) {
                     // SAFETY: `payload..payload + bytes` lies in this frame's chunk (the aoe crate
                     // bounds sectors so 36 + bytes fits the frame buffer), the chunk is in the
                     // registered UMEM, and the frame is parked in `slots` (nobody touches it)
                     // until this completion is reaped in `finish`.
-                    unsafe { self.uring.push_read(file, payload, bytes, offset, user_data) }
+                    unsafe {
+                        self.uring
+                            .push_read(file, payload, bytes, offset, user_data)
+                    }
                 } else {
                     let dsync = export.durable_writes();
                     // SAFETY: as for the read; the payload was received in this chunk and is only
                     // read by the kernel until the completion is reaped.
-                    unsafe { self.uring.push_write(file, payload, bytes, offset, user_data, dsync) }
+                    unsafe {
+                        self.uring
+                            .push_write(file, payload, bytes, offset, user_data, dsync)
+                    }
                 };
                 (pushed, bytes)
             }
@@ -335,7 +365,12 @@ impl Worker {
             tracing::error!("io_uring submission queue full; failing the request with ABRT");
             return self.reply_io(frame, ei, &decision, IoOutcome::Err(libc::EBUSY));
         }
-        self.slots[slot as usize] = Some(Pending { frame, export: ei, decision, expect });
+        self.slots[slot as usize] = Some(Pending {
+            frame,
+            export: ei,
+            decision,
+            expect,
+        });
     }
 
     /// A storage completion: build the response in place and queue it.
@@ -375,7 +410,13 @@ impl Worker {
         let off = frame.offset() as usize;
         let n = {
             let state = self.exports[ei].state();
-            target::complete(&state, &self.iface, &mut self.umem.chunk_mut(&mut frame)[off..], decision, outcome)
+            target::complete(
+                &state,
+                &self.iface,
+                &mut self.umem.chunk_mut(&mut frame)[off..],
+                decision,
+                outcome,
+            )
         };
         frame.set(off as u32, n as u32);
         self.tx.push(frame);

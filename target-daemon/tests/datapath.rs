@@ -37,7 +37,10 @@ fn write_read_verify(c: &mut Client, path: &std::path::Path, base: u64, sectors:
 fn stopped_cleanly(lab: &Lab, d: common::Daemon) -> String {
     let (status, log) = d.stop();
     assert!(status.success(), "xblade exit {status}:\n{log}");
-    assert!(log.contains("copied_bytes: 0"), "no userspace copy of data expected:\n{log}");
+    assert!(
+        log.contains("copied_bytes: 0"),
+        "no userspace copy of data expected:\n{log}"
+    );
     assert!(!lab.xdp_attached(), "XDP program left attached after exit");
     log
 }
@@ -51,19 +54,43 @@ fn serves_a_tmpfs_file_in_driver_and_skb_mode() {
         let lab = Lab::new();
         let img = lab.image("disk.img", 8 * MIB);
         let d = lab.xblade(&["--xdp-mode", mode, "1", "0", "{if}", img.to_str().unwrap()]);
-        assert!(d.log().contains(&format!("mode={}", if mode == "driver" { "Driver" } else { "Skb" })), "{}", d.log());
+        assert!(
+            d.log().contains(&format!(
+                "mode={}",
+                if mode == "driver" { "Driver" } else { "Skb" }
+            )),
+            "{}",
+            d.log()
+        );
         let mut c = lab.client();
         let cfg = c.discover(1, 0);
         match parse_response(&cfg).unwrap().body {
-            Body::Config { bufcnt, sectors, .. } => assert_eq!((bufcnt, sectors), (64, 2)),
+            Body::Config {
+                bufcnt, sectors, ..
+            } => assert_eq!((bufcnt, sectors), (64, 2)),
             b => panic!("{b:?}"),
         }
         let (s, _, page) = Client::ata_regs(&c.ata(&AtaRequest::identify()));
         assert_eq!(s, ata::STATUS_OK);
         assert_eq!(ata::identify_capacity(&page[..512]), 8 * MIB / 512);
         write_read_verify(&mut c, &img, 0, 8 * MIB / 512, 7);
+        let flush = AtaRequest {
+            cmd: ata::FLUSH_EXT,
+            feature: 0,
+            sectors: 0,
+            lba: 0,
+            data: None,
+        };
+        assert_eq!(Client::ata_regs(&c.ata(&flush)).0, ata::STATUS_OK);
         let log = stopped_cleanly(&lab, d);
-        assert!(log.contains("writes: 7") && log.contains("write_bytes: 7168"), "{log}");
+        assert!(
+            log.contains("writes: 7,") && log.contains("write_bytes: 7168,"),
+            "{log}"
+        );
+        assert!(
+            log.contains("reads: 7,") && log.contains("flushes: 1,"),
+            "{log}"
+        );
     }
 }
 
@@ -77,7 +104,11 @@ fn announces_itself_at_start_up() {
     let c = lab.client();
     let d = lab.xblade(&["3", "4", "{if}", img.to_str().unwrap()]);
     let got = c.drain();
-    let adv = got.iter().map(|f| parse_response(f).unwrap()).find(|p| p.tag == 0).expect("no tag-0 advertisement");
+    let adv = got
+        .iter()
+        .map(|f| parse_response(f).unwrap())
+        .find(|p| p.tag == 0)
+        .expect("no tag-0 advertisement");
     assert_eq!((adv.shelf, adv.slot), (3, 4));
     assert!(matches!(adv.body, Body::Config { .. }));
     stopped_cleanly(&lab, d);
@@ -114,15 +145,52 @@ fn bad_frames_get_precise_answers_and_write_nothing() {
         f.truncate(n);
         f
     };
-    cases.push(("write to a read-only export", frame(&mut c, &AtaRequest::write(0, &data)), Want::Ata(0x41, ata::ERR_ABRT)));
-    cases.push(("read past the end", frame(&mut c, &AtaRequest::read(sectors - 1, 2)), Want::Ata(0x41, ata::ERR_IDNF)));
-    cases.push(("lba+count overflow", frame(&mut c, &AtaRequest::read(0xffff_ffff_ffff, 2)), Want::Ata(0x41, ata::ERR_IDNF)));
-    cases.push(("more sectors than advertised", frame(&mut c, &AtaRequest::read(0, 3)), Want::Ata(0x41, ata::ERR_ABRT)));
-    cases.push(("zero sectors", frame(&mut c, &AtaRequest::read(0, 0)), Want::Ata(0x41, ata::ERR_ABRT)));
-    cases.push(("unknown ATA opcode", frame(&mut c, &AtaRequest { cmd: 0xef, feature: 0, sectors: 0, lba: 0, data: None }), Want::Ata(0x41, ata::ERR_ABRT)));
+    cases.push((
+        "write to a read-only export",
+        frame(&mut c, &AtaRequest::write(0, &data)),
+        Want::Ata(0x41, ata::ERR_ABRT),
+    ));
+    cases.push((
+        "read past the end",
+        frame(&mut c, &AtaRequest::read(sectors - 1, 2)),
+        Want::Ata(0x41, ata::ERR_IDNF),
+    ));
+    cases.push((
+        "lba+count overflow",
+        frame(&mut c, &AtaRequest::read(0xffff_ffff_ffff, 2)),
+        Want::Ata(0x41, ata::ERR_IDNF),
+    ));
+    cases.push((
+        "more sectors than advertised",
+        frame(&mut c, &AtaRequest::read(0, 3)),
+        Want::Ata(0x41, ata::ERR_ABRT),
+    ));
+    cases.push((
+        "zero sectors",
+        frame(&mut c, &AtaRequest::read(0, 0)),
+        Want::Ata(0x41, ata::ERR_ABRT),
+    ));
+    cases.push((
+        "unknown ATA opcode",
+        frame(
+            &mut c,
+            &AtaRequest {
+                cmd: 0xef,
+                feature: 0,
+                sectors: 0,
+                lba: 0,
+                data: None,
+            },
+        ),
+        Want::Ata(0x41, ata::ERR_ABRT),
+    ));
     let mut short = frame(&mut c, &AtaRequest::read(0, 1));
     short.truncate(30);
-    cases.push(("truncated ATA header", short, Want::AoeError(error::BAD_ARG)));
+    cases.push((
+        "truncated ATA header",
+        short,
+        Want::AoeError(error::BAD_ARG),
+    ));
     let mut resp = frame(&mut c, &AtaRequest::read(0, 1));
     resp[14] |= 0x08;
     cases.push(("a response (R=1)", resp, Want::Silence));
@@ -131,7 +199,11 @@ fn bad_frames_get_precise_answers_and_write_nothing() {
     cases.push(("another slot", other, Want::Silence));
     let mut unknown = frame(&mut c, &AtaRequest::read(0, 1));
     unknown[19] = 0x42;
-    cases.push(("unknown AoE command", unknown, Want::AoeError(error::BAD_CMD)));
+    cases.push((
+        "unknown AoE command",
+        unknown,
+        Want::AoeError(error::BAD_CMD),
+    ));
     let mut badver = frame(&mut c, &AtaRequest::read(0, 1));
     badver[14] = 0x20;
     cases.push(("AoE version 2", badver, Want::AoeError(error::BAD_VERSION)));
@@ -161,7 +233,10 @@ fn bad_frames_get_precise_answers_and_write_nothing() {
     let (s, _, d0) = c.read(0, 2);
     assert_eq!((s, d0), (0x40, vec![0x5a; 1024]));
     stopped_cleanly(&lab, d);
-    assert!(std::fs::read(&img).unwrap() == before, "the backing file changed");
+    assert!(
+        std::fs::read(&img).unwrap() == before,
+        "the backing file changed"
+    );
 }
 
 #[test]
@@ -171,7 +246,16 @@ fn sub_range_export_writes_only_inside_its_range() {
     }
     let lab = Lab::new();
     let img = lab.image("disk.img", 4 * MIB);
-    let d = lab.xblade(&["-o", "2048", "-l", "4096", "2", "7", "{if}", img.to_str().unwrap()]);
+    let d = lab.xblade(&[
+        "-o",
+        "2048",
+        "-l",
+        "4096",
+        "2",
+        "7",
+        "{if}",
+        img.to_str().unwrap(),
+    ]);
     let mut c = lab.client();
     c.discover(2, 7);
     let (_, _, page) = Client::ata_regs(&c.ata(&AtaRequest::identify()));
@@ -179,8 +263,14 @@ fn sub_range_export_writes_only_inside_its_range() {
     write_read_verify(&mut c, &img, 2048 * 512, 4096, 11);
     stopped_cleanly(&lab, d);
     let all = std::fs::read(&img).unwrap();
-    assert!(all[..2048 * 512].iter().all(|b| *b == 0), "bytes before the range were written");
-    assert!(all[(2048 + 4096) * 512..].iter().all(|b| *b == 0), "bytes after the range were written");
+    assert!(
+        all[..2048 * 512].iter().all(|b| *b == 0),
+        "bytes before the range were written"
+    );
+    assert!(
+        all[(2048 + 4096) * 512..].iter().all(|b| *b == 0),
+        "bytes after the range were written"
+    );
 }
 
 struct Loop(String);
@@ -188,18 +278,30 @@ struct Loop(String);
 impl Loop {
     fn new(backing: &std::path::Path, sector: u32) -> Loop {
         let out = std::process::Command::new("losetup")
-            .args(["--find", "--show", "--direct-io=on", "--sector-size", &sector.to_string()])
+            .args([
+                "--find",
+                "--show",
+                "--direct-io=on",
+                "--sector-size",
+                &sector.to_string(),
+            ])
             .arg(backing)
             .output()
             .unwrap();
-        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "losetup: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Loop(String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 }
 
 impl Drop for Loop {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
     }
 }
 
@@ -226,7 +328,10 @@ fn loop_devices_512_and_4096() {
     let dev4k = Loop::new(&f4k, 4096);
     let (status, log) = lab.xblade_fails(&["1", "3", "{if}", &dev4k.0]);
     assert!(!status.success());
-    assert!(log.contains("4096-byte logical blocks") && log.contains("--buffered"), "{log}");
+    assert!(
+        log.contains("4096-byte logical blocks") && log.contains("--buffered"),
+        "{log}"
+    );
     // ...and the admin's explicit buffered mode serves it.
     let d = lab.xblade(&["--buffered", "1", "3", "{if}", &dev4k.0]);
     let mut c = lab.client();

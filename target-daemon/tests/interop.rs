@@ -38,10 +38,21 @@ fn aoetools_are_served() {
     assert_eq!(rc, 0, "{out}");
     let (rc, out) = tool(&lab, &["aoeping", "-I", "-s", "3", "1", "0", i]);
     assert_eq!(rc, 0, "{out}");
-    assert!(out.contains("model: xblade AoE target") && out.contains("serial_number: 1.0:"), "{out}");
-    let (rc, out) = tool(&lab, &["aoeping", "-S", "return_status", "-s", "3", "1", "0", i]);
+    assert!(
+        out.contains("model: xblade AoE target") && out.contains("serial_number: 1.0:"),
+        "{out}"
+    );
+    let (rc, out) = tool(
+        &lab,
+        &["aoeping", "-S", "return_status", "-s", "3", "1", "0", i],
+    );
     assert_eq!(rc, 0, "{out}");
-    assert!(out.contains("LBA Mid: 0x4f") && out.contains("LBA High: 0xc2") && out.contains("Status: 0x40"), "{out}");
+    assert!(
+        out.contains("LBA Mid: 0x4f")
+            && out.contains("LBA High: 0xc2")
+            && out.contains("Status: 0x40"),
+        "{out}"
+    );
 
     // aoecfg exits 0 even on timeout, so its output is what counts.
     let cfg = |args: &[&str]| {
@@ -52,11 +63,23 @@ fn aoetools_are_served() {
     };
     assert_eq!(cfg(&[]), (0, "\n".into()), "read of the empty string");
     assert_eq!(cfg(&["-c", "set", "-s", "hello"]), (0, "hello\n".into()));
-    assert_eq!(cfg(&["-c", "set", "-s", "world"]), (0, "*badcfg*\n".into()), "set over a different string");
+    assert_eq!(
+        cfg(&["-c", "set", "-s", "world"]),
+        (0, "*badcfg*\n".into()),
+        "set over a different string"
+    );
     assert_eq!(cfg(&["-c", "test", "-s", "hello"]), (0, "hello\n".into()));
-    assert_eq!(cfg(&["-c", "test", "-s", "hell"]), (0, "".into()), "test mismatch is silent");
+    assert_eq!(
+        cfg(&["-c", "test", "-s", "hell"]),
+        (0, "".into()),
+        "test mismatch is silent"
+    );
     assert_eq!(cfg(&["-c", "prefix", "-s", "hel"]), (0, "hello\n".into()));
-    assert_eq!(cfg(&["-c", "prefix", "-s", "help"]), (0, "".into()), "prefix mismatch is silent");
+    assert_eq!(
+        cfg(&["-c", "prefix", "-s", "help"]),
+        (0, "".into()),
+        "prefix mismatch is silent"
+    );
     assert_eq!(cfg(&["-c", "fset", "-s", "world"]), (0, "world\n".into()));
     assert_eq!(cfg(&["-c", "read"]), (0, "world\n".into()));
     let (rc, out) = tool(&lab, &["aoecfg", "-t", "2", i]);
@@ -65,8 +88,15 @@ fn aoetools_are_served() {
     // aoe-sancheck probes with IDENTIFY frames carrying junk payloads of every size.
     let (rc, out) = tool(&lab, &["aoe-sancheck"]);
     assert_eq!(rc, 0, "{out}");
-    let line = out.lines().find(|l| l.starts_with("e1.0")).unwrap_or_else(|| panic!("{out}"));
-    assert_eq!(line.split_whitespace().collect::<Vec<_>>(), ["e1.0", "1", "1024", i], "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("e1.0"))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>(),
+        ["e1.0", "1", "1024", i],
+        "{out}"
+    );
 
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
@@ -115,7 +145,11 @@ fn toml_config_serves_several_exports() {
     assert_eq!(c.write(3, &pattern(1, 3, 2)), (0x40, 0));
     c.discover(5, 2);
     assert_eq!(c.read(3, 2).2, vec![0x11; 1024]);
-    assert_eq!(c.write(3, &pattern(1, 3, 2)), (0x41, aoe::ata::ERR_ABRT), "read-only export");
+    assert_eq!(
+        c.write(3, &pattern(1, 3, 2)),
+        (0x41, aoe::ata::ERR_ABRT),
+        "read-only export"
+    );
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
     assert_eq!(file_bytes(&a, 3 * 512, 1024), pattern(1, 3, 2));
@@ -143,17 +177,44 @@ fn preflight_errors_say_what_to_do() {
             .args(args)
             .output()
             .unwrap();
-        (out.status.success(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let ti = lab.target_if.as_str();
     // No capabilities at all (an unprivileged user).
-    let (ok, err) = run(&["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"], &["1", "0", ti, "/dev/null"]);
+    let (ok, err) = run(
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ],
+        &["1", "0", ti, "/dev/null"],
+    );
     assert!(!ok);
-    assert!(err.contains("CAP_NET_ADMIN") && err.contains("Run it as root"), "{err}");
+    assert!(
+        err.contains("CAP_NET_ADMIN") && err.contains("Run it as root"),
+        "{err}"
+    );
     // Root without CAP_IPC_LOCK and a 1 MiB memlock limit.
-    let (ok, err) = run(&["prlimit", "--memlock=1048576:1048576", "setpriv", "--bounding-set=-ipc_lock", "--"], &["1", "0", ti, img]);
+    let (ok, err) = run(
+        &[
+            "prlimit",
+            "--memlock=1048576:1048576",
+            "setpriv",
+            "--bounding-set=-ipc_lock",
+            "--",
+        ],
+        &["1", "0", ti, img],
+    );
     assert!(!ok);
-    assert!(err.contains("RLIMIT_MEMLOCK") && err.contains("LimitMEMLOCK=infinity"), "{err}");
+    assert!(
+        err.contains("RLIMIT_MEMLOCK") && err.contains("LimitMEMLOCK=infinity"),
+        "{err}"
+    );
     // Reserved addresses.
     for (shelf, slot) in [("65535", "0"), ("4095", "0"), ("1", "255")] {
         let (ok, err) = run(&[], &[shelf, slot, ti, img]);
@@ -161,9 +222,15 @@ fn preflight_errors_say_what_to_do() {
     }
     // A missing interface and a missing file.
     let (ok, err) = run(&[], &["1", "0", "nosuchif0", img]);
-    assert!(!ok && err.contains("nosuchif0") && err.contains("does not exist"), "{err}");
+    assert!(
+        !ok && err.contains("nosuchif0") && err.contains("does not exist"),
+        "{err}"
+    );
     let (ok, err) = run(&[], &["1", "0", ti, "/nonexistent/disk.img"]);
-    assert!(!ok && err.contains("/nonexistent/disk.img") && err.contains("does not exist"), "{err}");
+    assert!(
+        !ok && err.contains("/nonexistent/disk.img") && err.contains("does not exist"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -177,7 +244,10 @@ fn another_xdp_program_is_not_replaced_unless_asked() {
     let first = lab.xblade(&["1", "0", "{if}", img]);
     let (status, log) = lab.xblade_fails(&["1", "1", "{if}", img]);
     assert!(!status.success());
-    assert!(log.contains("already") && log.contains("--replace-xdp"), "{log}");
+    assert!(
+        log.contains("already") && log.contains("--replace-xdp"),
+        "{log}"
+    );
     let mut first = first;
     first.kill9();
     // A program left behind by a killed daemon is replaced only when asked.
@@ -199,7 +269,10 @@ fn acknowledged_writes_survive_kill_9() {
     // On the root filesystem: O_DIRECT + RWF_DSYNC, as in production.
     let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     let img = dir.join(format!("kill9-{}.img", std::process::id()));
-    std::fs::File::create(&img).unwrap().set_len(16 * MIB).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 * MIB)
+        .unwrap();
     let path = img.to_str().unwrap().to_string();
     let mut d = lab.xblade(&["1", "0", "{if}", &path]);
     let mut c = lab.client();
@@ -216,7 +289,9 @@ fn acknowledged_writes_survive_kill_9() {
     let sectors = 16 * MIB / 512;
     let start = Instant::now();
     let mut last_ack = Instant::now();
-    while last_ack.elapsed() < Duration::from_millis(1500) && start.elapsed() < Duration::from_secs(20) {
+    while last_ack.elapsed() < Duration::from_millis(1500)
+        && start.elapsed() < Duration::from_secs(20)
+    {
         while inflight.len() < 16 {
             gen += 1;
             let lba = (gen * 7919) % (sectors - 2);
@@ -239,7 +314,11 @@ fn acknowledged_writes_survive_kill_9() {
     }
     killer.join().unwrap();
     d.kill9();
-    assert!(acked.len() > 50, "too few writes before the kill: {}", acked.len());
+    assert!(
+        acked.len() > 50,
+        "too few writes before the kill: {}",
+        acked.len()
+    );
     // Overlapping writes (2 sectors) may interleave: check the second sector of each acked
     // write only where no later acked write to lba+1 or lba-1 overlaps it.
     let d = lab.xblade(&["1", "0", "{if}", &path]);
@@ -247,13 +326,18 @@ fn acknowledged_writes_survive_kill_9() {
     let mut checked = 0;
     for (&lba, &g) in &acked {
         let overlapped = inflight.values().any(|(l, _)| l.abs_diff(lba) <= 1)
-            || acked.range(lba.saturating_sub(1)..=lba + 1).any(|(&l, &g2)| l != lba && g2 > g);
+            || acked
+                .range(lba.saturating_sub(1)..=lba + 1)
+                .any(|(&l, &g2)| l != lba && g2 > g);
         if overlapped {
             continue;
         }
         let (s, _, data) = c.read(lba, 2);
         assert_eq!(s, 0x40);
-        assert!(data == pattern(g, lba, 2), "acknowledged write (generation {g}) at lba {lba} lost");
+        assert!(
+            data == pattern(g, lba, 2),
+            "acknowledged write (generation {g}) at lba {lba} lost"
+        );
         checked += 1;
     }
     assert!(checked > 50, "only {checked} writes checkable");

@@ -30,6 +30,18 @@ fuzz_target!(|data: &[u8]| {
     let iface = Iface { mac: [2, 0, 0, 0, 0, 1], mtu };
     let mut buf = vec![0u8; iface.max_frame().max(frame.len()).max(60)];
     buf[..frame.len()].copy_from_slice(frame);
+    // Most inputs get a well-formed request header so the fuzzer spends its time past the
+    // address filter: EtherType, version 1, R=0, a source MAC that the mask may list, and the
+    // export's own address (or a wildcard), with the command from the frame.
+    if knobs[1] & 0x80 == 0 && frame.len() >= 24 {
+        buf[6..12].copy_from_slice(&[2, 0, 0, 0, 0, if knobs[1] & 0x40 == 0 { 2 } else { 3 }]);
+        buf[12..14].copy_from_slice(&0x88a2u16.to_be_bytes());
+        buf[14] = 0x10;
+        let wild = knobs[1] & 0x20 != 0;
+        buf[16..18].copy_from_slice(&(if wild { 0xffff } else { export.shelf }).to_be_bytes());
+        buf[18] = if wild { 0xff } else { export.slot };
+        buf[19] &= 0x03;
+    }
     let out = decide(&export, &iface, &mut buf, frame.len());
     match &out.decision {
         Decision::Reply(n) => {

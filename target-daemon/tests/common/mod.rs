@@ -27,13 +27,19 @@ pub fn privileged(test: &str) -> bool {
         panic!("{msg}; CI=true forbids skipping");
     }
     // The test harness captures eprintln!; write to fd 2 directly so the skip is seen.
-    let _ = std::io::stderr().lock().write_all(format!("\n*** {msg} ***\n").as_bytes());
+    let _ = std::io::stderr()
+        .lock()
+        .write_all(format!("\n*** {msg} ***\n").as_bytes());
     false
 }
 
 fn run(cmd: &str, args: &[&str]) {
     let out = Command::new(cmd).args(args).output().expect("spawn");
-    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
@@ -66,9 +72,28 @@ impl Lab {
         std::fs::create_dir_all(&lab.dir).unwrap();
         run("ip", &["netns", "add", &lab.target_ns]);
         run("ip", &["netns", "add", &lab.init_ns]);
-        run("ip", &["link", "add", &lab.target_if, "netns", &lab.target_ns, "type", "veth", "peer", "name", &lab.init_if, "netns", &lab.init_ns]);
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &lab.target_if,
+                "netns",
+                &lab.target_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &lab.init_if,
+                "netns",
+                &lab.init_ns,
+            ],
+        );
         let mtu = mtu.to_string();
-        for (ns, dev) in [(&lab.target_ns, &lab.target_if), (&lab.init_ns, &lab.init_if)] {
+        for (ns, dev) in [
+            (&lab.target_ns, &lab.target_if),
+            (&lab.init_ns, &lab.init_if),
+        ] {
             run("ip", &["-n", ns, "link", "set", dev, "mtu", &mtu, "up"]);
             run("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
@@ -84,13 +109,24 @@ impl Lab {
 
     /// Run a command in the initiator namespace; returns (status, stdout, stderr).
     pub fn init_exec(&self, cmd: &[&str]) -> (ExitStatus, String, String) {
-        let out = Command::new("ip").args(["netns", "exec", &self.init_ns]).args(cmd).output().unwrap();
-        (out.status, String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.init_ns])
+            .args(cmd)
+            .output()
+            .unwrap();
+        (
+            out.status,
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
     }
 
     /// Whether an XDP program is attached to the target interface.
     pub fn xdp_attached(&self) -> bool {
-        let out = Command::new("ip").args(["-n", &self.target_ns, "-d", "link", "show", &self.target_if]).output().unwrap();
+        let out = Command::new("ip")
+            .args(["-n", &self.target_ns, "-d", "link", "show", &self.target_if])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
     }
 
@@ -116,9 +152,17 @@ impl Lab {
     }
 
     fn spawn(&self, args: &[&str], log: &Path) -> Child {
-        let args: Vec<String> = args.iter().map(|a| a.replace("{if}", &self.target_if)).collect();
+        let args: Vec<String> = args
+            .iter()
+            .map(|a| a.replace("{if}", &self.target_if))
+            .collect();
         Command::new("ip")
-            .args(["netns", "exec", &self.target_ns, env!("CARGO_BIN_EXE_xblade")])
+            .args([
+                "netns",
+                "exec",
+                &self.target_ns,
+                env!("CARGO_BIN_EXE_xblade"),
+            ])
             .args(&args)
             .env("XBLADE_LOG", "info")
             .stdin(Stdio::null())
@@ -136,13 +180,20 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "pids", &self.target_ns]).output().map(|o| {
-            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        });
-        let _ = Command::new("ip").args(["netns", "del", &self.target_ns]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.init_ns]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.target_ns])
+            .output()
+            .map(|o| {
+                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            });
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.target_ns])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.init_ns])
+            .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -186,13 +237,19 @@ impl Daemon {
     /// SIGTERM and wait (at most 10 s); returns the exit status.
     pub fn stop(mut self) -> (ExitStatus, String) {
         // `ip netns exec` execs xblade, so the child's pid is xblade's.
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 return (s, self.log());
             }
-            assert!(Instant::now() < deadline, "xblade ignored SIGTERM:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "xblade ignored SIGTERM:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -230,10 +287,26 @@ pub struct Client {
 impl Client {
     pub fn open(ns: &str, ifname: &str) -> Client {
         // /sys shows the mounting namespace, so ask `ip` for the peer's index and MAC.
-        let out = Command::new("ip").args(["-n", ns, "-o", "link", "show", "dev", ifname]).output().unwrap();
+        let out = Command::new("ip")
+            .args(["-n", ns, "-o", "link", "show", "dev", ifname])
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let idx: i32 = text.split(':').next().unwrap().trim().parse().expect("ifindex");
-        let mac = text.split("link/ether ").nth(1).expect("MAC").split_whitespace().next().unwrap().to_string();
+        let idx: i32 = text
+            .split(':')
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .expect("ifindex");
+        let mac = text
+            .split("link/ether ")
+            .nth(1)
+            .expect("MAC")
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string();
         let (fd, mac) = in_netns(ns, move || {
             let proto = 0x88a2u16.to_be();
             // SAFETY: plain socket(2) call.
@@ -252,13 +325,23 @@ impl Client {
             assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
             (fd, aoe::wire::parse_mac(mac.trim()).unwrap())
         });
-        let mut c = Client { fd, mac, target: BROADCAST, shelf: 0xffff, slot: 0xff, tag: 1 };
+        let mut c = Client {
+            fd,
+            mac,
+            target: BROADCAST,
+            shelf: 0xffff,
+            slot: 0xff,
+            tag: 1,
+        };
         c.set_timeout(Duration::from_millis(200));
         c
     }
 
     fn set_timeout(&mut self, d: Duration) {
-        let tv = libc::timeval { tv_sec: d.as_secs() as i64, tv_usec: i64::from(d.subsec_micros()) };
+        let tv = libc::timeval {
+            tv_sec: d.as_secs() as i64,
+            tv_usec: i64::from(d.subsec_micros()),
+        };
         // SAFETY: SO_RCVTIMEO takes a timeval; `tv` is valid for the call.
         unsafe {
             libc::setsockopt(
@@ -278,7 +361,12 @@ impl Client {
     pub fn send(&self, frame: &[u8]) {
         // SAFETY: sending from a valid buffer of frame.len() bytes on our bound socket.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(n as usize, frame.len(), "send: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            n as usize,
+            frame.len(),
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Next AoE response (R=1) within the socket timeout, or None.
@@ -286,7 +374,8 @@ impl Client {
         let mut buf = vec![0u8; 9100];
         loop {
             // SAFETY: receiving into a valid, exclusively borrowed buffer.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             if n < 0 {
                 return None;
             }
@@ -313,7 +402,13 @@ impl Client {
 
     pub fn addr(&mut self) -> Addr {
         let tag = self.next_tag();
-        Addr { src: self.mac, dst: self.target, shelf: self.shelf, slot: self.slot, tag }
+        Addr {
+            src: self.mac,
+            dst: self.target,
+            shelf: self.shelf,
+            slot: self.slot,
+            tag,
+        }
     }
 
     /// Send `frame` (whose tag is `tag`) and wait for the response with that tag.
@@ -338,7 +433,9 @@ impl Client {
         let a = self.addr();
         let mut f = vec![0u8; 128];
         let n = initiator::config_request(&mut f, &a, ccmd::READ, b"");
-        let r = self.transact(&f[..n], a.tag).expect("no answer to the config query");
+        let r = self
+            .transact(&f[..n], a.tag)
+            .expect("no answer to the config query");
         self.target = parse_response(&r).unwrap().src;
         r
     }
@@ -347,14 +444,20 @@ impl Client {
         let a = self.addr();
         let mut f = vec![0u8; 9100];
         let n = initiator::ata_request(&mut f, &a, req);
-        self.transact(&f[..n], a.tag).unwrap_or_else(|| panic!("no answer to {req:?}"))
+        self.transact(&f[..n], a.tag)
+            .unwrap_or_else(|| panic!("no answer to {req:?}"))
     }
 
     /// (status, error, data) of an ATA response.
     pub fn ata_regs(resp: &[u8]) -> (u8, u8, Vec<u8>) {
         match parse_response(resp).unwrap().body {
-            Body::Ata { status, err, data, .. } => (status, err, data.to_vec()),
-            b => panic!("not an ATA response: {b:?} (E={:?})", parse_response(resp).unwrap().error),
+            Body::Ata {
+                status, err, data, ..
+            } => (status, err, data.to_vec()),
+            b => panic!(
+                "not an ATA response: {b:?} (E={:?})",
+                parse_response(resp).unwrap().error
+            ),
         }
     }
 

@@ -1,0 +1,139 @@
+//! `cargo xtask test`: the project's whole test suite, as CI runs it.
+//!
+//! 1. Make sure the tools the tests drive are installed (Debian packages; installs them with
+//!    apt-get when run as root, and says so).
+//! 2. The committed XDP object matches a rebuild (`cargo xtask ebpf --check`).
+//! 3. `cargo fmt --check` and `cargo clippy --workspace --all-targets -D warnings`.
+//! 4. `cargo test --workspace`: unit, property and privileged end-to-end tests (network
+//!    namespaces, XDP, AF_XDP, io_uring, loop devices, aoetools). Under `CI=true` a privileged
+//!    test that cannot run fails instead of skipping.
+//! 5. Every further stage registered in [`STAGES`] (the VM test with the real Linux initiator,
+//!    the benchmark smoke run) unless `--quick`.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::project_root;
+
+/// (command that must exist, Debian package that provides it).
+pub const TOOLS: &[(&str, &str)] = &[
+    ("clang", "clang"),
+    ("llvm-strip", "llvm"),
+    ("ip", "iproute2"),
+    ("losetup", "mount"),
+    ("setpriv", "util-linux"),
+    ("prlimit", "util-linux"),
+    ("aoeping", "aoetools"),
+    ("vblade", "vblade"),
+    ("fio", "fio"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    ("cpio", "cpio"),
+    ("xz", "xz-utils"),
+];
+
+fn have(cmd: &str) -> bool {
+    [
+        "/usr/sbin",
+        "/usr/bin",
+        "/sbin",
+        "/bin",
+        "/usr/local/bin",
+        "/usr/local/sbin",
+    ]
+    .iter()
+    .any(|d| std::path::Path::new(d).join(cmd).exists())
+}
+
+/// Install the Debian packages for any missing tool (as root), or explain what is missing.
+pub fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
+    let mut missing: Vec<&str> = tools
+        .iter()
+        .filter(|(c, _)| !have(c))
+        .map(|(_, p)| *p)
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing tools; install them with: sudo apt-get install -y {}",
+            missing.join(" ")
+        );
+    }
+    eprintln!(
+        "xtask: installing Debian packages the tests need: {}",
+        missing.join(" ")
+    );
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+}
+
+/// Whether we run as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|v| v.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(project_root());
+    c
+}
+
+/// Later stages: (name, xtask arguments). Each runs as `cargo xtask <args>`.
+const STAGES: &[(&str, &[&str])] = &[];
+
+/// Run the suite.
+pub fn run_suite(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    if let Some(bad) = args.iter().find(|a| *a != "--quick") {
+        bail!("unknown argument {bad:?}; usage: cargo xtask test [--quick]");
+    }
+    if !is_root() {
+        eprintln!(
+            "xtask: WARNING: not root: the end-to-end tests (netns, XDP, loop devices) will be SKIPPED \
+             (and fail under CI=true). Run as root for the full suite."
+        );
+    }
+    ensure_tools(TOOLS)?;
+    crate::ebpf::run(&["--check".to_string()])?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(cargo().args(["test", "--workspace"]))?;
+    if !quick {
+        for (name, xargs) in STAGES {
+            eprintln!("xtask: stage {name}");
+            run(cargo().args(["xtask"]).args(*xargs))?;
+        }
+    }
+    eprintln!("xtask: all tests passed");
+    Ok(())
+}
