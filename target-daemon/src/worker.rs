@@ -291,7 +291,7 @@ impl Worker {
     fn decide(&mut self, mut frame: Frame, ei: usize) {
         let off = frame.offset() as usize;
         let len = frame.len() as usize;
-        let export = Arc::clone(&self.exports[ei]);
+        let export = &self.exports[ei];
         let out = {
             let state = export.state();
             target::decide(

@@ -21,13 +21,19 @@ fn write_read_verify(c: &mut Client, path: &std::path::Path, base: u64, sectors:
     for &lba in &lbas {
         let (s, e, d) = c.read(lba, 2);
         assert_eq!((s, e), (ata::STATUS_OK, 0), "read at {lba}");
-        assert_eq!(d, pattern(seed, lba, 2), "data read back at {lba}");
+        assert!(
+            d == pattern(seed, lba, 2),
+            "data read back at {lba} differs"
+        );
         // The last write wins where ranges overlap (sectors-3 and sectors-2 overlap): compare
         // against the file only for the sector written last there.
     }
     for &lba in &lbas {
         let on_disk = file_bytes(path, base + lba * SECTOR as u64, 2 * SECTOR);
-        assert_eq!(on_disk, pattern(seed, lba, 2), "backing file at lba {lba}");
+        assert!(
+            on_disk == pattern(seed, lba, 2),
+            "backing file at lba {lba} differs"
+        );
     }
     // One sector past the end is out of range.
     let (s, e, _) = c.read(sectors - 1, 2);
@@ -338,7 +344,82 @@ fn loop_devices_512_and_4096() {
     c.discover(1, 3);
     for lba in [1u64, 9, 1000] {
         assert_eq!(c.write(lba, &pattern(5, lba, 2)), (0x40, 0));
-        assert_eq!(c.read(lba, 2).2, pattern(5, lba, 2));
+        assert!(
+            c.read(lba, 2).2 == pattern(5, lba, 2),
+            "read back at {lba} differs"
+        );
     }
     stopped_cleanly(&lab, d);
+}
+
+/// Config string, mask and reserve commands change the running export's state, and that state
+/// governs the following frames.
+#[test]
+fn config_mask_and_reserve_change_the_running_export() {
+    if !privileged("config_mask_and_reserve_change_the_running_export") {
+        return;
+    }
+    use aoe::wire::{ccmd, mask, reserve};
+    let lab = Lab::new();
+    let img = lab.image("disk.img", MIB);
+    let d = lab.xblade(&["1", "0", "{if}", img.to_str().unwrap()]);
+    let mut c = lab.client();
+    c.discover(1, 0);
+    let stranger: aoe::Mac = [0x02, 0xaa, 0, 0, 0, 1];
+    let mut buf = vec![0u8; 2000];
+
+    // Config string: set, then a test with another string is silent.
+    let a = c.addr();
+    let n = aoe::initiator::config_request(&mut buf, &a, ccmd::SET, b"owner=host1");
+    let r = c.transact(&buf[..n], a.tag).expect("config set answered");
+    assert_eq!(parse_response(&r).unwrap().error, None);
+    let a = c.addr();
+    let n = aoe::initiator::config_request(&mut buf, &a, ccmd::TEST, b"owner=host2");
+    assert!(
+        c.transact(&buf[..n], a.tag).is_none(),
+        "test mismatch must be silent"
+    );
+
+    // Reserve for a stranger: our reads get AoE error 6, IDENTIFY still works; force it back.
+    let a = c.addr();
+    let n = aoe::initiator::reserve_request(&mut buf, &a, reserve::FORCE_SET, &[stranger]);
+    assert!(c.transact(&buf[..n], a.tag).is_some());
+    let r = c.ata(&AtaRequest::read(0, 1));
+    assert_eq!(parse_response(&r).unwrap().error, Some(error::RESERVED));
+    assert_eq!(
+        Client::ata_regs(&c.ata(&AtaRequest::identify())).0,
+        ata::STATUS_OK
+    );
+    let a = c.addr();
+    let n = aoe::initiator::reserve_request(&mut buf, &a, reserve::FORCE_SET, &[]);
+    assert!(c.transact(&buf[..n], a.tag).is_some());
+    assert_eq!(c.read(0, 1).0, ata::STATUS_OK);
+
+    // Mask list with only the stranger: we are ignored from then on, even for mask commands.
+    let a = c.addr();
+    let n = aoe::initiator::mask_request(&mut buf, &a, mask::EDIT, &[(mask::DCMD_ADD, stranger)]);
+    let r = c.transact(&buf[..n], a.tag).expect("mask edit answered");
+    match parse_response(&r).unwrap().body {
+        Body::Mask { merror, macs, .. } => assert_eq!((merror, macs), (0, vec![stranger])),
+        b => panic!("{b:?}"),
+    }
+    let a = c.addr();
+    let mut f = vec![0u8; 100];
+    let n = aoe::initiator::ata_request(&mut f, &a, &AtaRequest::read(0, 1));
+    assert!(
+        c.transact(&f[..n], a.tag).is_none(),
+        "masked initiator must get silence"
+    );
+    let a = c.addr();
+    let n = aoe::initiator::mask_request(&mut buf, &a, mask::EDIT, &[(mask::DCMD_DEL, stranger)]);
+    assert!(
+        c.transact(&buf[..n], a.tag).is_none(),
+        "a masked initiator cannot unmask itself"
+    );
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("export state changed"),
+        "state changes are logged:\n{log}"
+    );
 }
