@@ -59,6 +59,15 @@ impl Lab {
     }
 
     pub fn with_mtu(mtu: u32) -> Lab {
+        Self::build(mtu, 1)
+    }
+
+    /// A lab whose veth pair has `queues` RX/TX queues.
+    pub fn with_queues(queues: u32) -> Lab {
+        Self::build(1500, queues)
+    }
+
+    fn build(mtu: u32, queues: u32) -> Lab {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let id = format!("{}{}", std::process::id() % 100_000, n);
         let lab = Lab {
@@ -72,23 +81,15 @@ impl Lab {
         std::fs::create_dir_all(&lab.dir).unwrap();
         run("ip", &["netns", "add", &lab.target_ns]);
         run("ip", &["netns", "add", &lab.init_ns]);
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &lab.target_if,
-                "netns",
-                &lab.target_ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &lab.init_if,
-                "netns",
-                &lab.init_ns,
-            ],
-        );
+        let q = queues.to_string();
+        let (t, i) = (&lab.target_if, &lab.init_if);
+        let (tn, inn) = (&lab.target_ns, &lab.init_ns);
+        let qs = ["numrxqueues", &q, "numtxqueues", &q];
+        let mut args = vec!["link", "add", t, "netns", tn];
+        args.extend(qs);
+        args.extend(["type", "veth", "peer", "name", i, "netns", inn]);
+        args.extend(qs);
+        run("ip", &args);
         let mtu = mtu.to_string();
         for (ns, dev) in [
             (&lab.target_ns, &lab.target_if),
@@ -98,6 +99,54 @@ impl Lab {
             run("ip", &["-n", ns, "link", "set", "lo", "up"]);
         }
         lab
+    }
+
+    /// Add a second veth pair between the namespaces; returns (target side, initiator side).
+    pub fn add_link(&self, suffix: &str) -> (String, String) {
+        let (t, i) = (
+            format!("{}{suffix}", self.target_if),
+            format!("{}{suffix}", self.init_if),
+        );
+        run(
+            "ip",
+            &[
+                "link",
+                "add",
+                &t,
+                "netns",
+                &self.target_ns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &i,
+                "netns",
+                &self.init_ns,
+            ],
+        );
+        run("ip", &["-n", &self.target_ns, "link", "set", &t, "up"]);
+        run("ip", &["-n", &self.init_ns, "link", "set", &i, "up"]);
+        (t, i)
+    }
+
+    /// Steer the initiator side's transmissions by CPU (XPS): a sender pinned to CPU `c`
+    /// transmits on TX queue `c`, which the veth delivers to the target's RX queue `c`.
+    pub fn steer_by_cpu(&self, queues: u32) {
+        for q in 0..queues {
+            let path = format!("/sys/class/net/{}/queues/tx-{q}/xps_cpus", self.init_if);
+            let mask = format!("{:x}", 1u64 << q);
+            run(
+                "ip",
+                &[
+                    "netns",
+                    "exec",
+                    &self.init_ns,
+                    "sh",
+                    "-c",
+                    &format!("echo {mask} > {path}"),
+                ],
+            );
+        }
     }
 
     /// A sparse backing file of `bytes` in the lab's tmpfs directory.
