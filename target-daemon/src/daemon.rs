@@ -15,7 +15,7 @@ use crate::config::{Config, IoArg, XdpModeArg};
 use crate::export::Export;
 use crate::sys::{self, cap};
 use crate::uring::Uring;
-use crate::worker::{Worker, WorkerStats};
+use crate::worker::{Bounce, Worker, WorkerStats};
 
 /// UMEM chunk size. Linux 6.18 allows 2 KiB or 4 KiB chunks in aligned mode.
 const CHUNK: u32 = 4096;
@@ -30,10 +30,17 @@ pub struct Summary {
     pub workers: Vec<(String, u32, WorkerStats)>,
 }
 
-/// Sectors per command the single-chunk datapath can carry: the ATA payload starts at chunk
-/// offset 256 + headroom + 36 = 512 and must end inside the 4 KiB chunk, so 7 sectors.
-pub fn datapath_max_sectors(umem: &UmemConfig) -> u8 {
-    ((umem.chunk_size - umem.rx_offset()) as usize - ATA_HLEN).div_euclid(SECTOR) as u8
+/// Largest frame (Ethernet header included) that fits one UMEM chunk behind the RX offset:
+/// 4096 − 476 = 3620 bytes, i.e. 36 + 7 sectors. Larger MTUs use multi-buffer frames.
+pub fn single_chunk_frame(umem: &UmemConfig) -> usize {
+    (umem.chunk_size - umem.rx_offset()) as usize
+}
+
+/// Worst-case storage operations per request: a jumbo read is one per 4 KiB chunk of data.
+fn ops_per_request(mtu: u16) -> usize {
+    (usize::from(mtu).saturating_sub(ATA_HLEN - aoe::wire::ETH_HLEN))
+        .div_ceil(CHUNK as usize)
+        .max(1)
 }
 
 fn umem_config(frames: u32) -> UmemConfig {
@@ -146,7 +153,9 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
     let nworkers: usize = cfg.interfaces.iter().map(|i| i.queues.len()).sum();
     preflight(cfg, nworkers)?;
     let ucfg = umem_config(cfg.daemon.frames);
-    let exports = open_exports(cfg, datapath_max_sectors(&ucfg))?;
+    // The MTU bounds sectors per command (Iface::advertised_sectors); the datapath does not:
+    // frames larger than a chunk arrive and leave as multi-buffer frames.
+    let exports = open_exports(cfg, 255)?;
 
     let mut steerings = Vec::new();
     let mut workers = Vec::new();
@@ -171,25 +180,44 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
             .map(|(_, x)| Arc::clone(x))
             .collect();
         let iface = Iface { mac, mtu };
+        let multi = usize::from(mtu) + aoe::wire::ETH_HLEN > single_chunk_frame(&ucfg);
+        if multi {
+            tracing::info!(iface = %icfg.name, mtu, "frames larger than a 4 KiB chunk: multi-buffer AF_XDP (XDP_USE_SG)");
+        }
         for &q in &icfg.queues {
             let capacity = mine
                 .iter()
                 .map(|e| usize::from(e.state().bufcnt))
                 .sum::<usize>()
                 .clamp(MIN_INFLIGHT, MAX_INFLIGHT);
-            if (cfg.daemon.frames as usize) < ucfg.fill_size as usize + capacity + 64 {
-                bail!(
-                    "daemon.frames = {} is too small: need at least {}",
-                    cfg.daemon.frames,
-                    ucfg.fill_size as usize + capacity + 64
-                );
-            }
-            let umem = Umem::new(ucfg)
+            let ops = if multi { ops_per_request(mtu) } else { 1 };
+            // Fill ring + a response chunk per data chunk of every request in flight + spares.
+            let need = ucfg.fill_size as usize + capacity * ops + 256;
+            let mut qcfg = ucfg;
+            qcfg.frame_count = qcfg.frame_count.max(need as u32);
+            let umem = Umem::new(qcfg)
                 .with_context(|| format!("packet buffers for {} queue {q}", icfg.name))?;
-            let sock = Socket::new(&icfg.name, q, &umem, SocketConfig::default())?;
+            let scfg = SocketConfig {
+                multi_buffer: multi,
+                ..SocketConfig::default()
+            };
+            let sock = Socket::new(&icfg.name, q, &umem, scfg)?;
             steering.register(q, sock.fd())?;
+            let bounce = if multi {
+                let slot = (qcfg.rx_offset() as usize + usize::from(mtu) + aoe::wire::ETH_HLEN)
+                    .div_ceil(CHUNK as usize)
+                    * CHUNK as usize;
+                Some(
+                    Bounce::new(capacity, slot)
+                        .with_context(|| format!("jumbo bounce buffers for {}", icfg.name))?,
+                )
+            } else {
+                None
+            };
             let fds: Vec<_> = mine.iter().map(|e| e.backing.fd()).collect();
-            let uring = Uring::new(capacity.next_power_of_two() as u32, &fds, &[umem.area()])
+            let mut regions = vec![umem.area()];
+            regions.extend(bounce.as_ref().map(|b| b.area()));
+            let uring = Uring::new((capacity * ops).next_power_of_two() as u32, &fds, &regions)
                 .with_context(|| format!("io_uring for {} queue {q}", icfg.name))?;
             tracing::info!(
                 iface = %icfg.name,
@@ -198,7 +226,11 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
                 exports = mine.len(),
                 in_flight = capacity,
                 "AF_XDP socket bound ({})",
-                if sock.zero_copy() { "zero-copy" } else { "copy mode: the NIC driver has no AF_XDP zero-copy" }
+                if sock.zero_copy() {
+                    "zero-copy"
+                } else {
+                    "copy mode: the NIC driver has no AF_XDP zero-copy"
+                }
             );
             workers.push(Worker::new(
                 icfg.name.clone(),
@@ -208,6 +240,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
                 umem,
                 sock,
                 uring,
+                bounce,
                 capacity,
             ));
         }

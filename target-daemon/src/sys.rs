@@ -121,3 +121,62 @@ pub fn hostname() -> String {
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
 }
+
+/// A page-aligned, zero-filled anonymous memory region (bounce buffers for gathered jumbo
+/// writes), unmapped on drop.
+pub struct Region {
+    ptr: std::ptr::NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the region is plain memory owned by this value; access goes through `&mut self` or
+// through raw pointers whose use the owner (one worker thread) coordinates.
+unsafe impl Send for Region {}
+
+impl Region {
+    /// Map `len` bytes (rounded up to pages), populated.
+    pub fn new(len: usize) -> io::Result<Region> {
+        let len = len.div_ceil(4096).max(1) * 4096;
+        let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE;
+        // SAFETY: anonymous mapping with no address hint; the result is checked below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Region { ptr, len })
+    }
+
+    /// Base pointer and length (for io_uring buffer registration).
+    pub fn area(&self) -> (*mut u8, usize) {
+        (self.ptr.as_ptr(), self.len)
+    }
+
+    /// The bytes `at..at + len`, mutably. Panics if out of range.
+    pub fn slice_mut(&mut self, at: usize, len: usize) -> &mut [u8] {
+        assert!(
+            at.checked_add(len).is_some_and(|end| end <= self.len),
+            "region access out of range"
+        );
+        // SAFETY: in range (checked), the mapping lives as long as `self`, and `&mut self`
+        // makes this the only reference created through the region.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().add(at), len) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping created in `new`, once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}

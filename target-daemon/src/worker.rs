@@ -6,8 +6,12 @@
 //! Zero copy: a request is handled in the UMEM chunk it arrived in. A read lands by io_uring
 //! `READ_FIXED` directly at the ATA payload offset of that chunk and the response header is
 //! written over the request's; a write goes to storage by `WRITE_FIXED` straight from the
-//! received payload. The only copy a worker makes is of a whole request frame when a wildcard
-//! address reaches several exports (discovery), counted in [`WorkerStats::copied_bytes`].
+//! received payload. Copies, all counted in [`WorkerStats::copied_bytes`], happen only for:
+//! a whole request frame when a wildcard address reaches several exports (discovery), and a
+//! jumbo write whose payload the NIC split across several chunks (multi-buffer RX puts every
+//! fragment behind the same headroom, so the pieces are neither contiguous nor block-sized;
+//! they are gathered into an aligned bounce slot). Jumbo reads need no copy: the response is
+//! sent as several TX descriptors, a 36-byte header and whole 4 KiB chunks io_uring filled.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,10 +19,11 @@ use std::time::{Duration, Instant};
 
 use aoe::target::{self, Decision, Iface, IoOutcome};
 use aoe::wire::{Header, ATA_HLEN, BROADCAST, ETHERTYPE_AOE, SECTOR};
+use xsk::if_xdp::XDP_PKT_CONTD;
 use xsk::{Frame, Socket, Umem};
 
 use crate::export::Export;
-use crate::sys;
+use crate::sys::{self, Region};
 use crate::uring::{Completion, Uring};
 
 /// Frames taken from the RX ring per loop.
@@ -33,9 +38,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Counters of one worker (returned when it stops; nothing is logged per packet).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkerStats {
-    /// Frames received.
+    /// RX descriptors received (a jumbo frame is several).
     pub rx_frames: u64,
-    /// Frames transmitted.
+    /// TX descriptors transmitted (a jumbo read response is several).
     pub tx_frames: u64,
     /// Frames that got no answer (not for us, masked, R=1, …).
     pub dropped: u64,
@@ -47,23 +52,66 @@ pub struct WorkerStats {
     pub flushes: u64,
     /// Bytes read from storage into UMEM frames.
     pub read_bytes: u64,
-    /// Bytes written to storage from UMEM frames.
+    /// Bytes written to storage.
     pub write_bytes: u64,
     /// Storage operations that failed (answered with an ATA error).
     pub io_errors: u64,
-    /// Bytes memcpy'd by the worker (whole request frames for wildcard fan-out). Sector data is
-    /// never copied: reads and writes move between UMEM and storage by io_uring only.
+    /// Bytes memcpy'd by the worker (wildcard fan-out, jumbo write gathering).
     pub copied_bytes: u64,
-    /// Replies lost because no UMEM frame was free for a wildcard fan-out copy.
+    /// Jumbo writes gathered from several RX fragments into a bounce slot.
+    pub gathered_writes: u64,
+    /// Reads answered with several TX descriptors (jumbo).
+    pub multi_desc_reads: u64,
+    /// Requests answered with an error for want of a free UMEM frame or bounce slot.
     pub no_frame: u64,
+}
+
+/// Aligned bounce slots for jumbo writes that arrive in several fragments.
+pub struct Bounce {
+    region: Region,
+    slot_size: usize,
+    free: Vec<u32>,
+}
+
+impl Bounce {
+    /// `slots` slots of `slot_size` bytes (a multiple of 4096).
+    pub fn new(slots: usize, slot_size: usize) -> std::io::Result<Bounce> {
+        Ok(Bounce {
+            region: Region::new(slots * slot_size)?,
+            slot_size,
+            free: (0..slots as u32).rev().collect(),
+        })
+    }
+
+    /// The region, for io_uring registration.
+    pub fn area(&self) -> (*mut u8, usize) {
+        self.region.area()
+    }
 }
 
 /// A request whose storage I/O is in flight.
 struct Pending {
+    /// The request's first (often only) chunk: the response header is built here.
     frame: Frame,
     export: usize,
     decision: Decision,
-    expect: u32,
+    /// Bytes the single operation must move, or the read's total for a multi-chunk read.
+    bytes: u32,
+    ops_left: u32,
+    error: Option<i32>,
+    /// Payload chunks of a multi-descriptor read.
+    chunks: Vec<Frame>,
+    /// Bounce slot of a gathered write.
+    bounce: Option<u32>,
+}
+
+/// Bytes moved by operation `op` of a request of `bytes` split into whole chunks of `chunk`.
+fn op_len(bytes: u32, chunks: usize, op: usize, chunk: u32) -> u32 {
+    if chunks == 0 {
+        bytes
+    } else {
+        (bytes - op as u32 * chunk).min(chunk)
+    }
 }
 
 /// Everything one worker owns.
@@ -77,11 +125,15 @@ pub struct Worker {
     umem: Umem,
     sock: Socket,
     uring: Uring,
+    bounce: Option<Bounce>,
     rx_offset: usize,
+    chunk: usize,
     slots: Vec<Option<Pending>>,
     free_slots: Vec<u32>,
     /// Frames waiting to go back on the fill ring.
     spare: Vec<Frame>,
+    /// Fragments of a multi-buffer frame still arriving.
+    partial: Vec<Frame>,
     tx: Vec<Frame>,
     tx_outstanding: u64,
     stats: WorkerStats,
@@ -89,7 +141,8 @@ pub struct Worker {
 
 impl Worker {
     /// Assemble a worker. `uring` has the exports' fds registered in `exports` order and the
-    /// UMEM area registered as fixed buffers. `capacity` is the in-flight table size.
+    /// UMEM area (and the bounce region, if any) registered as fixed buffers. `capacity` is the
+    /// in-flight table size. `bounce` is needed when the socket receives multi-buffer frames.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         ifname: String,
@@ -99,9 +152,11 @@ impl Worker {
         umem: Umem,
         sock: Socket,
         uring: Uring,
+        bounce: Option<Bounce>,
         capacity: usize,
     ) -> Self {
         let rx_offset = umem.config().rx_offset() as usize;
+        let chunk = umem.config().chunk_size as usize;
         Worker {
             ifname,
             queue,
@@ -110,10 +165,13 @@ impl Worker {
             umem,
             sock,
             uring,
+            bounce,
             rx_offset,
+            chunk,
             slots: (0..capacity).map(|_| None).collect(),
             free_slots: (0..capacity as u32).rev().collect(),
             spare: Vec::new(),
+            partial: Vec::new(),
             tx: Vec::new(),
             tx_outstanding: 0,
             stats: WorkerStats::default(),
@@ -171,14 +229,17 @@ impl Worker {
             if self.tx_outstanding > 0 && self.sock.needs_wakeup_tx() {
                 self.sock.kick_tx()?;
             }
-            // Requests in, as many as the in-flight table can absorb.
+            // Requests in, as many as the in-flight table (and bounce slots) can absorb.
             if !stopping {
-                let room = self.free_slots.len().min(RX_BATCH);
+                let mut room = self.free_slots.len().min(RX_BATCH);
+                if let Some(b) = &self.bounce {
+                    room = room.min(b.free.len());
+                }
                 if room > 0 && self.sock.recv(&mut rx, room) > 0 {
                     work = true;
                     self.stats.rx_frames += rx.len() as u64;
                     for f in rx.drain(..) {
-                        self.handle(f);
+                        self.receive(f);
                     }
                 }
             }
@@ -244,16 +305,78 @@ impl Worker {
         }
     }
 
-    fn recycle(&mut self, f: Frame) {
+    fn recycle(&mut self, mut f: Frame) {
+        f.set_options(0);
         self.spare.push(f);
     }
 
-    /// One received frame: find the exports it addresses and decide for each.
-    fn handle(&mut self, frame: Frame) {
+    /// A free chunk for a TX descriptor: from the UMEM's free list, else from the spares.
+    fn alloc_frame(&mut self) -> Option<Frame> {
+        self.umem.alloc().or_else(|| self.spare.pop())
+    }
+
+    /// One RX descriptor: a whole frame, or a fragment of a multi-buffer frame.
+    fn receive(&mut self, f: Frame) {
+        if self.partial.is_empty() && !f.is_contd() {
+            return self.handle(f, None);
+        }
+        let last = !f.is_contd();
+        self.partial.push(f);
+        if last {
+            let frags = std::mem::take(&mut self.partial);
+            self.receive_fragments(frags);
+        }
+    }
+
+    /// A frame that arrived in several chunks. Only a write carries meaning beyond the first
+    /// chunk (every other request fits in it; the rest is padding or junk), so a write is
+    /// gathered into a bounce slot and everything else is decided on its first chunk.
+    fn receive_fragments(&mut self, mut frags: Vec<Frame>) {
+        let first = self.umem.data(&frags[0]);
+        let total: usize = frags.iter().map(|f| f.len() as usize).sum();
+        let is_write = first.len() >= ATA_HLEN
+            && first[12..14] == ETHERTYPE_AOE.to_be_bytes()
+            && first[19] == aoe::wire::cmd::ATA
+            && matches!(first[27], aoe::ata::WRITE | aoe::ata::WRITE_EXT);
+        let rest: Vec<Frame> = frags.drain(1..).collect();
+        let head = frags.pop().expect("at least one fragment");
+        let bounce = match (is_write, self.bounce.as_mut().and_then(|b| b.free.pop())) {
+            (true, Some(b)) => Some(b),
+            (true, None) => {
+                self.stats.no_frame += 1;
+                None
+            }
+            (false, slot) => {
+                if let (Some(s), Some(b)) = (slot, self.bounce.as_mut()) {
+                    b.free.push(s);
+                }
+                None
+            }
+        };
+        if let (Some(slot), Some(b)) = (bounce, self.bounce.as_mut()) {
+            let mut at = slot as usize * b.slot_size + self.rx_offset;
+            for f in std::iter::once(&head).chain(rest.iter()) {
+                let piece = self.umem.data(f);
+                let n = piece.len().min(b.slot_size * (slot as usize + 1) - at);
+                b.region.slice_mut(at, n).copy_from_slice(&piece[..n]);
+                at += n;
+            }
+            self.stats.copied_bytes += total as u64;
+        }
+        for f in rest {
+            self.recycle(f);
+        }
+        self.handle(head, bounce.map(|b| (b, total)))
+    }
+
+    /// One received frame (with its gathered copy, for a jumbo write): find the exports it
+    /// addresses and decide for each.
+    fn handle(&mut self, frame: Frame, gathered: Option<(u32, usize)>) {
         let (shelf, slot) = match Header::new(self.umem.data(&frame)) {
             Some(h) if h.ethertype() == ETHERTYPE_AOE && !h.is_response() => (h.shelf(), h.slot()),
             _ => {
                 self.stats.dropped += 1;
+                self.free_bounce(gathered);
                 return self.recycle(frame);
             }
         };
@@ -264,162 +387,319 @@ impl Worker {
             }
             if let Some(prev) = last.replace(i) {
                 // A wildcard reaching several exports: each gets its own copy of the request.
-                match self.umem.alloc() {
-                    Some(mut copy) => {
-                        let len = frame.len() as usize;
-                        let off = frame.offset();
-                        self.umem.chunk_mut(&mut copy)[off as usize..off as usize + len]
-                            .copy_from_slice(self.umem.data(&frame));
-                        copy.set(off, len as u32);
-                        self.stats.copied_bytes += len as u64;
-                        self.decide(copy, prev);
-                    }
+                match self.duplicate(&frame, gathered) {
+                    Some((copy, g)) => self.decide(copy, prev, g),
                     None => self.stats.no_frame += 1,
                 }
             }
         }
         match last {
-            Some(i) => self.decide(frame, i),
+            Some(i) => self.decide(frame, i, gathered),
             None => {
                 self.stats.dropped += 1;
+                self.free_bounce(gathered);
                 self.recycle(frame);
             }
         }
     }
 
-    /// Run the protocol decision for `frame` against export `ei`, in place.
-    fn decide(&mut self, mut frame: Frame, ei: usize) {
+    /// Copy a request (and its bounce slot) for wildcard fan-out.
+    fn duplicate(
+        &mut self,
+        frame: &Frame,
+        gathered: Option<(u32, usize)>,
+    ) -> Option<(Frame, Option<(u32, usize)>)> {
+        let mut copy = self.alloc_frame()?;
+        let (off, len) = (frame.offset() as usize, frame.len() as usize);
+        self.umem.chunk_mut(&mut copy)[off..off + len].copy_from_slice(self.umem.data(frame));
+        copy.set(off as u32, len as u32);
+        self.stats.copied_bytes += len as u64;
+        let g = match (gathered, self.bounce.as_mut()) {
+            (Some((src, total)), Some(b)) => {
+                let Some(dst) = b.free.pop() else {
+                    self.recycle(copy);
+                    return None;
+                };
+                let size = b.slot_size;
+                let all = b.region.slice_mut(0, (src.max(dst) as usize + 1) * size);
+                all.copy_within(
+                    src as usize * size..(src as usize + 1) * size,
+                    dst as usize * size,
+                );
+                self.stats.copied_bytes += total as u64;
+                Some((dst, total))
+            }
+            _ => None,
+        };
+        Some((copy, g))
+    }
+
+    fn free_bounce(&mut self, gathered: Option<(u32, usize)>) {
+        if let (Some((slot, _)), Some(b)) = (gathered, self.bounce.as_mut()) {
+            b.free.push(slot);
+        }
+    }
+
+    /// Run the protocol decision for `frame` against export `ei`, in place (in the bounce slot
+    /// for a gathered jumbo write).
+    fn decide(&mut self, mut frame: Frame, ei: usize, gathered: Option<(u32, usize)>) {
         let off = frame.offset() as usize;
         let len = frame.len() as usize;
         let export = &self.exports[ei];
         let out = {
             let state = export.state();
-            target::decide(
-                &state,
-                &self.iface,
-                &mut self.umem.chunk_mut(&mut frame)[off..],
-                len,
-            )
+            match (gathered, self.bounce.as_mut()) {
+                (Some((slot, total)), Some(b)) => {
+                    let base = slot as usize * b.slot_size + self.rx_offset;
+                    let buf = b.region.slice_mut(base, b.slot_size - self.rx_offset);
+                    target::decide(&state, &self.iface, buf, total)
+                }
+                _ => target::decide(
+                    &state,
+                    &self.iface,
+                    &mut self.umem.chunk_mut(&mut frame)[off..],
+                    len,
+                ),
+            }
         };
         if let Some(change) = out.change {
             export.apply(change);
         }
         match out.decision {
             Decision::Reply(n) => {
-                frame.set(off as u32, n as u32);
+                if let (Some((slot, _)), Some(b)) = (gathered, self.bounce.as_mut()) {
+                    // A write answered at once (an error): the reply moves to the frame's chunk.
+                    let base = slot as usize * b.slot_size + self.rx_offset;
+                    let n = n.min(self.chunk - off);
+                    self.umem.chunk_mut(&mut frame)[off..off + n]
+                        .copy_from_slice(b.region.slice_mut(base, n));
+                    b.free.push(slot);
+                }
+                frame.set(off as u32, n.min(self.chunk - off) as u32);
+                frame.set_options(0);
                 self.tx.push(frame);
             }
             Decision::Drop => {
                 self.stats.dropped += 1;
+                self.free_bounce(gathered);
                 self.recycle(frame);
             }
-            d => self.submit(frame, ei, d),
+            d => self.submit(frame, ei, d, gathered.map(|g| g.0)),
         }
     }
 
-    /// Queue the storage operation for a decision; the frame waits in the in-flight table.
-    fn submit(&mut self, mut frame: Frame, ei: usize, decision: Decision) {
+    /// Queue the storage operation(s) for a decision; the frame waits in the in-flight table.
+    fn submit(&mut self, frame: Frame, ei: usize, decision: Decision, bounce: Option<u32>) {
+        let off = frame.offset() as usize;
+        let byte_offset = self.exports[ei].backing.byte_offset();
+        let mut p = Pending {
+            frame,
+            export: ei,
+            decision,
+            bytes: 0,
+            ops_left: 1,
+            error: None,
+            chunks: Vec::new(),
+            bounce,
+        };
+        let (lba, sectors) = match &p.decision {
+            Decision::Read { lba, sectors } | Decision::Write { lba, sectors, .. } => {
+                (*lba, *sectors)
+            }
+            _ => (0, 0),
+        };
+        p.bytes = u32::from(sectors) * SECTOR as u32;
+        let offset = byte_offset + lba * SECTOR as u64;
+        // A jumbo read goes into whole chunks, each filled by its own read, sent as TX fragments.
+        let jumbo_read = matches!(p.decision, Decision::Read { .. })
+            && ATA_HLEN + p.bytes as usize > self.chunk - off;
+        if jumbo_read {
+            let n = (p.bytes as usize).div_ceil(self.chunk);
+            for i in 0..n {
+                match self.alloc_frame() {
+                    Some(mut c) => {
+                        c.set(0, op_len(p.bytes, n, i, self.chunk as u32));
+                        p.chunks.push(c);
+                    }
+                    None => break,
+                }
+            }
+            p.ops_left = n as u32;
+            if p.chunks.len() < n {
+                return self.fail_now(p, "no free UMEM frame for a jumbo read response");
+            }
+        }
+        if self.uring.sq_space() < p.ops_left as usize {
+            let _ = self.uring.submit();
+            if self.uring.sq_space() < p.ops_left as usize {
+                return self.fail_now(p, "io_uring submission queue full");
+            }
+        }
         let slot = self
             .free_slots
             .pop()
             .expect("RX is limited to the free slots");
-        let export = &self.exports[ei];
         let file = ei as u32;
-        // The ATA payload of this frame: where read data lands and write data already is.
-        let payload = self.umem.data_ptr(&mut frame).wrapping_add(ATA_HLEN);
-        let user_data = u64::from(slot);
-        let (pushed, expect) = match &decision {
-            Decision::Read { lba, sectors } | Decision::Write { lba, sectors, .. } => {
-                let bytes = u32::from(*sectors) * SECTOR as u32;
-                let offset = export.backing.byte_offset() + lba * SECTOR as u64;
-                debug_assert!(export.backing.check_aligned(
-                    lba * SECTOR as u64,
-                    u64::from(bytes),
-                    payload as usize
-                ));
-                let pushed = if matches!(decision, Decision::Read { .. }) {
-                    // SAFETY: `payload..payload + bytes` lies in this frame's chunk (the aoe crate
-                    // bounds sectors so 36 + bytes fits the frame buffer), the chunk is in the
-                    // registered UMEM, and the frame is parked in `slots` (nobody touches it)
-                    // until this completion is reaped in `finish`.
-                    unsafe {
-                        self.uring
-                            .push_read(file, payload, bytes, offset, user_data)
-                    }
-                } else {
-                    let dsync = export.durable_writes();
-                    // SAFETY: as for the read; the payload was received in this chunk and is only
-                    // read by the kernel until the completion is reaped.
-                    unsafe {
-                        self.uring
-                            .push_write(file, payload, bytes, offset, user_data, dsync)
-                    }
-                };
-                (pushed, bytes)
+        let ud = |op: usize| u64::from(slot) | ((op as u64) << 32);
+        let dsync = self.exports[ei].durable_writes();
+        let mut pushed = Ok(());
+        match p.decision.clone() {
+            Decision::Read { .. } if jumbo_read => {
+                for i in 0..p.chunks.len() {
+                    let len = p.chunks[i].len();
+                    let ptr = self.umem.data_ptr(&mut p.chunks[i]);
+                    // SAFETY: `ptr..ptr + len` is chunk i (len ≤ chunk size) in the registered
+                    // UMEM; the chunk stays parked in `p.chunks` until every completion of this
+                    // request is reaped in `finish`.
+                    pushed = pushed.and(unsafe {
+                        self.uring.push_read(
+                            file,
+                            ptr,
+                            len,
+                            offset + (i * self.chunk) as u64,
+                            ud(i),
+                        )
+                    });
+                }
             }
-            _ => (self.uring.push_fsync(file, true, user_data), 0),
-        };
-        if pushed.is_err() {
-            // The ring is sized to the table, so this means a bug; answer rather than lose it.
-            self.free_slots.push(slot);
-            tracing::error!("io_uring submission queue full; failing the request with ABRT");
-            return self.reply_io(frame, ei, &decision, IoOutcome::Err(libc::EBUSY));
+            Decision::Read { .. } => {
+                // The data lands right behind the request header, in the same chunk.
+                let payload = self.umem.data_ptr(&mut p.frame).wrapping_add(ATA_HLEN);
+                // SAFETY: `payload..payload + bytes` lies in this frame's chunk (not a jumbo
+                // read, so 36 + bytes fits behind the offset), which is in the registered UMEM,
+                // and the frame is parked in `slots` (nobody touches it) until this completion
+                // is reaped in `finish`.
+                pushed = unsafe { self.uring.push_read(file, payload, p.bytes, offset, ud(0)) };
+            }
+            Decision::Write { payload, .. } => {
+                let ptr = match (bounce, self.bounce.as_ref()) {
+                    (Some(b), Some(bb)) => bb
+                        .area()
+                        .0
+                        .wrapping_add(b as usize * bb.slot_size + self.rx_offset + payload.start),
+                    _ => self.umem.data_ptr(&mut p.frame).wrapping_add(payload.start),
+                };
+                debug_assert!(self.exports[ei].backing.check_aligned(
+                    lba * SECTOR as u64,
+                    u64::from(p.bytes),
+                    ptr as usize
+                ));
+                // SAFETY: the payload range was bounded by the aoe crate to the received frame
+                // (in its chunk, or in its bounce slot: both registered regions), and both stay
+                // parked in `slots` untouched until the completion is reaped.
+                pushed = unsafe {
+                    self.uring
+                        .push_write(file, ptr, p.bytes, offset, ud(0), dsync)
+                };
+            }
+            _ => pushed = self.uring.push_fsync(file, true, ud(0)),
         }
-        self.slots[slot as usize] = Some(Pending {
-            frame,
-            export: ei,
-            decision,
-            expect,
-        });
+        // Space was checked above, so every push succeeded; a failure here is a bug.
+        assert!(
+            pushed.is_ok(),
+            "io_uring refused an operation after reporting space for it"
+        );
+        self.slots[slot as usize] = Some(p);
     }
 
-    /// A storage completion: build the response in place and queue it.
+    /// Answer a request with ABRT without touching storage (no resources for it).
+    fn fail_now(&mut self, p: Pending, why: &str) {
+        tracing::error!("{why}; failing the request with ABRT");
+        self.stats.no_frame += 1;
+        self.free_bounce(p.bounce.map(|b| (b, 0)));
+        self.reply_io(p, IoOutcome::Err(libc::EBUSY));
+    }
+
+    /// A storage completion: when the request's last operation is done, build the response in
+    /// place and queue it.
     fn finish(&mut self, c: Completion) {
-        let slot = c.user_data as usize;
-        let Some(p) = self.slots[slot].take() else {
+        let slot = (c.user_data & 0xffff_ffff) as usize;
+        let op = (c.user_data >> 32) as usize;
+        let chunk = self.chunk as u32;
+        let Some(p) = self.slots[slot].as_mut() else {
             tracing::error!(slot, "completion for an empty in-flight slot");
             return;
         };
-        self.free_slots.push(slot as u32);
-        let outcome = if c.result < 0 {
-            IoOutcome::Err(-c.result)
-        } else if c.result as u32 != p.expect {
-            IoOutcome::Err(libc::EIO)
-        } else {
-            IoOutcome::Ok
+        let expect = match p.decision {
+            Decision::Flush => 0,
+            _ => op_len(p.bytes, p.chunks.len(), op, chunk),
         };
-        match (&p.decision, outcome) {
-            (_, IoOutcome::Err(_)) => self.stats.io_errors += 1,
-            (Decision::Read { .. }, _) => {
-                self.stats.reads += 1;
-                self.stats.read_bytes += u64::from(p.expect);
-            }
-            (Decision::Write { .. }, _) => {
-                self.stats.writes += 1;
-                self.stats.write_bytes += u64::from(p.expect);
-            }
-            _ => self.stats.flushes += 1,
+        if c.result < 0 {
+            p.error.get_or_insert(-c.result);
+        } else if c.result as u32 != expect {
+            p.error.get_or_insert(libc::EIO);
         }
-        if let IoOutcome::Err(e) = outcome {
-            tracing::warn!(export = %self.exports[p.export].name, errno = e, decision = ?p.decision, "storage I/O failed; answering with an ATA error");
+        p.ops_left -= 1;
+        if p.ops_left > 0 {
+            return;
         }
-        self.reply_io(p.frame, p.export, &p.decision, outcome);
+        let p = self.slots[slot].take().expect("checked above");
+        self.free_slots.push(slot as u32);
+        self.free_bounce(p.bounce.map(|b| (b, 0)));
+        let outcome = match p.error {
+            Some(e) => {
+                self.stats.io_errors += 1;
+                tracing::warn!(export = %self.exports[p.export].name, errno = e, decision = ?p.decision, "storage I/O failed; answering with an ATA error");
+                IoOutcome::Err(e)
+            }
+            None => {
+                match p.decision {
+                    Decision::Read { .. } => {
+                        self.stats.reads += 1;
+                        self.stats.read_bytes += u64::from(p.bytes);
+                    }
+                    Decision::Write { .. } => {
+                        self.stats.writes += 1;
+                        self.stats.write_bytes += u64::from(p.bytes);
+                        self.stats.gathered_writes += u64::from(p.bounce.is_some());
+                    }
+                    _ => self.stats.flushes += 1,
+                }
+                IoOutcome::Ok
+            }
+        };
+        self.reply_io(p, outcome);
     }
 
-    fn reply_io(&mut self, mut frame: Frame, ei: usize, decision: &Decision, outcome: IoOutcome) {
+    /// Build the response to a finished request and queue its descriptor(s).
+    fn reply_io(&mut self, p: Pending, outcome: IoOutcome) {
+        let Pending {
+            mut frame,
+            export,
+            decision,
+            chunks,
+            ..
+        } = p;
         let off = frame.offset() as usize;
         let n = {
-            let state = self.exports[ei].state();
+            let state = self.exports[export].state();
             target::complete(
                 &state,
                 &self.iface,
                 &mut self.umem.chunk_mut(&mut frame)[off..],
-                decision,
+                &decision,
                 outcome,
             )
         };
-        frame.set(off as u32, n as u32);
+        if chunks.is_empty() || outcome != IoOutcome::Ok {
+            for c in chunks {
+                self.recycle(c);
+            }
+            frame.set(off as u32, n.min(self.chunk - off) as u32);
+            frame.set_options(0);
+            self.tx.push(frame);
+            return;
+        }
+        // Jumbo read: the header alone, then the data chunks, one packet of several descriptors.
+        self.stats.multi_desc_reads += 1;
+        frame.set(off as u32, ATA_HLEN as u32);
+        frame.set_options(XDP_PKT_CONTD);
         self.tx.push(frame);
+        let last = chunks.len() - 1;
+        for (i, mut c) in chunks.into_iter().enumerate() {
+            c.set_options(if i == last { 0 } else { XDP_PKT_CONTD });
+            self.tx.push(c);
+        }
     }
 }
 
@@ -427,5 +707,23 @@ impl Worker {
     /// Where received frames start in their chunk (for tests and logs).
     pub fn rx_offset(&self) -> usize {
         self.rx_offset
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::op_len;
+
+    #[test]
+    fn chunked_read_lengths_cover_the_request() {
+        assert_eq!(op_len(1024, 0, 0, 4096), 1024);
+        assert_eq!(
+            (0..2).map(|i| op_len(8192, 2, i, 4096)).collect::<Vec<_>>(),
+            vec![4096, 4096]
+        );
+        assert_eq!(
+            (0..2).map(|i| op_len(4608, 2, i, 4096)).collect::<Vec<_>>(),
+            vec![4096, 512]
+        );
     }
 }
