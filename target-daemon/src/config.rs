@@ -31,8 +31,17 @@ pub struct Daemon {
     pub replace_xdp: bool,
     /// UMEM frames per worker (4 KiB each).
     pub frames: u32,
-    /// CPUs to pin workers to, in order; empty: no pinning.
+    /// CPUs to pin workers to, in order; empty: one per worker, avoiding the CPUs that take
+    /// the NIC's interrupts (from /proc/interrupts) when there are enough others.
     pub cpus: Vec<usize>,
+    /// Preferred busy polling on the AF_XDP sockets, in microseconds (real NICs; 0 = off).
+    pub busy_poll: u32,
+    /// NAPI budget for busy polling.
+    pub busy_poll_budget: u16,
+    /// io_uring kernel submission thread (SQPOLL).
+    pub sqpoll: bool,
+    /// io_uring completion polling (IOPOLL; NVMe with poll queues only).
+    pub iopoll: bool,
 }
 
 impl Default for Daemon {
@@ -42,6 +51,10 @@ impl Default for Daemon {
             replace_xdp: false,
             frames: 4096,
             cpus: Vec::new(),
+            busy_poll: 0,
+            busy_poll_budget: 64,
+            sqpoll: false,
+            iopoll: false,
         }
     }
 }

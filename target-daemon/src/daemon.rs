@@ -14,7 +14,7 @@ use crate::backing::{Backing, BackingConfig, Durability, IoMode};
 use crate::config::{Config, IoArg, XdpModeArg};
 use crate::export::Export;
 use crate::sys::{self, cap};
-use crate::uring::Uring;
+use crate::uring::{Uring, UringConfig};
 use crate::worker::{Bounce, Worker, WorkerStats};
 
 /// UMEM chunk size. Linux 6.18 allows 2 KiB or 4 KiB chunks in aligned mode.
@@ -217,8 +217,25 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
             let fds: Vec<_> = mine.iter().map(|e| e.backing.fd()).collect();
             let mut regions = vec![umem.area()];
             regions.extend(bounce.as_ref().map(|b| b.area()));
-            let uring = Uring::new((capacity * ops).next_power_of_two() as u32, &fds, &regions)
-                .with_context(|| format!("io_uring for {} queue {q}", icfg.name))?;
+            let ucfg_ring = UringConfig {
+                sqpoll: cfg.daemon.sqpoll.then_some(100),
+                iopoll: cfg.daemon.iopoll,
+            };
+            let (uring, notes) = Uring::with_config(
+                (capacity * ops).next_power_of_two() as u32,
+                &fds,
+                &regions,
+                &ucfg_ring,
+            )
+            .with_context(|| format!("io_uring for {} queue {q}", icfg.name))?;
+            for n in notes {
+                tracing::warn!(iface = %icfg.name, queue = q, "{n}");
+            }
+            if cfg.daemon.busy_poll > 0 {
+                sock.set_busy_poll(cfg.daemon.busy_poll, cfg.daemon.busy_poll_budget)
+                    .with_context(|| format!("--busy-poll on {} queue {q}", icfg.name))?;
+                tracing::info!(iface = %icfg.name, queue = q, usecs = cfg.daemon.busy_poll, "preferred busy polling on");
+            }
             tracing::info!(
                 iface = %icfg.name,
                 queue = q,
@@ -232,31 +249,50 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
                     "copy mode: the NIC driver has no AF_XDP zero-copy"
                 }
             );
-            workers.push(Worker::new(
-                icfg.name.clone(),
-                q,
-                iface,
-                mine.clone(),
-                umem,
-                sock,
-                uring,
-                bounce,
-                capacity,
-            ));
+            workers.push(
+                Worker::new(
+                    icfg.name.clone(),
+                    q,
+                    iface,
+                    mine.clone(),
+                    umem,
+                    sock,
+                    uring,
+                    bounce,
+                    capacity,
+                )
+                .with_busy_poll(cfg.daemon.busy_poll > 0),
+            );
         }
         steerings.push(steering);
     }
 
+    let cpus = if cfg.daemon.cpus.is_empty() {
+        let online = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let avoid: Vec<usize> = cfg
+            .interfaces
+            .iter()
+            .flat_map(|i| sys::irq_cpus(&i.name))
+            .collect();
+        sys::default_cpus(workers.len(), online, &avoid)
+    } else {
+        cfg.daemon.cpus.clone()
+    };
     let mut handles = Vec::new();
     for (i, w) in workers.into_iter().enumerate() {
         let stop = Arc::clone(&stop);
-        let cpu = cfg.daemon.cpus.get(i).copied();
+        let cpu = cpus.get(i).copied();
         let name = format!("xblade-{}-q{}", w.ifname, w.queue);
         let (ifname, queue) = (w.ifname.clone(), w.queue);
+        let ifname_log = ifname.clone();
         let h = std::thread::Builder::new().name(name).spawn(move || {
             if let Some(c) = cpu {
-                if !core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
-                    tracing::warn!(cpu = c, "could not pin worker to CPU");
+                if core_affinity::set_for_current(core_affinity::CoreId { id: c }) {
+                    tracing::info!(iface = %ifname_log, queue, cpu = c, "worker pinned");
+                } else {
+                    tracing::warn!(cpu = c, "could not pin worker to CPU {c}: is it online and in this process's cpuset?");
                 }
             }
             w.run(&stop)

@@ -98,9 +98,19 @@ struct DaemonArgs {
     /// Replace an XDP program that another tool attached to the interface.
     #[arg(long)]
     replace_xdp: bool,
-    /// Pin workers to these CPUs, in order (comma-separated).
+    /// Pin workers to these CPUs, in order (comma-separated). Default: one CPU per worker,
+    /// avoiding the CPUs that take the NIC's interrupts.
     #[arg(long, value_delimiter = ',')]
     cpus: Vec<usize>,
+    /// Preferred busy polling on the AF_XDP sockets for this many microseconds (real NICs).
+    #[arg(long, value_name = "USECS")]
+    busy_poll: Option<u32>,
+    /// io_uring with a kernel submission thread (SQPOLL).
+    #[arg(long)]
+    sqpoll: bool,
+    /// io_uring completion polling (IOPOLL): NVMe with poll queues (nvme.poll_queues=N) only.
+    #[arg(long)]
+    iopoll: bool,
 }
 
 impl DaemonArgs {
@@ -112,6 +122,11 @@ impl DaemonArgs {
         if !self.cpus.is_empty() {
             d.cpus = self.cpus.clone();
         }
+        if let Some(us) = self.busy_poll {
+            d.busy_poll = us;
+        }
+        d.sqpoll |= self.sqpoll;
+        d.iopoll |= self.iopoll;
     }
 }
 

@@ -180,3 +180,69 @@ impl Drop for Region {
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
+
+/// CPUs that take interrupts of `iface` (IRQ lines naming it in /proc/interrupts with a non-zero
+/// count on that CPU).
+pub fn irq_cpus(iface: &str) -> Vec<usize> {
+    let text = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
+    parse_irq_cpus(&text, iface)
+}
+
+fn parse_irq_cpus(text: &str, iface: &str) -> Vec<usize> {
+    let mut lines = text.lines();
+    let ncpu = lines
+        .next()
+        .map(|h| h.split_whitespace().count())
+        .unwrap_or(0);
+    let mut cpus = std::collections::BTreeSet::new();
+    for line in lines {
+        let names_iface = line
+            .split_whitespace()
+            .last()
+            .is_some_and(|n| n == iface || n.starts_with(&format!("{iface}-")));
+        if !names_iface {
+            continue;
+        }
+        for (cpu, count) in line.split_whitespace().skip(1).take(ncpu).enumerate() {
+            if count.parse::<u64>().is_ok_and(|c| c > 0) {
+                cpus.insert(cpu);
+            }
+        }
+    }
+    cpus.into_iter().collect()
+}
+
+/// Default CPUs for `workers` workers: the online CPUs not in `avoid`, round robin; all CPUs
+/// if avoiding would leave none.
+pub fn default_cpus(workers: usize, online: usize, avoid: &[usize]) -> Vec<usize> {
+    let mut pool: Vec<usize> = (0..online).filter(|c| !avoid.contains(c)).collect();
+    if pool.is_empty() {
+        pool = (0..online).collect();
+    }
+    (0..workers).map(|i| pool[i % pool.len()]).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn irq_cpus_are_read_per_interface() {
+        let text = "           CPU0       CPU1       CPU2       CPU3\n\
+             24:          0       9000          0          0  IR-PCI-MSI 1-edge      eth1-TxRx-0\n\
+             25:          0          0          0        120  IR-PCI-MSI 2-edge      eth1-TxRx-1\n\
+             26:        700          0          0          0  IR-PCI-MSI 3-edge      eth10-TxRx-0\n\
+             27:        500          0          0          0  IR-PCI-MSI 4-edge      nvme0q1\n";
+        assert_eq!(parse_irq_cpus(text, "eth1"), vec![1, 3]);
+        assert_eq!(parse_irq_cpus(text, "eth10"), vec![0]);
+        assert!(parse_irq_cpus(text, "veth0").is_empty());
+    }
+
+    #[test]
+    fn default_cpus_avoid_irq_cpus_when_possible() {
+        assert_eq!(default_cpus(2, 4, &[1, 3]), vec![0, 2]);
+        assert_eq!(default_cpus(3, 4, &[1, 3]), vec![0, 2, 0]);
+        assert_eq!(default_cpus(2, 2, &[0, 1]), vec![0, 1]);
+        assert_eq!(default_cpus(1, 2, &[]), vec![0]);
+    }
+}

@@ -136,10 +136,18 @@ pub struct Worker {
     partial: Vec<Frame>,
     tx: Vec<Frame>,
     tx_outstanding: u64,
+    busy_poll: bool,
     stats: WorkerStats,
 }
 
 impl Worker {
+    /// Drive RX by busy polling (`recvfrom` every idle loop, never sleep) instead of
+    /// interrupts; for sockets with SO_PREFER_BUSY_POLL set.
+    pub fn with_busy_poll(mut self, on: bool) -> Self {
+        self.busy_poll = on;
+        self
+    }
+
     /// Assemble a worker. `uring` has the exports' fds registered in `exports` order and the
     /// UMEM area (and the bounce region, if any) registered as fixed buffers. `capacity` is the
     /// in-flight table size. `bounce` is needed when the socket receives multi-buffer frames.
@@ -174,6 +182,7 @@ impl Worker {
             partial: Vec::new(),
             tx: Vec::new(),
             tx_outstanding: 0,
+            busy_poll: false,
             stats: WorkerStats::default(),
         }
     }
@@ -260,6 +269,11 @@ impl Worker {
                 continue;
             }
             idle += 1;
+            if self.busy_poll {
+                // recvfrom runs the NIC's NAPI poll in this thread (preferred busy polling).
+                self.sock.wake_rx()?;
+                continue;
+            }
             if idle >= IDLE_SPINS {
                 if self.sock.needs_wakeup_fill() {
                     self.sock.wake_rx()?;

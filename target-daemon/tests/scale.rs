@@ -192,3 +192,41 @@ fn jumbo_frames_at_mtu_9000() {
         );
     }
 }
+
+/// The options for real hardware either work on veth/loop or say clearly why not.
+#[test]
+fn polling_options_work_or_explain() {
+    if !privileged("polling_options_work_or_explain") {
+        return;
+    }
+    let lab = Lab::new();
+    let img = lab.image("disk.img", 4 * MIB);
+    let d = lab.xblade(&[
+        "--busy-poll",
+        "50",
+        "--sqpoll",
+        "1",
+        "0",
+        "{if}",
+        img.to_str().unwrap(),
+    ]);
+    assert!(d.log().contains("preferred busy polling on"), "{}", d.log());
+    let mut c = lab.client();
+    c.discover(1, 0);
+    assert_eq!(c.write(8, &pattern(2, 8, 2)), (0x40, 0));
+    assert!(c.read(8, 2).2 == pattern(2, 8, 2));
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    // IOPOLL needs a device with poll queues; a regular file has none: logged, then served.
+    let d = lab.xblade(&["--iopoll", "1", "1", "{if}", img.to_str().unwrap()]);
+    assert!(
+        d.log().contains("IOPOLL is not available here"),
+        "{}",
+        d.log()
+    );
+    let mut c = lab.client();
+    c.discover(1, 1);
+    assert!(c.read(8, 2).2 == pattern(2, 8, 2));
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+}
