@@ -30,6 +30,8 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("qemu-system-x86_64", "qemu-system-x86"),
     ("cpio", "cpio"),
     ("xz", "xz-utils"),
+    ("ethtool", "ethtool"),
+    ("shellcheck", "shellcheck"),
 ];
 
 fn have(cmd: &str) -> bool {
