@@ -5,7 +5,12 @@
 //! declare the module below and add a row to [`TASKS`]. Argument parsing is plain
 //! `std::env::args`, so the xtask builds in seconds and needs no extra crates.
 
+#[cfg(test)]
+mod deploy_check;
 mod ebpf;
+pub mod lab;
+mod test;
+mod vm;
 
 use std::{
     path::{Path, PathBuf},
@@ -31,6 +36,24 @@ const TASKS: &[Task] = &[Task {
     usage: "[--check]",
     about: "rebuild ebpf/aoe_steer.o from ebpf/aoe_steer.bpf.c (--check: fail if the committed object is stale)",
     run: ebpf::run,
+},
+Task {
+    name: "test",
+    usage: "[--quick]",
+    about: "the whole test suite as CI runs it: tools, ebpf check, fmt, clippy, cargo test, VM and bench stages",
+    run: test::run_suite,
+},
+Task {
+    name: "vm-test",
+    usage: "[--target vblade|xblade] [--xblade-bin PATH] [--mtu 1500|9000] [--keep] [--test io,fs,restart]",
+    about: "boot Debian's kernel in qemu (TCG) and run its aoe initiator against a target on a tap (needs root)",
+    run: vm::run,
+},
+Task {
+    name: "lab",
+    usage: "up [--queues N] [--mtu M] [--ram-mib N] [--disk-mib N] [--loop] | down | status",
+    about: "network-namespace lab: netns xbl-t/xbl-i, veth xbl-tv/xbl-iv, RAM/disk images, loop device (needs root)",
+    run: lab::run,
 }];
 
 fn main() -> ExitCode {

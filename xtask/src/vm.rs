@@ -1,0 +1,722 @@
+//! `cargo xtask vm-test`: Linux's own AoE initiator (`aoe.ko`) against a target on this host.
+//!
+//! ```text
+//! cargo xtask vm-test [--target vblade|xblade] [--xblade-bin PATH] [--mtu 1500|9000] [--keep]
+//!                     [--test io,fs,restart] [--size-mib 128] [--pattern-mib 32] [--timeout 180]
+//!                     [--target-arg ARG]... [--vblade-bin PATH]
+//! ```
+//!
+//! Each test boots Debian's kernel (TCG, 1 vCPU, 512 MiB) with a busybox initramfs whose
+//! `/init` is `xtask/vm/init.sh`. The VM's virtio NIC is a tap (`xbvm<N>`) on this host, and the
+//! target exports a fresh sparse file in `/dev/shm` as shelf 1 slot 0 on that tap:
+//!
+//! - `io`: capacity; O_DIRECT write of a random pattern, read back and compare in the guest;
+//!   the host compares the backing file byte for byte (pattern at 0, its first MiB in the last
+//!   MiB, zeros elsewhere). Prints write/read throughput (reported, not asserted).
+//! - `fs`: mkfs.ext4, files, sync, umount, `e2fsck -fn`, remount, checksums; then the host runs
+//!   `e2fsck -fn` on the backing file and `debugfs` dumps `/big.bin` to compare with the pattern.
+//! - `restart`: the guest writes the pattern in a loop; 1 s after it says so the host kills
+//!   the target with SIGKILL and restarts it 2 s later; every write must succeed and the data
+//!   must verify in the guest and on the host.
+//!
+//! The guest reports on its console (`XBLADE-VM: ...` lines, see init.sh). Logs stay in
+//! `target/vm/`: `console-<target>[-mtu<N>]-<test>.log` (with host events interleaved) and
+//! `target-...-<test>.log` (the target's output). Downloads and the guest image are cached in
+//! `target/vm-cache/`. Needs root, `/dev/net/tun`, `qemu-system-x86_64`
+//! (`apt-get install qemu-system-x86`) and apt (`apt-get update` done once) for the first run.
+//!
+//! The target is invoked vblade-style, `BIN [--target-arg ...] SHELF SLOT NETIF PATH`: vblade
+//! from `/usr/sbin/vblade` (`apt-get install vblade`), xblade from `--xblade-bin` or else
+//! `target/release/xblade`, then `target/debug/xblade`. `--keep` keeps the backing files in
+//! `/dev/shm`, the initrd and the pattern. More in `xtask/vm/README.md`.
+
+mod guest;
+mod host;
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    fs,
+    io::Read,
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use host::{Event, Qemu, Stopped, Tap, Target, TargetCommand};
+
+const USAGE: &str = "usage: cargo xtask vm-test [--target vblade|xblade] [--xblade-bin PATH] \
+[--vblade-bin PATH] [--mtu 1500|9000] [--keep] [--test io,fs,restart] [--size-mib N] \
+[--pattern-mib N] [--timeout SECS] [--target-arg ARG]...";
+
+const TESTS: &[&str] = &["io", "fs", "restart"];
+const SHELF: u16 = 1;
+const SLOT: u8 = 0;
+/// How long after `LOAD-STARTED` the restart test kills the target, and how long it stays down.
+const KILL_AFTER: Duration = Duration::from_millis(1000);
+const DOWN_FOR: Duration = Duration::from_millis(2000);
+/// The restart test's guest keeps writing for at least this long.
+const LOAD_SECS: u32 = 12;
+const MARKER: &str = "XBLADE-VM: ";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TargetKind {
+    Vblade,
+    Xblade,
+}
+
+impl TargetKind {
+    fn name(self) -> &'static str {
+        match self {
+            TargetKind::Vblade => "vblade",
+            TargetKind::Xblade => "xblade",
+        }
+    }
+}
+
+struct Options {
+    target: TargetKind,
+    xblade_bin: Option<PathBuf>,
+    vblade_bin: PathBuf,
+    mtu: u32,
+    keep: bool,
+    tests: Vec<String>,
+    size_mib: u64,
+    pattern_mib: u64,
+    timeout: Duration,
+    target_args: Vec<String>,
+}
+
+impl Options {
+    fn parse(args: &[String]) -> Result<Option<Self>> {
+        let mut options = Options {
+            target: TargetKind::Vblade,
+            xblade_bin: None,
+            vblade_bin: PathBuf::from("/usr/sbin/vblade"),
+            mtu: 1500,
+            keep: false,
+            tests: Vec::new(),
+            size_mib: 128,
+            pattern_mib: 32,
+            timeout: Duration::from_secs(180),
+            target_args: Vec::new(),
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
+                _ => (arg.as_str(), None),
+            };
+            let mut value = || -> Result<String> {
+                inline
+                    .clone()
+                    .or_else(|| args.next().cloned())
+                    .with_context(|| format!("{flag} needs a value"))
+            };
+            match flag {
+                "-h" | "--help" => {
+                    eprintln!("{USAGE}");
+                    return Ok(None);
+                }
+                "--target" => {
+                    options.target = match value()?.as_str() {
+                        "vblade" => TargetKind::Vblade,
+                        "xblade" => TargetKind::Xblade,
+                        other => bail!("--target {other}: expected vblade or xblade"),
+                    }
+                }
+                "--xblade-bin" => options.xblade_bin = Some(PathBuf::from(value()?)),
+                "--vblade-bin" => options.vblade_bin = PathBuf::from(value()?),
+                "--mtu" => options.mtu = value()?.parse().context("--mtu")?,
+                "--keep" => options.keep = true,
+                "--test" => {
+                    for test in value()?.split(',') {
+                        ensure!(
+                            TESTS.contains(&test),
+                            "unknown test `{test}` (tests: {})",
+                            TESTS.join(", ")
+                        );
+                        options.tests.push(test.to_owned());
+                    }
+                }
+                "--size-mib" => options.size_mib = value()?.parse().context("--size-mib")?,
+                "--pattern-mib" => {
+                    options.pattern_mib = value()?.parse().context("--pattern-mib")?
+                }
+                "--timeout" => {
+                    options.timeout = Duration::from_secs(value()?.parse().context("--timeout")?)
+                }
+                "--target-arg" => options.target_args.push(value()?),
+                other => bail!("unknown argument `{other}`\n{USAGE}"),
+            }
+        }
+        if options.tests.is_empty() {
+            options.tests = TESTS.iter().map(|test| (*test).to_owned()).collect();
+        }
+        ensure!(
+            (576..=65_000).contains(&options.mtu),
+            "--mtu {} is out of range",
+            options.mtu
+        );
+        ensure!(options.pattern_mib >= 1, "--pattern-mib must be at least 1");
+        ensure!(
+            options.size_mib > 2 * options.pattern_mib,
+            "--size-mib must hold two copies of the pattern plus a MiB"
+        );
+        Ok(Some(options))
+    }
+
+    /// `vblade`, or `vblade-mtu9000`: the part of log names that says what ran.
+    fn label(&self) -> String {
+        match self.mtu {
+            1500 => self.target.name().to_owned(),
+            mtu => format!("{}-mtu{mtu}", self.target.name()),
+        }
+    }
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let Some(options) = Options::parse(args)? else {
+        return Ok(());
+    };
+    host::install_signal_handlers();
+    let root = crate::project_root();
+    let target_bin = target_binary(&options, &root)?;
+    host::run_checked(Command::new("qemu-system-x86_64").arg("--version"))
+        .context("qemu-system-x86_64 is missing: apt-get install qemu-system-x86")?;
+
+    let out = root.join("target/vm");
+    fs::create_dir_all(&out)?;
+    let prepare_started = Instant::now();
+    let image = guest::prepare(&root.join("target/vm-cache"), &root)?;
+    eprintln!(
+        "vm-test: guest {} (ready in {:.1}s)",
+        image.description,
+        prepare_started.elapsed().as_secs_f64()
+    );
+
+    let pattern = random_bytes(usize::try_from(options.pattern_mib << 20)?)?;
+    let run_id = std::process::id();
+    let initrd = out.join(format!("initrd-{run_id}.img"));
+    guest::initrd_with_pattern(&image.initramfs, &pattern, &initrd)?;
+    let pattern_path = out.join(format!("pattern-{run_id}.bin"));
+    if options.keep {
+        fs::write(&pattern_path, &pattern)?;
+    }
+
+    let tap = Tap::create(options.mtu)?;
+    eprintln!(
+        "vm-test: target {} on {} (MTU {}), tests: {}",
+        target_bin.display(),
+        tap.name,
+        options.mtu,
+        options.tests.join(", ")
+    );
+    let mut results = Vec::new();
+    for test in &options.tests {
+        let context = TestContext {
+            options: &options,
+            image: &image,
+            initrd: &initrd,
+            tap: &tap,
+            out: &out,
+            pattern: &pattern,
+            target_bin: &target_bin,
+        };
+        let result = context.run(test);
+        if let Err(error) = host::check_interrupted() {
+            let _ = fs::remove_file(&initrd);
+            return Err(error);
+        }
+        eprintln!("vm-test: {}", result.summary_line());
+        results.push(result);
+    }
+    drop(tap);
+    if !options.keep {
+        let _ = fs::remove_file(&initrd);
+    }
+
+    let mut summary = format!(
+        "vm-test against {} ({}), MTU {}, {} MiB export, {} MiB pattern\nguest: {}\n",
+        options.target.name(),
+        target_bin.display(),
+        options.mtu,
+        options.size_mib,
+        options.pattern_mib,
+        image.description
+    );
+    for result in &results {
+        summary += &result.summary_line();
+        summary.push('\n');
+        for failure in &result.failures {
+            let _ = writeln!(summary, "    failure: {failure}");
+        }
+        let _ = writeln!(summary, "    log: {}", result.console.display());
+    }
+    let passed = results
+        .iter()
+        .filter(|result| result.failures.is_empty())
+        .count();
+    let failed = results.len() - passed;
+    let _ = writeln!(summary, "vm-test: {passed} passed, {failed} failed");
+    let summary_path = out.join(format!("summary-{}.txt", options.label()));
+    fs::write(&summary_path, &summary)?;
+    println!("{summary}");
+    if options.keep {
+        println!(
+            "kept: {} and the backing files in /dev/shm/xbvm-{run_id}-*.img",
+            pattern_path.display()
+        );
+    }
+    ensure!(
+        failed == 0,
+        "{failed} VM test(s) failed; logs in {}",
+        out.display()
+    );
+    Ok(())
+}
+
+fn target_binary(options: &Options, root: &Path) -> Result<PathBuf> {
+    let bin = match options.target {
+        TargetKind::Vblade => options.vblade_bin.clone(),
+        TargetKind::Xblade => match &options.xblade_bin {
+            Some(bin) => bin.clone(),
+            None => {
+                let mut dirs = Vec::new();
+                if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
+                    dirs.push(PathBuf::from(dir));
+                }
+                dirs.push(root.join("target"));
+                let candidates: Vec<_> = dirs
+                    .iter()
+                    .flat_map(|dir| {
+                        ["release", "debug"].map(|profile| dir.join(profile).join("xblade"))
+                    })
+                    .collect();
+                candidates.iter().find(|path| path.exists()).cloned().with_context(|| {
+                    format!("no xblade binary in {candidates:?}: `cargo build --release -p xblade` or pass --xblade-bin")
+                })?
+            }
+        },
+    };
+    ensure!(bin.exists(), "{} does not exist", bin.display());
+    Ok(bin)
+}
+
+fn random_bytes(len: usize) -> Result<Vec<u8>> {
+    let mut bytes = vec![0; len];
+    fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes)
+}
+
+struct TestContext<'a> {
+    options: &'a Options,
+    image: &'a guest::GuestImage,
+    initrd: &'a Path,
+    tap: &'a Tap,
+    out: &'a Path,
+    pattern: &'a [u8],
+    target_bin: &'a Path,
+}
+
+/// What one test boot produced.
+struct TestResult {
+    name: String,
+    console: PathBuf,
+    failures: Vec<String>,
+    /// From qemu's start: guest init running, device ready, verdict, qemu gone.
+    booted: Option<Duration>,
+    ready: Option<Duration>,
+    verdict: Option<Duration>,
+    total: Duration,
+    frame_bytes: Option<String>,
+    /// `INFO <what> key=value...` lines, by what.
+    info: BTreeMap<String, BTreeMap<String, String>>,
+    notes: Vec<String>,
+}
+
+impl TestResult {
+    fn summary_line(&self) -> String {
+        let seconds = |duration: Option<Duration>| {
+            duration.map_or_else(
+                || "-".to_owned(),
+                |duration| format!("{:.1}s", duration.as_secs_f64()),
+            )
+        };
+        let span = |from: Option<Duration>, to: Option<Duration>| match (from, to) {
+            (Some(from), Some(to)) => seconds(to.checked_sub(from)),
+            _ => "-".to_owned(),
+        };
+        let mut line = format!(
+            "{:<8} {}  boot {}  discover {}  test {}  total {:.1}s",
+            self.name,
+            if self.failures.is_empty() {
+                "PASS"
+            } else {
+                "FAIL"
+            },
+            seconds(self.booted),
+            span(self.booted, self.ready),
+            span(self.ready, self.verdict),
+            self.total.as_secs_f64()
+        );
+        if let Some(frames) = &self.frame_bytes {
+            let _ = write!(line, "  frames {frames} B");
+        }
+        for what in ["write", "read", "buffered-read", "fs-write"] {
+            if let Some(rate) = self.rate(what) {
+                let _ = write!(line, "  {what} {rate}");
+            }
+        }
+        for note in &self.notes {
+            let _ = write!(line, "  {note}");
+        }
+        line
+    }
+
+    /// `12.3 MB/s` from an `INFO what bytes=N cs=N` line.
+    fn rate(&self, what: &str) -> Option<String> {
+        let info = self.info.get(what)?;
+        let bytes: f64 = info.get("bytes")?.parse().ok()?;
+        let centiseconds: f64 = info.get("cs")?.parse().ok()?;
+        Some(format!(
+            "{:.1} MB/s",
+            bytes / (centiseconds.max(1.0) / 100.0) / 1e6
+        ))
+    }
+}
+
+impl TestContext<'_> {
+    fn run(&self, test: &str) -> TestResult {
+        let label = self.options.label();
+        let console = self.out.join(format!("console-{label}-{test}.log"));
+        let mut result = TestResult {
+            name: test.to_owned(),
+            console: console.clone(),
+            failures: Vec::new(),
+            booted: None,
+            ready: None,
+            verdict: None,
+            total: Duration::ZERO,
+            frame_bytes: None,
+            info: BTreeMap::new(),
+            notes: Vec::new(),
+        };
+        let backing = PathBuf::from(format!("/dev/shm/xbvm-{}-{test}.img", std::process::id()));
+        if let Err(error) = self.boot_and_check(test, &backing, &console, &mut result) {
+            result.failures.push(format!("{error:#}"));
+        }
+        if !self.options.keep {
+            let _ = fs::remove_file(&backing);
+        }
+        result
+    }
+
+    fn boot_and_check(
+        &self,
+        test: &str,
+        backing: &Path,
+        console: &Path,
+        result: &mut TestResult,
+    ) -> Result<()> {
+        let size = self.options.size_mib << 20;
+        let file =
+            fs::File::create(backing).with_context(|| format!("creating {}", backing.display()))?;
+        file.set_len(size)?;
+        drop(file);
+
+        let label = self.options.label();
+        let mut target = Target::start(TargetCommand {
+            bin: self.target_bin.to_owned(),
+            args: self.options.target_args.clone(),
+            shelf: SHELF,
+            slot: SLOT,
+            netif: self.tap.name.clone(),
+            backing: backing.to_owned(),
+            log: self.out.join(format!("target-{label}-{test}.log")),
+        })?;
+
+        let append = format!(
+            "console=ttyS0 quiet panic=-1 xbvm.test={test} xbvm.shelf={SHELF} xbvm.slot={SLOT} \
+             xbvm.sectors={} xbvm.mtu={} xbvm.load_secs={LOAD_SECS}",
+            size / 512,
+            self.options.mtu
+        );
+        let mut command = Command::new("qemu-system-x86_64");
+        command
+            .args([
+                "-accel",
+                "tcg",
+                "-m",
+                "512",
+                "-smp",
+                "1",
+                "-nodefaults",
+                "-no-user-config",
+            ])
+            .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&self.image.kernel)
+            .arg("-initrd")
+            .arg(self.initrd)
+            .args(["-append", &append])
+            .arg("-netdev")
+            .arg(format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                self.tap.name
+            ))
+            .arg("-device")
+            .arg(format!(
+                "virtio-net-pci,netdev=n0,host_mtu={},romfile=",
+                self.options.mtu
+            ));
+        let spawned = Instant::now();
+        let mut qemu = Qemu::spawn(&mut command, console)?;
+        qemu.note(&format!("{command:?}"));
+
+        let deadline = Instant::now() + self.options.timeout;
+        let mut verdict: Option<Result<(), String>> = None;
+        let mut restarted_at = None;
+        let mut load_done = false;
+        loop {
+            let line = match qemu.next_event(deadline)? {
+                Event::Line(line) => line,
+                Event::Closed => break,
+                Event::Timeout => {
+                    let message = format!("timed out after {}s", self.options.timeout.as_secs());
+                    qemu.note(&message);
+                    result.failures.push(message);
+                    break;
+                }
+            };
+            if let Err(error) = target.check_alive() {
+                qemu.note(&format!("{error:#}"));
+                result.failures.push(format!("{error:#}"));
+                break;
+            }
+            let Some(marker) = line
+                .text
+                .find(MARKER)
+                .map(|at| &line.text[at + MARKER.len()..])
+            else {
+                continue;
+            };
+            let (word, rest) = marker.split_once(' ').unwrap_or((marker, ""));
+            match word {
+                "BOOTED" => result.booted = Some(line.at),
+                "READY" => {
+                    result.ready = Some(line.at);
+                    result.frame_bytes = fields(rest).get("frame_bytes").cloned();
+                }
+                "INFO" => {
+                    let (what, values) = rest.split_once(' ').unwrap_or((rest, ""));
+                    result.info.insert(what.to_owned(), fields(values));
+                }
+                "LOAD-STARTED" if test == "restart" => {
+                    host::sleep(KILL_AFTER)?;
+                    target.kill9()?;
+                    qemu.note("target killed with SIGKILL");
+                    host::sleep(DOWN_FOR)?;
+                    target.restart()?;
+                    qemu.note("target restarted");
+                    restarted_at = Some(qemu.elapsed());
+                }
+                "LOAD-DONE" => {
+                    load_done = true;
+                    if restarted_at.is_none_or(|restarted| restarted > line.at) {
+                        result.failures.push("the guest's load ended before the target was restarted: the test proved nothing".to_owned());
+                    }
+                    if let Some(passes) = fields(rest).get("passes") {
+                        result.notes.push(format!("{passes} write passes"));
+                    }
+                }
+                "PASS" => {
+                    verdict.get_or_insert(Ok(()));
+                    result.verdict = Some(line.at);
+                }
+                "FAIL" => {
+                    verdict.get_or_insert(Err(rest.to_owned()));
+                    result.verdict = Some(line.at);
+                }
+                _ => {}
+            }
+        }
+        // After a timeout or a dead target there is nothing left to wait for.
+        let stuck = !result.failures.is_empty();
+        let grace = Duration::from_secs(if stuck { 0 } else { 10 });
+        if qemu.finish(grace, console)?.is_none() && !stuck {
+            result.failures.push("qemu did not power off".to_owned());
+        }
+        result.total = spawned.elapsed();
+        match verdict {
+            Some(Ok(())) => {}
+            Some(Err(reason)) => result.failures.push(format!("guest: FAIL {reason}")),
+            None => result
+                .failures
+                .push("the guest gave no verdict (see the console log)".to_owned()),
+        }
+        if test == "restart" && !load_done && result.failures.is_empty() {
+            result
+                .failures
+                .push("the guest never finished its load".to_owned());
+        }
+        if test == "restart" {
+            if let Some(note) = restart_pass_note(&result.info) {
+                result.notes.push(note);
+            }
+        }
+        // vblade just dies of SIGTERM; a clean exit 0 is fine too. Anything else is worth a note.
+        match target.stop()? {
+            Stopped::Exited(status)
+                if status.success() || status.signal() == Some(libc::SIGTERM) => {}
+            Stopped::Exited(status) => result.notes.push(format!("target stopped with {status}")),
+            Stopped::Killed => result.notes.push("target ignored SIGTERM".to_owned()),
+            Stopped::NotRunning => {}
+        }
+
+        // The host's own look at the backing file.
+        if result.failures.is_empty() {
+            let checks = match test {
+                "io" => self.check_io(backing),
+                "fs" => self.check_fs(backing),
+                "restart" => self.check_restart(backing),
+                _ => Ok(()),
+            };
+            if let Err(error) = checks {
+                result.failures.push(format!("host check: {error:#}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_io(&self, backing: &Path) -> Result<()> {
+        let data = fs::read(backing)?;
+        let mib = 1 << 20;
+        let last = data.len() - mib;
+        compare(&data, 0, self.pattern, "the pattern at LBA 0")?;
+        compare(
+            &data,
+            last,
+            &self.pattern[..mib],
+            "the pattern's first MiB in the last MiB",
+        )?;
+        zeros(&data, self.pattern.len()..last)
+    }
+
+    fn check_restart(&self, backing: &Path) -> Result<()> {
+        let data = fs::read(backing)?;
+        compare(&data, 0, self.pattern, "copy 1 of the pattern")?;
+        compare(
+            &data,
+            self.pattern.len(),
+            self.pattern,
+            "copy 2 of the pattern",
+        )?;
+        zeros(&data, 2 * self.pattern.len()..data.len())
+    }
+
+    fn check_fs(&self, backing: &Path) -> Result<()> {
+        let fsck = Command::new("e2fsck")
+            .arg("-fn")
+            .arg(backing)
+            .output()
+            .context("running e2fsck")?;
+        ensure!(
+            fsck.status.success(),
+            "host e2fsck -fn: {}\n{}",
+            fsck.status,
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+        let dump = backing.with_extension("big.bin");
+        let result = host::run_checked(
+            Command::new("debugfs")
+                .arg("-R")
+                .arg(format!("dump /big.bin {}", dump.display()))
+                .arg(backing),
+        )
+        .and_then(|()| {
+            let big = fs::read(&dump)?;
+            ensure!(
+                big.len() == self.pattern.len(),
+                "/big.bin has {} bytes, expected {}",
+                big.len(),
+                self.pattern.len()
+            );
+            compare(&big, 0, self.pattern, "/big.bin (via debugfs)")
+        });
+        let _ = fs::remove_file(&dump);
+        result
+    }
+}
+
+/// `key=value key=value` into a map.
+fn fields(text: &str) -> BTreeMap<String, String> {
+    text.split_whitespace()
+        .filter_map(|field| field.split_once('='))
+        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+        .collect()
+}
+
+/// "slowest pass 4.1s (others 1.2-1.4s)" for the restart test's write passes.
+fn restart_pass_note(info: &BTreeMap<String, BTreeMap<String, String>>) -> Option<String> {
+    let mut passes: Vec<f64> = info
+        .iter()
+        .filter(|(what, _)| what.starts_with("restart-pass-"))
+        .filter_map(|(_, values)| values.get("cs")?.parse::<f64>().ok())
+        .map(|centiseconds| centiseconds / 100.0)
+        .collect();
+    if passes.is_empty() {
+        return None;
+    }
+    passes.sort_by(f64::total_cmp);
+    let slowest = passes.pop()?;
+    let others = match (passes.first(), passes.last()) {
+        (Some(low), Some(high)) => format!(" (others {low:.1}-{high:.1}s)"),
+        _ => String::new(),
+    };
+    Some(format!("slowest pass {slowest:.1}s{others}"))
+}
+
+/// `data[offset..]` starts with `expect`, or the first differing byte is named.
+fn compare(data: &[u8], offset: usize, expect: &[u8], what: &str) -> Result<()> {
+    let Some(actual) = data.get(offset..offset + expect.len()) else {
+        bail!("{what}: the backing file has only {} bytes", data.len());
+    };
+    if actual == expect {
+        return Ok(());
+    }
+    if let Some(index) = actual.iter().zip(expect).position(|(a, b)| a != b) {
+        let differing = actual[index..]
+            .iter()
+            .zip(&expect[index..])
+            .filter(|(a, b)| a != b)
+            .count();
+        bail!(
+            "{what}: first difference at byte {} (sector {}): {:#04x} instead of {:#04x}; {differing} bytes differ",
+            offset + index,
+            (offset + index) / 512,
+            actual[index],
+            expect[index]
+        );
+    }
+    Ok(())
+}
+
+fn zeros(data: &[u8], range: std::ops::Range<usize>) -> Result<()> {
+    const ZERO: [u8; 4096] = [0; 4096];
+    for (chunk_index, chunk) in data[range.clone()].chunks(ZERO.len()).enumerate() {
+        if chunk != &ZERO[..chunk.len()] {
+            let index = range.start
+                + chunk_index * ZERO.len()
+                + chunk.iter().position(|&byte| byte != 0).unwrap_or(0);
+            bail!(
+                "stray data at byte {index} (sector {}), which nothing wrote",
+                index / 512
+            );
+        }
+    }
+    Ok(())
+}

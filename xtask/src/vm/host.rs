@@ -1,0 +1,401 @@
+//! The host side of a VM test: the tap, the AoE target process and qemu with its console.
+//!
+//! Everything that must not outlive the run is a guard whose `Drop` undoes it (tap deleted,
+//! processes killed), and SIGINT/SIGTERM/SIGHUP only set a flag that every wait here polls,
+//! so an interrupted run still unwinds through those guards.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::{self, Receiver, RecvTimeoutError},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// Runs `command`, failing with its stderr unless it exits 0.
+pub fn run_checked(command: &mut Command) -> Result<()> {
+    run_capture(command).map(drop)
+}
+
+/// Runs `command` and returns its stdout, failing with its stderr unless it exits 0.
+pub fn run_capture(command: &mut Command) -> Result<String> {
+    let output = command
+        .output()
+        .with_context(|| format!("failed to run {command:?}"))?;
+    if !output.status.success() {
+        bail!(
+            "{command:?} failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Turns SIGINT, SIGTERM and SIGHUP into [`check_interrupted`] errors.
+pub fn install_signal_handlers() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe, and
+        // `signal` has no other preconditions.
+        unsafe {
+            libc::signal(
+                signal,
+                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            );
+        }
+    }
+}
+
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Sleeps, waking early (with an error) on a signal.
+pub fn sleep(duration: Duration) -> Result<()> {
+    let end = Instant::now() + duration;
+    loop {
+        check_interrupted()?;
+        let now = Instant::now();
+        if now >= end {
+            return Ok(());
+        }
+        thread::sleep((end - now).min(Duration::from_millis(50)));
+    }
+}
+
+/// A tap device for the VM's NIC; deleted on drop.
+pub struct Tap {
+    pub name: String,
+}
+
+impl Tap {
+    /// Creates the first free `xbvm<N>`, with this MTU, up, and without IPv6 chatter.
+    pub fn create(mtu: u32) -> Result<Self> {
+        let name = (0..100)
+            .map(|index| format!("xbvm{index}"))
+            .find(|name| !Path::new("/sys/class/net").join(name).exists())
+            .context("no free xbvm<N> interface name")?;
+        run_checked(Command::new("ip").args(["tuntap", "add", "dev", &name, "mode", "tap"]))
+            .context("creating the tap (vm-test needs root and /dev/net/tun)")?;
+        let tap = Tap { name };
+        let _ = fs::write(
+            format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", tap.name),
+            "1",
+        );
+        run_checked(Command::new("ip").args([
+            "link",
+            "set",
+            "dev",
+            &tap.name,
+            "mtu",
+            &mtu.to_string(),
+            "up",
+        ]))?;
+        Ok(tap)
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        if let Err(error) = run_checked(Command::new("ip").args(["link", "del", "dev", &self.name]))
+        {
+            eprintln!("vm-test: could not delete the tap {}: {error:#}", self.name);
+        }
+    }
+}
+
+/// How to start the AoE target, vblade-style: `BIN [ARGS...] SHELF SLOT NETIF PATH`.
+#[derive(Clone)]
+pub struct TargetCommand {
+    pub bin: PathBuf,
+    pub args: Vec<String>,
+    pub shelf: u16,
+    pub slot: u8,
+    pub netif: String,
+    pub backing: PathBuf,
+    /// Its stdout and stderr, appended to over restarts.
+    pub log: PathBuf,
+}
+
+/// The running target; killed on drop.
+pub struct Target {
+    command: TargetCommand,
+    child: Option<Child>,
+    starts: u32,
+}
+
+/// How long a freshly started target must stay alive to count as started.
+const TARGET_SETTLE: Duration = Duration::from_millis(300);
+
+impl Target {
+    pub fn start(command: TargetCommand) -> Result<Self> {
+        let _ = fs::remove_file(&command.log);
+        let mut target = Target {
+            command,
+            child: None,
+            starts: 0,
+        };
+        target.spawn()?;
+        Ok(target)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let command = &self.command;
+        self.starts += 1;
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&command.log)?;
+        let mut process = Command::new(&command.bin);
+        process
+            .args(&command.args)
+            .arg(command.shelf.to_string())
+            .arg(command.slot.to_string())
+            .arg(&command.netif)
+            .arg(&command.backing);
+        writeln!(log, "== vm-test: start #{}: {process:?}", self.starts)?;
+        let child = process
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", command.bin.display()))?;
+        self.child = Some(child);
+        sleep(TARGET_SETTLE)?;
+        self.check_alive()
+    }
+
+    /// Fails if the target has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
+        let Some(child) = self.child.as_mut() else {
+            bail!("the target is not running")
+        };
+        if let Some(status) = child.try_wait()? {
+            self.child = None;
+            bail!(
+                "the target exited ({status}); see {}",
+                self.command.log.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("the target is not running")?;
+        child.kill()?;
+        child.wait()?;
+        self.note("killed with SIGKILL")
+    }
+
+    pub fn restart(&mut self) -> Result<()> {
+        self.spawn()
+    }
+
+    /// SIGTERM, then SIGKILL after 3 s.
+    pub fn stop(&mut self) -> Result<Stopped> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(Stopped::NotRunning);
+        };
+        if let Some(status) = child.try_wait()? {
+            return Ok(Stopped::Exited(status));
+        }
+        let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
+        // SAFETY: `kill` has no memory-safety preconditions; the pid is our own unreaped
+        // child, so it cannot have been recycled for another process.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            if let Some(status) = child.try_wait()? {
+                return Ok(Stopped::Exited(status));
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        child.kill()?;
+        child.wait()?;
+        self.note("did not exit within 3 s of SIGTERM; killed")?;
+        Ok(Stopped::Killed)
+    }
+
+    fn note(&self, message: &str) -> Result<()> {
+        let mut log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.command.log)?;
+        writeln!(log, "== vm-test: {message}")?;
+        Ok(())
+    }
+}
+
+/// How [`Target::stop`] went.
+pub enum Stopped {
+    NotRunning,
+    Exited(ExitStatus),
+    /// It ignored SIGTERM for 3 s.
+    Killed,
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One console line and when it arrived, counted from qemu's start.
+pub struct Line {
+    pub at: Duration,
+    pub text: String,
+}
+
+pub enum Event {
+    Line(Line),
+    /// qemu closed its console: it exited (or is about to).
+    Closed,
+    Timeout,
+}
+
+/// A running qemu whose serial console is copied to a log file and handed out line by line.
+pub struct Qemu {
+    child: Child,
+    lines: Receiver<Line>,
+    log: Arc<Mutex<File>>,
+    started: Instant,
+}
+
+impl Qemu {
+    pub fn spawn(command: &mut Command, log_path: &Path) -> Result<Self> {
+        let log = Arc::new(Mutex::new(
+            File::create(log_path).with_context(|| format!("creating {}", log_path.display()))?,
+        ));
+        let stderr = File::create(log_path.with_extension("stderr"))?;
+        let started = Instant::now();
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        let stdout = child.stdout.take().context("qemu stdout")?;
+        let (sender, lines) = mpsc::channel();
+        let reader_log = Arc::clone(&log);
+        thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut raw = Vec::new();
+            loop {
+                raw.clear();
+                match reader.read_until(b'\n', &mut raw) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let at = started.elapsed();
+                if let Ok(mut log) = reader_log.lock() {
+                    let _ = log.write_all(&raw);
+                }
+                let text = String::from_utf8_lossy(&raw)
+                    .trim_end_matches(['\r', '\n'])
+                    .to_owned();
+                if sender.send(Line { at, text }).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok(Qemu {
+            child,
+            lines,
+            log,
+            started,
+        })
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The next console line, or `Closed`, or `Timeout` at `deadline`.
+    pub fn next_event(&mut self, deadline: Instant) -> Result<Event> {
+        loop {
+            check_interrupted()?;
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Event::Timeout);
+            }
+            match self
+                .lines
+                .recv_timeout((deadline - now).min(Duration::from_millis(100)))
+            {
+                Ok(line) => return Ok(Event::Line(line)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(Event::Closed),
+            }
+        }
+    }
+
+    /// Writes a host-side event into the console log.
+    pub fn note(&self, message: &str) {
+        let line = format!(
+            "[vm-test host +{:.3}s] {message}\n",
+            self.started.elapsed().as_secs_f64()
+        );
+        if let Ok(mut log) = self.log.lock() {
+            let _ = log.write_all(line.as_bytes());
+        }
+    }
+
+    /// Waits up to `grace` for qemu to exit, then kills it. Returns its status if it exited by
+    /// itself.
+    pub fn finish(mut self, grace: Duration, log_path: &Path) -> Result<Option<ExitStatus>> {
+        let end = Instant::now() + grace;
+        let status = loop {
+            if let Some(status) = self.child.try_wait()? {
+                break Some(status);
+            }
+            if Instant::now() >= end {
+                self.note("qemu did not exit; killing it");
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        // Fold qemu's own stderr into the console log.
+        let stderr_path = log_path.with_extension("stderr");
+        if let Ok(stderr) = fs::read_to_string(&stderr_path) {
+            if !stderr.trim().is_empty() {
+                self.note(&format!("qemu stderr:\n{}", stderr.trim_end()));
+            }
+            let _ = fs::remove_file(&stderr_path);
+        }
+        Ok(status)
+    }
+}
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
