@@ -1,0 +1,207 @@
+//! `aoe-bench echo`: a target with no storage, answering every request at once. Reads get
+//! whatever the frame's chunk holds as data (the ceiling does not care), writes are
+//! acknowledged unread. Everything else (Query Config, IDENTIFY, mask, reserve) is the real
+//! target state machine, [`aoe::target::decide`], on an in-memory [`ExportState`], so `run`
+//! and `discover` cannot tell it from a real target.
+
+use std::io::{IsTerminal, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use aoe::target::{self, Decision, ExportState, Iface, IoOutcome};
+use aoe::wire::{mac_to_string, ATA_HLEN, BROADCAST, SECTOR};
+use serde::Serialize;
+use xblade_ebpf::Role;
+
+use crate::cli::EchoArgs;
+use crate::net::{Port, CHUNK};
+use crate::report::{fmt_bytes, fmt_rate};
+
+/// Frames taken from the RX ring per iteration.
+const RX_BATCH: usize = 256;
+/// Longest sleep (the stop flag is checked in between).
+const MAX_SLEEP: Duration = Duration::from_millis(100);
+
+/// What the echo answered.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct EchoStats {
+    /// `aoe-bench/echo/1`.
+    pub schema: &'static str,
+    /// Requests received.
+    pub rx_frames: u64,
+    /// Responses sent.
+    pub tx_frames: u64,
+    /// READs answered.
+    pub reads: u64,
+    /// WRITEs answered.
+    pub writes: u64,
+    /// Other answers (config, IDENTIFY, errors, ...).
+    pub other: u64,
+    /// Frames not answered (not for us, responses, silent config tests).
+    pub dropped: u64,
+    /// Seconds served.
+    pub duration_s: f64,
+    /// Responses per second.
+    pub tx_per_s: f64,
+    /// `sendto` kicks.
+    pub kicks: u64,
+    /// `poll` sleeps.
+    pub polls: u64,
+}
+
+/// `aoe-bench echo`. Runs until `stop` (or `--time`).
+pub fn echo(args: &EchoArgs, stop: &AtomicBool) -> Result<()> {
+    let mut port = Port::open(&args.port, Role::Target, 2048)?;
+    let mtu = port.mtu();
+    if mtu < aoe::wire::MIN_MTU {
+        bail!(
+            "the MTU of {} ({mtu}) is below {}: a full config string would not fit",
+            port.ifname(),
+            aoe::wire::MIN_MTU
+        );
+    }
+    if args.config_string.len() > aoe::wire::MAX_CONFIG {
+        bail!(
+            "--config-string is {} bytes; at most {}",
+            args.config_string.len(),
+            aoe::wire::MAX_CONFIG
+        );
+    }
+    let chunk_max = (CHUNK as usize - port.rx_offset() - ATA_HLEN) / SECTOR;
+    let mut export = ExportState::new(args.shelf, args.slot, args.sectors);
+    export.bufcnt = args.bufcnt;
+    export.max_sectors = args
+        .scnt
+        .map_or(chunk_max, |s| usize::from(s).min(chunk_max)) as u8;
+    export.model = "aoe-bench echo (no storage)".into();
+    export.serial = format!("echo-{}.{}", args.shelf, args.slot);
+    export.config = args.config_string.clone().into_bytes();
+    let iface = Iface {
+        mac: port.mac(),
+        mtu,
+    };
+    let scnt = iface.advertised_sectors(&export);
+
+    // Announce ourselves, as vblade does at start-up.
+    port.push_with(|buf| target::advertisement(&export, &iface, BROADCAST, buf))?;
+    port.flush()?;
+    eprintln!(
+        "aoe-bench echo: e{}.{} on {} ({}), {} sectors/request, bufcnt {}, {} reported, \
+         XDP {} mode, AF_XDP {}: ready",
+        args.shelf,
+        args.slot,
+        port.ifname(),
+        mac_to_string(&port.mac()),
+        scnt,
+        export.bufcnt,
+        fmt_bytes(export.sectors * SECTOR as u64),
+        port.xdp_mode(),
+        if port.zero_copy() {
+            "zero-copy"
+        } else {
+            "copy"
+        },
+    );
+
+    let progress = !args.json && std::io::stderr().is_terminal();
+    let spin = Duration::from_micros(args.port.spin_us);
+    let start = Instant::now();
+    let deadline = args.time.map(|s| start + Duration::from_secs_f64(s));
+    let mut stats = EchoStats {
+        schema: "aoe-bench/echo/1",
+        ..EchoStats::default()
+    };
+    let mut rx = Vec::with_capacity(RX_BATCH);
+    let mut idle_since: Option<Instant> = None;
+    let mut next_progress = start + Duration::from_secs(2);
+    let mut last = (start, 0u64);
+    loop {
+        let now = Instant::now();
+        if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| now >= d) {
+            break;
+        }
+        let n = port.recv(&mut rx, RX_BATCH);
+        stats.rx_frames += n as u64;
+        for mut f in rx.drain(..) {
+            let (off, len) = (f.offset() as usize, f.len() as usize);
+            let buf = &mut port.chunk(&mut f)[off..];
+            let out = target::decide(&export, &iface, buf, len);
+            let reply = match &out.decision {
+                Decision::Reply(n) => {
+                    stats.other += 1;
+                    Some(*n)
+                }
+                d @ (Decision::Read { .. } | Decision::Write { .. } | Decision::Flush) => {
+                    match d {
+                        Decision::Read { .. } => stats.reads += 1,
+                        Decision::Write { .. } => stats.writes += 1,
+                        _ => stats.other += 1,
+                    }
+                    Some(target::complete(&export, &iface, buf, d, IoOutcome::Ok))
+                }
+                Decision::Drop => None,
+            };
+            if let Some(change) = out.change {
+                export.apply(change);
+            }
+            match reply {
+                Some(n) => {
+                    f.set(off as u32, n as u32);
+                    port.push(f);
+                }
+                None => {
+                    stats.dropped += 1;
+                    port.recycle(f);
+                }
+            }
+        }
+        let queued = port.queued();
+        port.flush()?;
+        port.refill();
+        if progress && now >= next_progress {
+            next_progress = now + Duration::from_secs(1);
+            let dt = now.duration_since(last.0).as_secs_f64();
+            let rate = (port.stats.tx_frames - last.1) as f64 / dt;
+            let _ = write!(
+                std::io::stderr(),
+                "\r\x1b[K{:>4.0}s  {} frames/s answered",
+                now.duration_since(start).as_secs_f64(),
+                fmt_rate(rate)
+            );
+            last = (now, port.stats.tx_frames);
+        }
+        if n > 0 || queued > 0 {
+            idle_since = None;
+        } else if now.duration_since(*idle_since.get_or_insert(now)) > spin {
+            port.wait(MAX_SLEEP)?;
+        }
+    }
+    if progress && Instant::now() > start + Duration::from_secs(2) {
+        let _ = write!(std::io::stderr(), "\r\x1b[K");
+    }
+    stats.tx_frames = port.stats.tx_frames.saturating_sub(1); // the advertisement
+    stats.duration_s = start.elapsed().as_secs_f64();
+    stats.tx_per_s = stats.tx_frames as f64 / stats.duration_s.max(1e-9);
+    stats.kicks = port.stats.kicks;
+    stats.polls = port.stats.polls;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        eprintln!(
+            "aoe-bench echo: {} requests in, {} answers out ({} reads, {} writes, {} other, {} \
+             dropped) in {:.1} s: {} answers/s, {} kicks, {} polls",
+            stats.rx_frames,
+            stats.tx_frames,
+            stats.reads,
+            stats.writes,
+            stats.other,
+            stats.dropped,
+            stats.duration_s,
+            fmt_rate(stats.tx_per_s),
+            stats.kicks,
+            stats.polls
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,1160 @@
+//! `aoe-bench run`: the load generator.
+//!
+//! One thread drives one AF_XDP socket: each loop iteration takes every response the RX ring
+//! holds, runs the retransmit timer scan (at most every [`SCAN`]), fills the window with
+//! retransmissions first and new requests second, and hands the whole batch to the kernel with
+//! one kick. It sleeps in `poll` only after `--spin-us` of finding nothing to do.
+
+use std::collections::HashSet;
+use std::io::{IsTerminal, Write as _};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use aoe::initiator::{self, Body};
+use aoe::wire::{aflags, cmd, mac_to_string, AtaFields, HeaderFields, ATA_HLEN, SECTOR};
+use aoe::Mac;
+use serde::Serialize;
+use xblade_ebpf::Role;
+
+use crate::cli::{RunArgs, Rw};
+use crate::discover::{self, TargetInfo};
+use crate::flow::{ms, Answer, Done, Nanos, RttEstimator, Tracker};
+use crate::hist::Histogram;
+use crate::net::{Port, CHUNK};
+use crate::pattern::{self, Expect};
+use crate::report::{fmt_bytes, fmt_ns, fmt_rate, Latency};
+
+/// Frames taken from the RX ring per iteration.
+const RX_BATCH: usize = 256;
+/// Longest sleep in `poll` (the timer scan needs the loop to come around).
+const MAX_SLEEP: Duration = Duration::from_millis(1);
+/// Timer scan interval.
+const SCAN: Nanos = 200_000;
+/// After SIGINT/SIGTERM, how long outstanding requests may take before they are abandoned.
+const SIGNAL_DRAIN: Nanos = ms(1000);
+/// Error messages kept for the report.
+const MAX_MESSAGES: usize = 20;
+/// Largest LBA span `--verify` tracks (one byte per sector, allocated lazily).
+const VERIFY_MAX_RANGE: u64 = 1 << 32;
+/// Fill-ring target: responses in flight are at most the window (1024).
+const FILL_TARGET: u32 = 1536;
+/// ATA status bits that mean failure to Linux: BSY, DF, DRQ, ERR.
+const STATUS_BAD: u8 = 0xa9;
+
+/// One request: what the tracker keeps to retransmit it and check its answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Req {
+    /// WRITE (else READ).
+    pub write: bool,
+    /// First sector.
+    pub lba: u64,
+    /// Sector count.
+    pub sectors: u8,
+    /// Verify generation written (writes with `--verify`).
+    pub gen: u8,
+}
+
+/// splitmix64: small, fast, good enough for LBAs.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Rng(seed ^ 0x6a09_e667_f3bc_c908)
+    }
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `0..n` (Lemire's multiply-shift; `n > 0`).
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+/// Chooses each request's direction and LBA.
+#[derive(Clone, Debug)]
+pub struct Workload {
+    rw: Rw,
+    read_pct: u8,
+    bs: u64,
+    blocks: u64,
+    next_block: u64,
+    rng: Rng,
+}
+
+impl Workload {
+    /// Requests of `bs` sectors, aligned to `bs`, inside `0..range` (`range >= bs`).
+    pub fn new(rw: Rw, read_pct: u8, bs: u8, range: u64, seed: u64) -> Self {
+        let bs = u64::from(bs.max(1));
+        Workload {
+            rw,
+            read_pct,
+            bs,
+            blocks: (range / bs).max(1),
+            next_block: 0,
+            rng: Rng::new(seed),
+        }
+    }
+
+    /// The next request as (write, lba), avoiding LBAs for which `busy` is true (then `None`
+    /// if no free LBA was found: try again later).
+    pub fn next(&mut self, busy: impl Fn(u64) -> bool) -> Option<(bool, u64)> {
+        let write = match self.rw {
+            Rw::Read | Rw::Randread => false,
+            Rw::Write | Rw::Randwrite => true,
+            Rw::Randrw => self.rng.below(100) >= u64::from(self.read_pct),
+        };
+        if self.rw.random() {
+            for _ in 0..8 {
+                let lba = self.rng.below(self.blocks) * self.bs;
+                if !busy(lba) {
+                    return Some((write, lba));
+                }
+            }
+            return None;
+        }
+        let lba = self.next_block * self.bs;
+        if busy(lba) {
+            return None;
+        }
+        self.next_block = (self.next_block + 1) % self.blocks;
+        Some((write, lba))
+    }
+}
+
+/// What this run wrote, per sector, for `--verify`: the generation (1..=255) of the last
+/// write issued, or 0 for "not written by this run" (or written by a failed request).
+#[derive(Clone, Debug)]
+pub struct VerifyMap {
+    gens: Vec<u8>,
+    /// Sectors this run did not write are checked against the seed with any generation
+    /// (read-only runs, which check an earlier write run) instead of skipped (mixed runs).
+    check_unwritten: bool,
+}
+
+impl VerifyMap {
+    /// A map of `range` sectors.
+    pub fn new(range: u64, check_unwritten: bool) -> Self {
+        VerifyMap {
+            gens: vec![0; range as usize],
+            check_unwritten,
+        }
+    }
+
+    /// Records a write of `n` sectors at `lba`; returns the generation to write.
+    pub fn next_gen(&mut self, lba: u64, n: u8) -> u8 {
+        let s = &mut self.gens[lba as usize..lba as usize + usize::from(n)];
+        let top = s.iter().copied().max().unwrap_or(0);
+        let gen = if top == u8::MAX { 1 } else { top + 1 };
+        s.fill(gen);
+        gen
+    }
+
+    /// Forgets what a failed write left at `lba..lba + n` (its content is unknown).
+    pub fn forget(&mut self, lba: u64, n: u8) {
+        self.gens[lba as usize..lba as usize + usize::from(n)].fill(0);
+    }
+
+    /// What a read of `lba` must find: `None` to skip it, `Some(None)` for any generation.
+    pub fn expect(&self, lba: u64) -> Option<Option<u32>> {
+        match self.gens[lba as usize] {
+            0 if self.check_unwritten => Some(None),
+            0 => None,
+            g => Some(Some(u32::from(g))),
+        }
+    }
+}
+
+/// The run's parameters, resolved against the target.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    /// I/O pattern.
+    pub rw: Rw,
+    /// Percent reads (randrw).
+    pub mix_read_pct: u8,
+    /// Sectors per request.
+    pub bs_sectors: u8,
+    /// Bytes per request.
+    pub bs_bytes: u64,
+    /// Outstanding requests (window cap).
+    pub qd: u32,
+    /// Issue for this long.
+    pub time_s: Option<f64>,
+    /// Issue this many bytes.
+    pub size_bytes: Option<u64>,
+    /// LBAs used: `0..range_sectors`.
+    pub range_sectors: u64,
+    /// `--verify`.
+    pub verify: bool,
+    /// Pattern and LBA seed.
+    pub seed: u64,
+    /// Retransmission timeout bounds.
+    pub min_rto_ms: f64,
+    /// Retransmission timeout bounds.
+    pub max_rto_ms: f64,
+    /// No-progress limit.
+    pub stall_s: f64,
+    #[serde(skip)]
+    progress: bool,
+}
+
+/// Why issuing stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StopReason {
+    /// `--time` elapsed.
+    Time,
+    /// `--size` bytes issued.
+    Size,
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// No progress for `--stall-secs`: the run failed.
+    Stall,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct Ios {
+    total: u64,
+    read: u64,
+    write: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct Bytes {
+    read: u64,
+    write: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+struct Errors {
+    /// Every error below, added up (verify errors apart).
+    total: u64,
+    /// ATA status with BSY/DF/DRQ/ERR set.
+    ata: u64,
+    /// AoE responses with the E flag.
+    aoe: u64,
+    /// Read responses with less data than asked.
+    short_reads: u64,
+    /// Requests still unanswered when the run ended (after a signal or a stall).
+    abandoned: u64,
+    /// Frames that were not AoE responses, or were for another target (ignored).
+    ignored_frames: u64,
+    /// The first error messages.
+    messages: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct VerifyStats {
+    enabled: bool,
+    /// Sectors read and checked.
+    checked_sectors: u64,
+    /// Sectors read but not checked (never written by this mixed run).
+    skipped_sectors: u64,
+    /// Sectors that did not match.
+    errors: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct Frames {
+    tx: u64,
+    rx: u64,
+    rx_per_s: f64,
+    tx_per_s: f64,
+    kicks: u64,
+    polls: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+struct FlowReport {
+    retransmits: u64,
+    timeouts: u64,
+    late: u64,
+    stray: u64,
+    window_final: u32,
+    window_min: u32,
+    rto_ms: f64,
+    srtt_us: Option<f64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct LatencyReport {
+    all: Latency,
+    read: Latency,
+    write: Latency,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct XdpReport {
+    /// AoE responses the steering program handed to our socket.
+    redirected: u64,
+    /// AoE requests (and truncated AoE frames) it dropped.
+    dropped: u64,
+    /// Other frames it passed to the kernel stack.
+    passed: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct XskReport {
+    rx_dropped: u64,
+    rx_ring_full: u64,
+    rx_fill_ring_empty: u64,
+    tx_ring_empty: u64,
+    rx_invalid_descs: u64,
+    tx_invalid_descs: u64,
+}
+
+/// The whole result, as printed by `--json`.
+#[derive(Clone, Debug, Serialize)]
+struct RunReport {
+    schema: &'static str,
+    ok: bool,
+    stop_reason: StopReason,
+    error: Option<String>,
+    interface: String,
+    local_mac: String,
+    queue: u32,
+    xdp_mode: String,
+    zero_copy: bool,
+    target: TargetInfo,
+    config: Plan,
+    duration_s: f64,
+    ios: Ios,
+    bytes: Bytes,
+    iops: f64,
+    read_iops: f64,
+    write_iops: f64,
+    mb_s: f64,
+    read_mb_s: f64,
+    write_mb_s: f64,
+    latency_us: LatencyReport,
+    frames: Frames,
+    flow: FlowReport,
+    errors: Errors,
+    verify: VerifyStats,
+    xsk: Option<XskReport>,
+    xdp: Option<XdpReport>,
+}
+
+struct Engine {
+    src: Mac,
+    dst: Mac,
+    shelf: u16,
+    slot: u8,
+    plan: Plan,
+    tracker: Tracker<Req>,
+    work: Workload,
+    verify: Option<VerifyMap>,
+    /// LBAs of requests outstanding (kept with `--verify`, so a read never races a write).
+    busy: HashSet<u64>,
+    hist_read: Histogram,
+    hist_write: Histogram,
+    ios: Ios,
+    bytes: Bytes,
+    errors: Errors,
+    vstats: VerifyStats,
+    issued_bytes: u64,
+    last_completion: Nanos,
+    /// Idle time spent spinning on the rings before sleeping in `poll`.
+    spin: Nanos,
+}
+
+impl Engine {
+    fn note(&mut self, msg: String) {
+        if self.errors.messages.len() < MAX_MESSAGES {
+            self.errors.messages.push(msg);
+        }
+    }
+
+    /// Builds and queues the frame for `req` under `tag`; the caller checked
+    /// [`Port::has_frame`].
+    fn send(&self, port: &mut Port, tag: u32, req: &Req) {
+        let mut f = port.alloc().expect("caller checked has_frame");
+        let buf = port.chunk(&mut f);
+        HeaderFields {
+            dst: self.dst,
+            src: self.src,
+            flags: 0,
+            error: 0,
+            shelf: self.shelf,
+            slot: self.slot,
+            command: cmd::ATA,
+            tag,
+        }
+        .write(buf);
+        let (opcode, wflag) = if req.write {
+            (aoe::ata::WRITE_EXT, aflags::WRITE)
+        } else {
+            (aoe::ata::READ_EXT, 0)
+        };
+        AtaFields {
+            aflags: aflags::EXT | wflag,
+            feature: 0,
+            sector_count: req.sectors,
+            cmd_status: opcode,
+            lba: req.lba,
+        }
+        .write(buf);
+        let mut len = ATA_HLEN;
+        if req.write {
+            let n = usize::from(req.sectors) * SECTOR;
+            if self.verify.is_some() {
+                let data = &mut buf[ATA_HLEN..ATA_HLEN + n];
+                pattern::fill_range(data, self.plan.seed, req.lba, u32::from(req.gen));
+            }
+            len += n;
+        }
+        let len = aoe::wire::pad(buf, len);
+        f.set(0, len as u32);
+        port.push(f);
+    }
+
+    /// A new request, if the workload has one.
+    fn next_request(&mut self) -> Option<Req> {
+        let busy = &self.busy;
+        let (write, lba) = self.work.next(|l| busy.contains(&l))?;
+        let sectors = self.plan.bs_sectors;
+        let mut gen = 0;
+        if let Some(v) = self.verify.as_mut() {
+            if write {
+                gen = v.next_gen(lba, sectors);
+            }
+            self.busy.insert(lba);
+        }
+        Some(Req {
+            write,
+            lba,
+            sectors,
+            gen,
+        })
+    }
+
+    /// One received frame.
+    fn on_frame(&mut self, data: &[u8], now: Nanos) {
+        let Ok(r) = initiator::parse_response(data) else {
+            self.errors.ignored_frames += 1;
+            return;
+        };
+        let ata = match r.body {
+            Body::Ata { .. } => true,
+            Body::Other(c) => r.error.is_some() && c == cmd::ATA,
+            _ => false,
+        };
+        if !ata || (r.shelf, r.slot) != (self.shelf, self.slot) {
+            self.errors.ignored_frames += 1;
+            return;
+        }
+        let Answer::Done(done) = self.tracker.on_response(r.tag, now) else {
+            return;
+        };
+        self.last_completion = now;
+        self.complete(done, &r);
+    }
+
+    fn complete(&mut self, d: Done<Req>, r: &initiator::Response<'_>) {
+        let req = d.req;
+        let what = if req.write { "write" } else { "read" };
+        if self.verify.is_some() {
+            self.busy.remove(&req.lba);
+        }
+        let failed = |e: &mut Self, msg: String| {
+            if req.write {
+                if let Some(v) = e.verify.as_mut() {
+                    v.forget(req.lba, req.sectors);
+                }
+            }
+            e.errors.total += 1;
+            e.note(msg);
+        };
+        if let Some(code) = r.error {
+            self.errors.aoe += 1;
+            let msg = format!(
+                "{what} LBA {}+{}: AoE error {code} ({})",
+                req.lba,
+                req.sectors,
+                aoe_error_name(code)
+            );
+            return failed(self, msg);
+        }
+        let Body::Ata {
+            status, err, data, ..
+        } = r.body
+        else {
+            return;
+        };
+        if status & STATUS_BAD != 0 {
+            self.errors.ata += 1;
+            let msg = format!(
+                "{what} LBA {}+{}: ATA status {status:#04x} error {err:#04x}",
+                req.lba, req.sectors
+            );
+            return failed(self, msg);
+        }
+        let n = usize::from(req.sectors) * SECTOR;
+        if req.write {
+            self.ios.write += 1;
+            self.bytes.write += n as u64;
+            self.hist_write.record(d.latency);
+        } else {
+            if data.len() < n {
+                self.errors.short_reads += 1;
+                let msg = format!(
+                    "read LBA {}+{}: {} bytes of data, {n} expected",
+                    req.lba,
+                    req.sectors,
+                    data.len()
+                );
+                return failed(self, msg);
+            }
+            self.ios.read += 1;
+            self.bytes.read += n as u64;
+            self.hist_read.record(d.latency);
+            if self.verify.is_some() {
+                self.check(&req, &data[..n]);
+            }
+        }
+        self.ios.total += 1;
+    }
+
+    fn check(&mut self, req: &Req, data: &[u8]) {
+        let Some(v) = self.verify.as_ref() else {
+            return;
+        };
+        let mut bad = Vec::new();
+        for (i, sector) in data.chunks_exact(SECTOR).enumerate() {
+            let lba = req.lba + i as u64;
+            let Some(gen) = v.expect(lba) else {
+                self.vstats.skipped_sectors += 1;
+                continue;
+            };
+            self.vstats.checked_sectors += 1;
+            let want = Expect {
+                seed: self.plan.seed,
+                lba,
+                gen,
+            };
+            if let Err(m) = pattern::check(sector, &want) {
+                bad.push(format!(
+                    "verify error at LBA {lba}: expected {want}, found {m}"
+                ));
+            }
+        }
+        self.vstats.errors += bad.len() as u64;
+        for m in bad {
+            self.note(m);
+        }
+    }
+
+    fn progress(&self, elapsed: Nanos, last: &mut (Nanos, u64)) {
+        let dt = elapsed.saturating_sub(last.0) as f64 / 1e9;
+        let dios = self.ios.total - last.1;
+        let bs = self.plan.bs_bytes as f64;
+        let _ = write!(
+            std::io::stderr(),
+            "\r\x1b[K{:>4.0}s  {:>8} IOPS  {:>8.1} MB/s  window {:>4}  rexmit {}  errors {}",
+            elapsed as f64 / 1e9,
+            fmt_rate(dios as f64 / dt),
+            dios as f64 * bs / dt / 1e6,
+            self.tracker.window.maxout(),
+            self.tracker.stats.retransmits,
+            self.errors.total + self.vstats.errors,
+        );
+        *last = (elapsed, self.ios.total);
+    }
+
+    /// The main loop. Returns why it stopped and the fatal error, if any.
+    fn run(
+        &mut self,
+        port: &mut Port,
+        stop: &AtomicBool,
+    ) -> Result<(StopReason, Option<String>, Nanos)> {
+        let start = Instant::now();
+        let clock = || start.elapsed().as_nanos() as Nanos;
+        let time_limit = self.plan.time_s.map(|s| (s * 1e9) as Nanos);
+        let stall = (self.plan.stall_s * 1e9) as Nanos;
+        let mut rx = Vec::with_capacity(RX_BATCH);
+        let mut reason = None;
+        let mut fatal = None;
+        let mut drain_deadline = None;
+        let mut next_scan = 0;
+        let mut idle_since: Option<Nanos> = None;
+        let mut next_progress = ms(2000);
+        let mut last_progress = (0, 0);
+        loop {
+            let now = clock();
+            let mut busy = false;
+
+            if port.recv(&mut rx, RX_BATCH) > 0 {
+                busy = true;
+                for f in rx.drain(..) {
+                    self.on_frame(port.data(&f), now);
+                    port.recycle(f);
+                }
+                port.refill();
+            }
+
+            if now >= next_scan {
+                next_scan = now + SCAN;
+                self.tracker.expire(now);
+                if let Some((req, waited, retries)) = self.tracker.oldest(now) {
+                    let quiet = now.saturating_sub(self.last_completion);
+                    if waited > stall || quiet > stall {
+                        fatal = Some(format!(
+                            "no progress: {} LBA {}+{} unanswered after {} and {retries} \
+                             retransmissions; last completion {} ago (--stall-secs {})",
+                            if req.write { "write" } else { "read" },
+                            req.lba,
+                            req.sectors,
+                            fmt_ns(waited),
+                            fmt_ns(quiet),
+                            self.plan.stall_s
+                        ));
+                        reason = Some(StopReason::Stall);
+                        break;
+                    }
+                }
+            }
+
+            if reason.is_none() {
+                if stop.load(Ordering::Relaxed) {
+                    reason = Some(StopReason::Signal);
+                    drain_deadline = Some(now + SIGNAL_DRAIN);
+                } else if time_limit.is_some_and(|t| now >= t) {
+                    reason = Some(StopReason::Time);
+                } else if self.plan.size_bytes.is_some_and(|s| self.issued_bytes >= s) {
+                    reason = Some(StopReason::Size);
+                }
+            }
+            let issuing = reason.is_none();
+
+            while self.tracker.can_send() {
+                if !port.has_frame() {
+                    break;
+                }
+                if self.tracker.has_rexmit() {
+                    let (tag, req) = self.tracker.retransmit(now).expect("has_rexmit");
+                    self.send(port, tag, &req);
+                } else if issuing
+                    && self.tracker.has_free()
+                    && self.plan.size_bytes.is_none_or(|s| self.issued_bytes < s)
+                {
+                    let Some(req) = self.next_request() else {
+                        break;
+                    };
+                    let tag = self.tracker.issue(req, now).expect("has_free");
+                    self.issued_bytes += u64::from(req.sectors) * SECTOR as u64;
+                    self.send(port, tag, &req);
+                } else {
+                    break;
+                }
+                busy = true;
+            }
+            port.flush()?;
+
+            if !issuing && self.tracker.outstanding() == 0 {
+                break;
+            }
+            if drain_deadline.is_some_and(|d| now >= d) {
+                break;
+            }
+            if self.plan.progress && now >= next_progress {
+                next_progress = now + ms(1000);
+                self.progress(now, &mut last_progress);
+            }
+            if busy {
+                idle_since = None;
+            } else {
+                let since = *idle_since.get_or_insert(now);
+                if now - since > self.spin {
+                    port.wait(MAX_SLEEP)?;
+                }
+            }
+        }
+        if self.plan.progress && next_progress > ms(2000) {
+            let _ = write!(std::io::stderr(), "\r\x1b[K");
+        }
+        let end = clock();
+        let left = self.tracker.abandon();
+        self.errors.abandoned += left.len() as u64;
+        if !left.is_empty() && reason != Some(StopReason::Signal) {
+            self.errors.total += left.len() as u64;
+        }
+        Ok((reason.unwrap_or(StopReason::Time), fatal, end))
+    }
+}
+
+fn aoe_error_name(code: u8) -> &'static str {
+    match code {
+        1 => "unrecognized command",
+        2 => "bad argument",
+        3 => "device unavailable",
+        4 => "config string present",
+        5 => "unsupported version",
+        6 => "target reserved",
+        _ => "unknown",
+    }
+}
+
+/// Resolves the command line against what the target advertised.
+fn plan(args: &RunArgs, target: &TargetInfo, port: &Port) -> Result<Plan> {
+    let dev = &target.device;
+    let local_mtu_max = (usize::from(port.mtu()) + 14 - ATA_HLEN) / SECTOR;
+    let chunk_max = (CHUNK as usize - port.rx_offset() - ATA_HLEN) / SECTOR;
+    let local_max = local_mtu_max.min(chunk_max).min(255) as u8;
+    if local_max == 0 {
+        bail!(
+            "the MTU of {} ({}) cannot carry one sector",
+            port.ifname(),
+            port.mtu()
+        );
+    }
+    let bs = match args.bs {
+        Some(bs) if bs > target.scnt => bail!(
+            "--bs {bs} is more than {dev} accepts per request (it advertises {} sectors)",
+            target.scnt
+        ),
+        Some(bs) if bs > local_max => bail!(
+            "--bs {bs} does not fit a frame here: at most {local_max} sectors (MTU {} of {}, \
+             single-buffer {CHUNK}-byte AF_XDP frames)",
+            port.mtu(),
+            port.ifname()
+        ),
+        Some(bs) => bs,
+        None => {
+            if target.scnt > local_max {
+                eprintln!(
+                    "aoe-bench: note: {dev} accepts {} sectors per request; using {local_max}, \
+                     the most a frame carries here",
+                    target.scnt
+                );
+            }
+            target.scnt.min(local_max)
+        }
+    };
+    let mut qd = args.qd;
+    let bufcnt = u32::from(target.bufcnt).max(1);
+    if qd > bufcnt {
+        eprintln!(
+            "aoe-bench: warning: --qd {qd} is more than {dev}'s buffer count ({}); using {bufcnt}",
+            target.bufcnt
+        );
+        qd = bufcnt;
+    }
+    let Some(capacity) = target.sectors else {
+        bail!("{dev} did not answer IDENTIFY DEVICE: its size is unknown");
+    };
+    let mut range = capacity;
+    if let Some(r) = args.range_sectors {
+        if r > capacity {
+            eprintln!(
+                "aoe-bench: warning: --range-sectors {r} is beyond the end of {dev} \
+                 ({capacity} sectors); using {capacity}"
+            );
+        } else {
+            range = r;
+        }
+    }
+    if range < u64::from(bs) {
+        bail!("the LBA range ({range} sectors) is smaller than one request ({bs} sectors)");
+    }
+    if args.verify && range > VERIFY_MAX_RANGE {
+        bail!(
+            "--verify tracks one byte per sector; {dev} has {range} sectors: limit the span \
+             with --range-sectors (at most {VERIFY_MAX_RANGE})"
+        );
+    }
+    if args.min_rto_ms > args.max_rto_ms {
+        bail!("--min-rto-ms is larger than --max-rto-ms");
+    }
+    let time_s = match (args.time, args.size) {
+        (None, None) => Some(10.0),
+        (t, _) => t,
+    };
+    Ok(Plan {
+        rw: args.rw,
+        mix_read_pct: match args.rw {
+            Rw::Randrw => args.mix,
+            Rw::Read | Rw::Randread => 100,
+            Rw::Write | Rw::Randwrite => 0,
+        },
+        bs_sectors: bs,
+        bs_bytes: u64::from(bs) * SECTOR as u64,
+        qd,
+        time_s,
+        size_bytes: args.size,
+        range_sectors: range,
+        verify: args.verify,
+        seed: args.seed,
+        min_rto_ms: args.min_rto_ms,
+        max_rto_ms: args.max_rto_ms,
+        stall_s: args.stall_secs,
+        progress: !args.no_progress && std::io::stderr().is_terminal(),
+    })
+}
+
+/// `aoe-bench run`. Returns whether the run was clean (no errors of any kind).
+pub fn run(args: &RunArgs, stop: &AtomicBool) -> Result<bool> {
+    let mut port = Port::open(&args.port, Role::Initiator, FILL_TARGET)?;
+    let (shelf, slot) = args.target;
+    let timeout = Duration::from_millis(args.discover_timeout_ms);
+    let found = discover::probe(&mut port, shelf, slot, timeout, true, stop)?;
+    let Some(target) = found.into_iter().next() else {
+        bail!(
+            "no answer from e{shelf}.{slot} on {} within {} ms (is the target up, on this \
+             link, and not masked?)",
+            port.ifname(),
+            args.discover_timeout_ms
+        );
+    };
+    let plan = plan(args, &target, &port)?;
+    let rtt = RttEstimator::new(
+        ms(250),
+        (plan.min_rto_ms * 1e6) as Nanos,
+        (plan.max_rto_ms * 1e6) as Nanos,
+    );
+    let verify = plan
+        .verify
+        .then(|| VerifyMap::new(plan.range_sectors, !plan.rw.writes()));
+    let work = Workload::new(
+        plan.rw,
+        plan.mix_read_pct,
+        plan.bs_sectors,
+        plan.range_sectors,
+        plan.seed,
+    );
+    if !args.json {
+        eprintln!(
+            "aoe-bench: {} on {} ({}) via {} queue {}: bs {} B, qd {}, {}",
+            plan.rw.name(),
+            target.device,
+            target.mac,
+            port.ifname(),
+            args.port.queue,
+            plan.bs_bytes,
+            plan.qd,
+            match (plan.time_s, plan.size_bytes) {
+                (Some(t), Some(s)) => format!("{t} s or {}", fmt_bytes(s)),
+                (Some(t), None) => format!("{t} s"),
+                (None, Some(s)) => fmt_bytes(s),
+                (None, None) => unreachable!("plan sets a default time"),
+            }
+        );
+    }
+    let before_stats = port.stats;
+    let mut engine = Engine {
+        src: port.mac(),
+        dst: target.mac_raw,
+        shelf,
+        slot,
+        tracker: Tracker::new(plan.qd as usize, rtt),
+        work,
+        verify,
+        busy: HashSet::new(),
+        hist_read: Histogram::new(),
+        hist_write: Histogram::new(),
+        ios: Ios::default(),
+        bytes: Bytes::default(),
+        errors: Errors::default(),
+        vstats: VerifyStats {
+            enabled: plan.verify,
+            ..VerifyStats::default()
+        },
+        issued_bytes: 0,
+        last_completion: 0,
+        spin: args.port.spin_us * 1_000,
+        plan,
+    };
+    let (stop_reason, fatal, end) = engine.run(&mut port, stop)?;
+    let secs = (end as f64 / 1e9).max(1e-9);
+    let mut all = engine.hist_read.clone();
+    all.merge(&engine.hist_write);
+    let t = &engine.tracker;
+    let flow = FlowReport {
+        retransmits: t.stats.retransmits,
+        timeouts: t.stats.timeouts,
+        late: t.stats.late,
+        stray: t.stats.stray,
+        window_final: t.window.maxout(),
+        window_min: t.window.min_seen,
+        rto_ms: t.rtt.rto() as f64 / 1e6,
+        srtt_us: t.rtt.srtt().map(|s| s as f64 / 1e3),
+    };
+    let ps = port.stats;
+    let frames = Frames {
+        tx: ps.tx_frames - before_stats.tx_frames,
+        rx: ps.rx_frames - before_stats.rx_frames,
+        rx_per_s: (ps.rx_frames - before_stats.rx_frames) as f64 / secs,
+        tx_per_s: (ps.tx_frames - before_stats.tx_frames) as f64 / secs,
+        kicks: ps.kicks - before_stats.kicks,
+        polls: ps.polls - before_stats.polls,
+    };
+    let xsk = port.xsk_statistics().map(|s| XskReport {
+        rx_dropped: s.rx_dropped,
+        rx_ring_full: s.rx_ring_full,
+        rx_fill_ring_empty: s.rx_fill_ring_empty_descs,
+        tx_ring_empty: s.tx_ring_empty_descs,
+        rx_invalid_descs: s.rx_invalid_descs,
+        tx_invalid_descs: s.tx_invalid_descs,
+    });
+    let xdp = port.steering_counters().map(|c| XdpReport {
+        redirected: c.redirected,
+        dropped: c.dropped,
+        passed: c.passed,
+    });
+    let (ios, bytes) = (engine.ios, engine.bytes);
+    let ok = fatal.is_none() && engine.errors.total == 0 && engine.vstats.errors == 0;
+    let report = RunReport {
+        schema: "aoe-bench/run/1",
+        ok,
+        stop_reason,
+        error: fatal,
+        interface: port.ifname().to_owned(),
+        local_mac: mac_to_string(&port.mac()),
+        queue: args.port.queue,
+        xdp_mode: port.xdp_mode().to_string(),
+        zero_copy: port.zero_copy(),
+        target,
+        config: engine.plan.clone(),
+        duration_s: secs,
+        ios,
+        bytes,
+        iops: ios.total as f64 / secs,
+        read_iops: ios.read as f64 / secs,
+        write_iops: ios.write as f64 / secs,
+        mb_s: (bytes.read + bytes.write) as f64 / secs / 1e6,
+        read_mb_s: bytes.read as f64 / secs / 1e6,
+        write_mb_s: bytes.write as f64 / secs / 1e6,
+        latency_us: LatencyReport {
+            all: Latency::of(&all),
+            read: Latency::of(&engine.hist_read),
+            write: Latency::of(&engine.hist_write),
+        },
+        frames,
+        flow,
+        errors: engine.errors.clone(),
+        verify: engine.vstats,
+        xsk,
+        xdp,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_summary(&report);
+    }
+    if let Some(e) = &report.error {
+        eprintln!("aoe-bench: error: {e}");
+    }
+    Ok(ok)
+}
+
+fn print_summary(r: &RunReport) {
+    let c = &r.config;
+    let limit = match (c.time_s, c.size_bytes) {
+        (Some(t), Some(s)) => format!("{t} s or {}", fmt_bytes(s)),
+        (Some(t), None) => format!("{t} s"),
+        (None, Some(s)) => fmt_bytes(s),
+        (None, None) => String::new(),
+    };
+    println!(
+        "{} on {} ({}) via {} queue {} (XDP {} mode, AF_XDP {})",
+        c.rw.name(),
+        r.target.device,
+        r.target.mac,
+        r.interface,
+        r.queue,
+        r.xdp_mode,
+        if r.zero_copy { "zero-copy" } else { "copy" }
+    );
+    let mix = if c.rw == Rw::Randrw {
+        format!(", {}% reads", c.mix_read_pct)
+    } else {
+        String::new()
+    };
+    println!(
+        "  bs {} sectors ({} B), qd {}{mix}, LBAs 0..{}, limit {limit}, ran {:.2} s, stopped: {:?}",
+        c.bs_sectors, c.bs_bytes, c.qd, c.range_sectors, r.duration_s, r.stop_reason
+    );
+    println!(
+        "  ios      {} (read {}, write {})  {} IOPS (read {}, write {})",
+        r.ios.total,
+        r.ios.read,
+        r.ios.write,
+        fmt_rate(r.iops),
+        fmt_rate(r.read_iops),
+        fmt_rate(r.write_iops)
+    );
+    println!(
+        "  bytes    {} read, {} written  {:.1} MB/s (read {:.1}, write {:.1})",
+        fmt_bytes(r.bytes.read),
+        fmt_bytes(r.bytes.write),
+        r.mb_s,
+        r.read_mb_s,
+        r.write_mb_s
+    );
+    println!(
+        "  frames   tx {}, rx {}  ({} / {} frames/s), {} kicks, {} polls",
+        r.frames.tx,
+        r.frames.rx,
+        fmt_rate(r.frames.tx_per_s),
+        fmt_rate(r.frames.rx_per_s),
+        r.frames.kicks,
+        r.frames.polls
+    );
+    println!("  latency  {}", r.latency_us.all.line());
+    if r.ios.read > 0 && r.ios.write > 0 {
+        println!("    read   {}", r.latency_us.read.line());
+        println!("    write  {}", r.latency_us.write.line());
+    }
+    let f = &r.flow;
+    println!(
+        "  flow     retransmits {}, timeouts {}, late {}, stray {}; window {} (min {}), rto {}, srtt {}",
+        f.retransmits,
+        f.timeouts,
+        f.late,
+        f.stray,
+        f.window_final,
+        f.window_min,
+        fmt_ns((f.rto_ms * 1e6) as u64),
+        f.srtt_us
+            .map(|s| fmt_ns((s * 1e3) as u64))
+            .unwrap_or_else(|| "-".into())
+    );
+    let e = &r.errors;
+    println!(
+        "  errors   {} (ata {}, aoe {}, short reads {}, abandoned {}); {} frames ignored",
+        e.total, e.ata, e.aoe, e.short_reads, e.abandoned, e.ignored_frames
+    );
+    let v = &r.verify;
+    if v.enabled {
+        println!(
+            "  verify   seed {:#x}: {} sectors checked, {} skipped (not written by this run), {} errors",
+            c.seed, v.checked_sectors, v.skipped_sectors, v.errors
+        );
+    } else {
+        println!("  verify   off");
+    }
+    for m in &e.messages {
+        println!("  ! {m}");
+    }
+    if let Some(x) = &r.xsk {
+        if x.rx_dropped + x.rx_ring_full + x.rx_invalid_descs + x.tx_invalid_descs > 0 {
+            println!(
+                "  xsk      rx_dropped {}, rx_ring_full {}, invalid rx/tx descs {}/{}",
+                x.rx_dropped, x.rx_ring_full, x.rx_invalid_descs, x.tx_invalid_descs
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rng_below_is_in_range_and_spread() {
+        let mut r = Rng::new(3);
+        let mut hits = [0u32; 10];
+        for _ in 0..100_000 {
+            let v = r.below(10);
+            hits[v as usize] += 1;
+        }
+        for h in hits {
+            assert!((9_000..11_000).contains(&h), "{hits:?}");
+        }
+    }
+
+    #[test]
+    fn sequential_wraps_and_is_aligned() {
+        let mut w = Workload::new(Rw::Read, 100, 4, 10, 1);
+        let lbas: Vec<u64> = (0..5).map(|_| w.next(|_| false).unwrap().1).collect();
+        // Two whole 4-sector blocks fit in 10 sectors.
+        assert_eq!(lbas, vec![0, 4, 0, 4, 0]);
+        let mut w = Workload::new(Rw::Write, 0, 2, 100, 1);
+        assert_eq!(w.next(|_| false), Some((true, 0)));
+        assert_eq!(w.next(|l| l == 2), None, "waits for a busy LBA");
+        assert_eq!(w.next(|_| false), Some((true, 2)));
+    }
+
+    #[test]
+    fn random_is_aligned_in_range_and_mixed() {
+        let mut w = Workload::new(Rw::Randrw, 70, 8, 1000, 9);
+        let mut reads = 0;
+        for _ in 0..10_000 {
+            let (write, lba) = w.next(|_| false).unwrap();
+            assert_eq!(lba % 8, 0);
+            assert!(lba + 8 <= 1000, "{lba}");
+            reads += u32::from(!write);
+        }
+        assert!((6_700..7_300).contains(&reads), "{reads} reads of 10000");
+        let mut w = Workload::new(Rw::Randread, 100, 1, 5, 9);
+        assert_eq!(w.next(|_| true), None);
+        assert!(w
+            .next(|l| l != 3)
+            .is_some_and(|(write, lba)| !write && lba == 3));
+    }
+
+    #[test]
+    fn same_seed_same_sequence() {
+        let mut a = Workload::new(Rw::Randrw, 50, 2, 1 << 30, 42);
+        let mut b = Workload::new(Rw::Randrw, 50, 2, 1 << 30, 42);
+        for _ in 0..100 {
+            assert_eq!(a.next(|_| false), b.next(|_| false));
+        }
+    }
+
+    #[test]
+    fn verify_map_generations() {
+        let mut m = VerifyMap::new(16, false);
+        assert_eq!(m.expect(3), None, "mixed runs skip unwritten sectors");
+        assert_eq!(m.next_gen(2, 2), 1);
+        assert_eq!(m.next_gen(2, 2), 2);
+        assert_eq!(
+            (m.expect(2), m.expect(3), m.expect(4)),
+            (Some(Some(2)), Some(Some(2)), None)
+        );
+        m.forget(2, 2);
+        assert_eq!(m.expect(2), None);
+        for _ in 0..255 {
+            m.next_gen(8, 1);
+        }
+        assert_eq!(m.expect(8), Some(Some(255)));
+        assert_eq!(m.next_gen(8, 1), 1, "wraps past 255 without using 0");
+        let ro = VerifyMap::new(4, true);
+        assert_eq!(
+            ro.expect(0),
+            Some(None),
+            "read-only runs check against the seed"
+        );
+    }
+
+    #[test]
+    fn write_then_read_run_verifies_from_the_seed() {
+        // A write run's sectors are a function of (seed, lba, gen); a later read-only run
+        // accepts them with any generation, and rejects another seed's.
+        let mut disk = vec![0u8; 8 * SECTOR];
+        let mut writer = VerifyMap::new(8, false);
+        for lba in (0..8).step_by(2) {
+            let gen = writer.next_gen(lba, 2);
+            let at = lba as usize * SECTOR;
+            pattern::fill_range(&mut disk[at..at + 2 * SECTOR], 77, lba, u32::from(gen));
+        }
+        let reader = VerifyMap::new(8, true);
+        for lba in 0..8u64 {
+            let s = &disk[lba as usize * SECTOR..][..SECTOR];
+            let want = Expect {
+                seed: 77,
+                lba,
+                gen: reader.expect(lba).unwrap(),
+            };
+            assert!(pattern::check(s, &want).is_ok());
+            let other = Expect { seed: 78, ..want };
+            assert!(pattern::check(s, &other).is_err());
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Privileged: `aoe-bench echo` in one network namespace, `aoe-bench discover` and
+//! `aoe-bench run` in another, joined by a veth pair.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_aoe-bench");
+
+/// False (after a loud SKIPPED line) when not root; panics instead when CI=true.
+fn privileged(test: &str) -> bool {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false);
+    if root {
+        return true;
+    }
+    let msg = format!("{test}: SKIPPED (needs root): creates netns, veth, XDP and AF_XDP sockets");
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{msg}; CI=true requires it to run");
+    }
+    // Straight to fd 2: the test harness captures `eprintln!`, and a skip must be seen.
+    let _ = writeln!(io::stderr(), "{msg}");
+    false
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip")
+        .args(args)
+        .status()
+        .expect("running `ip`");
+    assert!(st.success(), "ip {args:?} failed: {st}");
+}
+
+/// Two namespaces joined by a veth pair, both ends up. Deleted on drop, also on panic.
+struct Lab {
+    ns_target: String,
+    ns_init: String,
+    if_target: String,
+    if_init: String,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let tag = format!(
+            "{}x{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = Lab {
+            ns_target: format!("abt{tag}"),
+            ns_init: format!("abi{tag}"),
+            if_target: format!("abt{tag}"),
+            if_init: format!("abi{tag}"),
+        };
+        ip(&["netns", "add", &lab.ns_target]);
+        ip(&["netns", "add", &lab.ns_init]);
+        ip(&[
+            "link",
+            "add",
+            &lab.if_target,
+            "netns",
+            &lab.ns_target,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &lab.if_init,
+            "netns",
+            &lab.ns_init,
+        ]);
+        ip(&["-n", &lab.ns_target, "link", "set", &lab.if_target, "up"]);
+        ip(&["-n", &lab.ns_init, "link", "set", &lab.if_init, "up"]);
+        lab
+    }
+
+    fn bench(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, BIN]).args(args);
+        c
+    }
+
+    fn mac(&self, ns: &str, ifname: &str) -> String {
+        let out = Command::new("ip")
+            .args(["-n", ns, "-o", "link", "show", ifname])
+            .output()
+            .expect("ip link show");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let at = text.find("link/ether ").expect("an Ethernet address") + "link/ether ".len();
+        text[at..at + 17].to_owned()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.ns_target, &self.ns_init] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// The echo process; SIGTERMed (then killed) on drop.
+struct Echo {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl Echo {
+    fn start(lab: &Lab) -> Echo {
+        let mut child = lab
+            .bench(
+                &lab.ns_target,
+                &[
+                    "echo",
+                    "-i",
+                    &lab.if_target,
+                    "--shelf",
+                    "7",
+                    "--slot",
+                    "3",
+                    "--time",
+                    "60",
+                ],
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning aoe-bench echo");
+        let err = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let echo = Echo { child, stderr: rx };
+        loop {
+            match echo.stderr.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) if line.contains("ready") => return echo,
+                Ok(line) => eprintln!("echo: {line}"),
+                Err(e) => panic!("aoe-bench echo did not get ready: {e}"),
+            }
+        }
+    }
+
+    /// SIGTERM; returns the exit status and the rest of its stderr.
+    fn stop(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        assert!(st.success());
+        for _ in 0..100 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let rest: Vec<String> = self.stderr.try_iter().collect();
+                return (status, rest.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("aoe-bench echo did not exit within 5 s of SIGTERM");
+    }
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn check(out: &Output, what: &str) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{what}: bad JSON ({e}):\n{stdout}\nstderr:\n{stderr}"))
+}
+
+#[test]
+fn echo_discover_and_run() {
+    if !privileged("echo_discover_and_run") {
+        return;
+    }
+    let lab = Lab::new();
+    let echo = Echo::start(&lab);
+    let echo_mac = lab.mac(&lab.ns_target, &lab.if_target);
+
+    // discover lists the echo target, with what IDENTIFY said.
+    let out = lab
+        .bench(
+            &lab.ns_init,
+            &[
+                "discover",
+                "-i",
+                &lab.if_init,
+                "--timeout-ms",
+                "500",
+                "--json",
+            ],
+        )
+        .output()
+        .unwrap();
+    let d = check(&out, "discover");
+    let targets = d["targets"].as_array().expect("targets array");
+    assert_eq!(targets.len(), 1, "{d:#}");
+    let t = &targets[0];
+    assert_eq!(t["device"], "e7.3");
+    assert_eq!(t["mac"], echo_mac.as_str());
+    assert_eq!(t["bufcnt"], 64);
+    assert_eq!(t["scnt"], 2, "MTU 1500 allows 2 sectors");
+    assert_eq!(t["sectors"], 1u64 << 31);
+    assert_eq!(t["model"], "aoe-bench echo (no storage)");
+
+    // The table form too.
+    let out = lab
+        .bench(
+            &lab.ns_init,
+            &["discover", "-i", &lab.if_init, "--timeout-ms", "300"],
+        )
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        table.contains("e7.3") && table.contains(&echo_mac),
+        "{table}"
+    );
+
+    // run: random reads for 2 s.
+    let out = lab
+        .bench(
+            &lab.ns_init,
+            &[
+                "run",
+                "-i",
+                &lab.if_init,
+                "--target",
+                "e7.3",
+                "--rw",
+                "randread",
+                "--time",
+                "2",
+                "--json",
+            ],
+        )
+        .output()
+        .unwrap();
+    let r = check(&out, "run");
+    assert_eq!(r["schema"], "aoe-bench/run/1");
+    assert_eq!(r["ok"], true, "{r:#}");
+    assert_eq!(r["stop_reason"], "time");
+    assert!(r["iops"].as_f64().unwrap() > 0.0, "{r:#}");
+    assert!(r["ios"]["read"].as_u64().unwrap() > 0);
+    assert_eq!(r["ios"]["write"], 0);
+    assert_eq!(r["errors"]["total"], 0, "{r:#}");
+    assert_eq!(r["errors"]["ata"], 0);
+    assert_eq!(r["errors"]["aoe"], 0);
+    assert_eq!(r["verify"]["errors"], 0);
+    assert_eq!(r["config"]["bs_sectors"], 2);
+    assert_eq!(r["target"]["mac"], echo_mac.as_str());
+    assert!(r["latency_us"]["all"]["p50"].as_f64().unwrap() > 0.0);
+    let secs = r["duration_s"].as_f64().unwrap();
+    assert!((2.0..10.0).contains(&secs), "ran {secs} s");
+
+    // Writes (with the pattern) are acknowledged too; a size limit stops the run.
+    let out = lab
+        .bench(
+            &lab.ns_init,
+            &[
+                "run",
+                "-i",
+                &lab.if_init,
+                "-t",
+                "e7.3",
+                "--rw",
+                "write",
+                "--verify",
+                "--size",
+                "1M",
+                "--range-sectors",
+                "4096",
+                "--json",
+            ],
+        )
+        .output()
+        .unwrap();
+    let w = check(&out, "run --rw write");
+    assert_eq!(w["stop_reason"], "size");
+    assert_eq!(w["bytes"]["write"], 1 << 20);
+    assert_eq!(w["ios"]["write"], 1024);
+
+    // A target that does not exist: a clear error, non-zero exit, no hang.
+    let out = lab
+        .bench(
+            &lab.ns_init,
+            &[
+                "run",
+                "-i",
+                &lab.if_init,
+                "-t",
+                "e9.9",
+                "--discover-timeout-ms",
+                "300",
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no answer from e9.9"), "{err}");
+
+    let (status, rest) = echo.stop();
+    assert!(status.success(), "echo exited with {status}: {rest}");
+    assert!(rest.contains("answers out"), "{rest}");
+}
