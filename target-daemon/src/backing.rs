@@ -384,6 +384,15 @@ impl Backing {
         self.kind
     }
 
+    /// Whether the store lives in memory (tmpfs, ramfs). io_uring cannot issue I/O on such
+    /// files without blocking, so it hands every request to a kernel worker thread; a
+    /// synchronous `pread`/`pwrite` straight into the packet buffer (a page-cache copy) is far
+    /// cheaper there.
+    pub fn in_memory(&self) -> bool {
+        crate::sys::fs_magic(self.file.as_raw_fd())
+            .is_some_and(|m| m == crate::sys::TMPFS_MAGIC || m == crate::sys::RAMFS_MAGIC)
+    }
+
     /// The whole store's size in bytes (not just the export).
     pub fn size_bytes(&self) -> u64 {
         self.size_bytes

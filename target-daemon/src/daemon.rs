@@ -140,7 +140,13 @@ fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
             io = ?backing.io_mode(),
             durability = ?backing.durability(),
             read_only = e.read_only,
-            "export ready"
+            in_memory = backing.in_memory(),
+            "export ready{}",
+            if backing.in_memory() {
+                " (in memory: synchronous page-cache I/O, cheaper than io_uring's worker threads here)"
+            } else {
+                ""
+            }
         );
         out.push(Arc::new(Export::new(st, backing)));
     }

@@ -115,6 +115,70 @@ pub fn iface_info(name: &str) -> io::Result<(aoe::Mac, u16)> {
     Ok((mac, mtu.min(u32::from(u16::MAX)) as u16))
 }
 
+/// `statfs` magic of tmpfs (linux/magic.h).
+pub const TMPFS_MAGIC: i64 = 0x0102_1994;
+/// `statfs` magic of ramfs (linux/magic.h).
+pub const RAMFS_MAGIC: i64 = 0x8584_58f6;
+
+/// The filesystem type (`f_type`) of the file behind `fd`.
+pub fn fs_magic(fd: RawFd) -> Option<i64> {
+    // SAFETY: zeroed `statfs` is a valid value of the plain-data struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes one statfs into the valid, exclusively borrowed `st`.
+    let rc = unsafe { libc::fstatfs(fd, &mut st) };
+    (rc == 0).then_some(st.f_type as i64)
+}
+
+/// `pread` into `ptr..ptr + len`; returns bytes read or the errno.
+///
+/// # Safety
+/// `ptr..ptr + len` must be valid for writes and not otherwise referenced during the call.
+pub unsafe fn pread(fd: RawFd, ptr: *mut u8, len: u32, offset: u64) -> i32 {
+    // SAFETY: the caller guarantees the buffer; pread writes at most `len` bytes into it.
+    let n = unsafe { libc::pread(fd, ptr.cast(), len as usize, offset as libc::off_t) };
+    if n < 0 {
+        -io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    } else {
+        n as i32
+    }
+}
+
+/// `pwritev2` of `ptr..ptr + len` (with `RWF_DSYNC` if `dsync`); returns bytes written or the
+/// negated errno.
+///
+/// # Safety
+/// `ptr..ptr + len` must be valid for reads during the call.
+pub unsafe fn pwrite(fd: RawFd, ptr: *const u8, len: u32, offset: u64, dsync: bool) -> i32 {
+    let iov = libc::iovec {
+        iov_base: ptr as *mut libc::c_void,
+        iov_len: len as usize,
+    };
+    let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+    // SAFETY: one iovec describing memory the caller guarantees readable.
+    let n = unsafe { libc::pwritev2(fd, &iov, 1, offset as libc::off_t, flags) };
+    if n < 0 {
+        -io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    } else {
+        n as i32
+    }
+}
+
+/// `fdatasync`; 0 or the negated errno.
+pub fn fdatasync(fd: RawFd) -> i32 {
+    // SAFETY: fdatasync has no memory arguments.
+    if unsafe { libc::fdatasync(fd) } == 0 {
+        0
+    } else {
+        -io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO)
+    }
+}
+
 /// The host name, for IDENTIFY serial numbers.
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")

@@ -137,7 +137,29 @@ pub struct Worker {
     tx: Vec<Frame>,
     tx_outstanding: u64,
     busy_poll: bool,
+    /// Per export: the store is in memory, so I/O is done synchronously (see
+    /// [`crate::backing::Backing::in_memory`]).
+    inline: Vec<bool>,
+    /// Completions of synchronous I/O, handled like io_uring's.
+    inline_done: Vec<Completion>,
     stats: WorkerStats,
+}
+
+/// One storage operation.
+#[derive(Clone, Copy)]
+enum Op {
+    Read {
+        ptr: *mut u8,
+        len: u32,
+        offset: u64,
+    },
+    Write {
+        ptr: *const u8,
+        len: u32,
+        offset: u64,
+        dsync: bool,
+    },
+    Fsync,
 }
 
 impl Worker {
@@ -165,6 +187,7 @@ impl Worker {
     ) -> Self {
         let rx_offset = umem.config().rx_offset() as usize;
         let chunk = umem.config().chunk_size as usize;
+        let inline = exports.iter().map(|e| e.backing.in_memory()).collect();
         Worker {
             ifname,
             queue,
@@ -183,6 +206,8 @@ impl Worker {
             tx: Vec::new(),
             tx_outstanding: 0,
             busy_poll: false,
+            inline,
+            inline_done: Vec::new(),
             stats: WorkerStats::default(),
         }
     }
@@ -252,6 +277,14 @@ impl Worker {
                     }
                 }
             }
+            if !self.inline_done.is_empty() {
+                work = true;
+                let mut done = std::mem::take(&mut self.inline_done);
+                for c in done.drain(..) {
+                    self.finish(c);
+                }
+                self.inline_done = done;
+            }
             if self.uring.queued() > 0 {
                 self.uring.submit()?;
             }
@@ -259,7 +292,9 @@ impl Worker {
             if stopping {
                 let deadline =
                     *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
-                let idle_io = self.uring.in_flight() == 0 && self.tx.is_empty();
+                let idle_io = self.uring.in_flight() == 0
+                    && self.tx.is_empty()
+                    && self.inline_done.is_empty();
                 if idle_io && (self.tx_outstanding == 0 || Instant::now() > deadline) {
                     break;
                 }
@@ -543,9 +578,9 @@ impl Worker {
                 return self.fail_now(p, "no free UMEM frame for a jumbo read response");
             }
         }
-        if self.uring.sq_space() < p.ops_left as usize {
+        if !self.inline[ei] && self.uring.sq_space() < p.ops_left as usize {
             let _ = self.uring.submit();
-            if self.uring.sq_space() < p.ops_left as usize {
+            if !self.inline[ei] && self.uring.sq_space() < p.ops_left as usize {
                 return self.fail_now(p, "io_uring submission queue full");
             }
         }
@@ -553,7 +588,6 @@ impl Worker {
             .free_slots
             .pop()
             .expect("RX is limited to the free slots");
-        let file = ei as u32;
         let ud = |op: usize| u64::from(slot) | ((op as u64) << 32);
         let dsync = self.exports[ei].durable_writes();
         let mut pushed = Ok(());
@@ -562,28 +596,26 @@ impl Worker {
                 for i in 0..p.chunks.len() {
                     let len = p.chunks[i].len();
                     let ptr = self.umem.data_ptr(&mut p.chunks[i]);
-                    // SAFETY: `ptr..ptr + len` is chunk i (len ≤ chunk size) in the registered
-                    // UMEM; the chunk stays parked in `p.chunks` until every completion of this
-                    // request is reaped in `finish`.
-                    pushed = pushed.and(unsafe {
-                        self.uring.push_read(
-                            file,
-                            ptr,
-                            len,
-                            offset + (i * self.chunk) as u64,
-                            ud(i),
-                        )
-                    });
+                    // `ptr..ptr + len` is chunk i (len ≤ chunk size) in the registered UMEM;
+                    // the chunk stays parked in `p.chunks` until every completion is handled.
+                    let offset = offset + (i * self.chunk) as u64;
+                    pushed = pushed.and(self.issue(ei, Op::Read { ptr, len, offset }, ud(i)));
                 }
             }
             Decision::Read { .. } => {
                 // The data lands right behind the request header, in the same chunk.
                 let payload = self.umem.data_ptr(&mut p.frame).wrapping_add(ATA_HLEN);
-                // SAFETY: `payload..payload + bytes` lies in this frame's chunk (not a jumbo
-                // read, so 36 + bytes fits behind the offset), which is in the registered UMEM,
-                // and the frame is parked in `slots` (nobody touches it) until this completion
-                // is reaped in `finish`.
-                pushed = unsafe { self.uring.push_read(file, payload, p.bytes, offset, ud(0)) };
+                // `payload..payload + bytes` lies in this frame's chunk (not a jumbo read, so
+                // 36 + bytes fits behind the offset), in the registered UMEM.
+                pushed = self.issue(
+                    ei,
+                    Op::Read {
+                        ptr: payload,
+                        len: p.bytes,
+                        offset,
+                    },
+                    ud(0),
+                );
             }
             Decision::Write { payload, .. } => {
                 let ptr = match (bounce, self.bounce.as_ref()) {
@@ -598,15 +630,17 @@ impl Worker {
                     u64::from(p.bytes),
                     ptr as usize
                 ));
-                // SAFETY: the payload range was bounded by the aoe crate to the received frame
-                // (in its chunk, or in its bounce slot: both registered regions), and both stay
-                // parked in `slots` untouched until the completion is reaped.
-                pushed = unsafe {
-                    self.uring
-                        .push_write(file, ptr, p.bytes, offset, ud(0), dsync)
+                // The payload range was bounded by the aoe crate to the received frame (in its
+                // chunk, or in its bounce slot: both registered regions).
+                let op = Op::Write {
+                    ptr,
+                    len: p.bytes,
+                    offset,
+                    dsync,
                 };
+                pushed = self.issue(ei, op, ud(0));
             }
-            _ => pushed = self.uring.push_fsync(file, true, ud(0)),
+            _ => pushed = self.issue(ei, Op::Fsync, ud(0)),
         }
         // Space was checked above, so every push succeeded; a failure here is a bug.
         assert!(
@@ -614,6 +648,58 @@ impl Worker {
             "io_uring refused an operation after reporting space for it"
         );
         self.slots[slot as usize] = Some(p);
+    }
+
+    /// Start one storage operation on export `ei`'s file: queued on io_uring, or done at once
+    /// for in-memory stores (its completion is handled on the next loop, like io_uring's).
+    ///
+    /// The memory an `Op` names must be a frame chunk or bounce slot parked in the in-flight
+    /// table under `user_data`'s slot, so nothing else touches it until its completion is
+    /// handled in `finish`; `submit` only builds such `Op`s.
+    fn issue(&mut self, ei: usize, op: Op, user_data: u64) -> Result<(), crate::uring::SqFull> {
+        let file = ei as u32;
+        if self.inline[ei] {
+            let fd = self.exports[ei].backing.fd();
+            let result = match op {
+                Op::Read { ptr, len, offset } => {
+                    // SAFETY: see above: the range is a parked chunk or bounce slot, valid for
+                    // writes, referenced by nothing else during the call.
+                    unsafe { sys::pread(fd, ptr, len, offset) }
+                }
+                Op::Write {
+                    ptr,
+                    len,
+                    offset,
+                    dsync,
+                } => {
+                    // SAFETY: as for the read; the range is only read.
+                    unsafe { sys::pwrite(fd, ptr, len, offset, dsync) }
+                }
+                Op::Fsync => sys::fdatasync(fd),
+            };
+            self.inline_done.push(Completion { user_data, result });
+            return Ok(());
+        }
+        match op {
+            Op::Read { ptr, len, offset } => {
+                // SAFETY: see above: the range lies in a registered region (UMEM or bounce)
+                // and stays parked, untouched, until this completion is reaped.
+                unsafe { self.uring.push_read(file, ptr, len, offset, user_data) }
+            }
+            Op::Write {
+                ptr,
+                len,
+                offset,
+                dsync,
+            } => {
+                // SAFETY: as for the read; the kernel only reads the range.
+                unsafe {
+                    self.uring
+                        .push_write(file, ptr, len, offset, user_data, dsync)
+                }
+            }
+            Op::Fsync => self.uring.push_fsync(file, true, user_data),
+        }
     }
 
     /// Answer a request with ABRT without touching storage (no resources for it).

@@ -150,7 +150,16 @@ fn jumbo_frames_at_mtu_9000() {
     }
     for mode in ["driver", "skb"] {
         let lab = Lab::with_mtu(9000);
-        let img = lab.image("disk.img", 8 * MIB);
+        // Driver mode on the root filesystem (io_uring, O_DIRECT), skb mode on tmpfs
+        // (synchronous in-memory I/O): both storage paths carry jumbo requests.
+        let img = if mode == "driver" {
+            let p = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+                .join(format!("jumbo-{}.img", std::process::id()));
+            std::fs::File::create(&p).unwrap().set_len(8 * MIB).unwrap();
+            p
+        } else {
+            lab.image("disk.img", 8 * MIB)
+        };
         let d = lab.xblade(&["--xdp-mode", mode, "1", "0", "{if}", img.to_str().unwrap()]);
         let mut c = lab.client();
         match parse_response(&c.discover(1, 0)).unwrap().body {
