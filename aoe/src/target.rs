@@ -229,14 +229,15 @@ pub fn respond(export: &ExportState, iface: &Iface, req: &[u8], out: &mut [u8]) 
     decide(export, iface, out, n)
 }
 
-/// Write the response header (common header) over the request's, in place.
-fn reply_header(export: &ExportState, iface: &Iface, buf: &mut [u8], flags: u8, err: u8) {
+/// Write the response header (common header) over the request's, in place: R, plus E and the
+/// error code if `error` is set.
+fn reply_header(export: &ExportState, iface: &Iface, buf: &mut [u8], error: Option<u8>) {
     let h = Header::new(&buf[..]).expect("caller checked the length");
     HeaderFields {
         dst: h.src(),
         src: iface.mac,
-        flags: wire::FLAG_R | flags,
-        error: err,
+        flags: wire::FLAG_R | if error.is_some() { wire::FLAG_E } else { 0 },
+        error: error.unwrap_or(0),
         shelf: export.shelf,
         slot: export.slot,
         command: h.command(),
@@ -254,7 +255,7 @@ fn aoe_error(
     keep: usize,
     code: u8,
 ) -> Outcome {
-    reply_header(export, iface, buf, wire::FLAG_E, code);
+    reply_header(export, iface, buf, Some(code));
     let n = keep.min(len);
     Outcome::just(Decision::Reply(wire::pad(buf, n)))
 }
@@ -388,7 +389,7 @@ fn write_ata_response(
     count: u8,
     data: usize,
 ) -> usize {
-    reply_header(export, iface, buf, 0, 0);
+    reply_header(export, iface, buf, None);
     buf[25] = err;
     buf[26] = count;
     buf[27] = status;
@@ -439,11 +440,7 @@ fn config_reply(
     string: &[u8],
     err: Option<u8>,
 ) -> Outcome {
-    let (flags, code) = match err {
-        Some(e) => (wire::FLAG_E, e),
-        None => (0, 0),
-    };
-    reply_header(export, iface, buf, flags, code);
+    reply_header(export, iface, buf, err);
     buf[24..26].copy_from_slice(&export.bufcnt.to_be_bytes());
     buf[26..28].copy_from_slice(&export.firmware.to_be_bytes());
     buf[28] = iface.advertised_sectors(export);
@@ -499,7 +496,7 @@ fn mask_reply(
     count: u8,
     list: &[Mac],
 ) -> Outcome {
-    reply_header(export, iface, buf, 0, 0);
+    reply_header(export, iface, buf, None);
     buf[24] = 0;
     buf[25] = mcmd;
     buf[26] = merror;
@@ -570,11 +567,7 @@ fn reserve_reply(
     list: &[Mac],
     err: Option<u8>,
 ) -> Outcome {
-    let (flags, code) = match err {
-        Some(e) => (wire::FLAG_E, e),
-        None => (0, 0),
-    };
-    reply_header(export, iface, buf, flags, code);
+    reply_header(export, iface, buf, err);
     buf[24] = rcmd;
     buf[25] = list.len() as u8;
     for (i, m) in list.iter().enumerate() {

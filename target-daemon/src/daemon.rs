@@ -15,7 +15,7 @@ use crate::config::{Config, IoArg, XdpModeArg};
 use crate::export::Export;
 use crate::sys::{self, cap};
 use crate::uring::{Uring, UringConfig};
-use crate::worker::{Bounce, Worker, WorkerStats};
+use crate::worker::{Bounce, Worker, WorkerSetup, WorkerStats};
 
 /// UMEM chunk size. Linux 6.18 allows 2 KiB or 4 KiB chunks in aligned mode.
 const CHUNK: u32 = 4096;
@@ -256,17 +256,17 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
                 }
             );
             workers.push(
-                Worker::new(
-                    icfg.name.clone(),
-                    q,
+                Worker::new(WorkerSetup {
+                    ifname: icfg.name.clone(),
+                    queue: q,
                     iface,
-                    mine.clone(),
+                    exports: mine.clone(),
                     umem,
                     sock,
                     uring,
                     bounce,
                     capacity,
-                )
+                })
                 .with_busy_poll(cfg.daemon.busy_poll > 0),
             );
         }

@@ -114,6 +114,28 @@ fn op_len(bytes: u32, chunks: usize, op: usize, chunk: u32) -> u32 {
     }
 }
 
+/// What a worker is built from.
+pub struct WorkerSetup {
+    /// Interface name.
+    pub ifname: String,
+    /// NIC queue.
+    pub queue: u32,
+    /// The interface's MAC and MTU.
+    pub iface: Iface,
+    /// The exports served on this interface; their fds are registered in `uring` in this order.
+    pub exports: Vec<Arc<Export>>,
+    /// The packet buffers.
+    pub umem: Umem,
+    /// The AF_XDP socket bound to (interface, queue) over `umem`.
+    pub sock: Socket,
+    /// The ring, with the UMEM (and the bounce region, if any) registered as fixed buffers.
+    pub uring: Uring,
+    /// Bounce slots, needed when the socket receives multi-buffer frames.
+    pub bounce: Option<Bounce>,
+    /// In-flight table size.
+    pub capacity: usize,
+}
+
 /// Everything one worker owns.
 pub struct Worker {
     /// Interface name, for logs.
@@ -170,21 +192,19 @@ impl Worker {
         self
     }
 
-    /// Assemble a worker. `uring` has the exports' fds registered in `exports` order and the
-    /// UMEM area (and the bounce region, if any) registered as fixed buffers. `capacity` is the
-    /// in-flight table size. `bounce` is needed when the socket receives multi-buffer frames.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        ifname: String,
-        queue: u32,
-        iface: Iface,
-        exports: Vec<Arc<Export>>,
-        umem: Umem,
-        sock: Socket,
-        uring: Uring,
-        bounce: Option<Bounce>,
-        capacity: usize,
-    ) -> Self {
+    /// Assemble a worker from its parts.
+    pub fn new(setup: WorkerSetup) -> Self {
+        let WorkerSetup {
+            ifname,
+            queue,
+            iface,
+            exports,
+            umem,
+            sock,
+            uring,
+            bounce,
+            capacity,
+        } = setup;
         let rx_offset = umem.config().rx_offset() as usize;
         let chunk = umem.config().chunk_size as usize;
         let inline = exports.iter().map(|e| e.backing.in_memory()).collect();
