@@ -10,9 +10,11 @@ use xblade_ebpf::XdpMode;
     version,
     about = "ATA over Ethernet (AoE) load generator, discovery tool and echo responder, over AF_XDP",
     long_about = "ATA over Ethernet (AoE) load generator, discovery tool and echo responder.\n\n\
-        Packets go through an AF_XDP socket on one queue of the interface, with xblade's XDP \
-        steering program attached (so the interface must have no other XDP program, or pass \
-        --replace-xdp). Needs root (or CAP_NET_ADMIN, CAP_NET_RAW, CAP_BPF and CAP_IPC_LOCK)."
+        Packets go through one AF_XDP socket on one RX queue of the interface (--queue), with \
+        xblade's XDP steering program attached (so the interface must have no other XDP \
+        program, or pass --replace-xdp). AoE frames arriving on any other queue are not seen. \
+        Jumbo MTUs work (multi-buffer AF_XDP, Linux 6.6+). Needs root (or CAP_NET_ADMIN, \
+        CAP_NET_RAW, CAP_BPF and CAP_IPC_LOCK)."
 )]
 pub struct Cli {
     /// What to do.
@@ -37,7 +39,8 @@ pub struct PortArgs {
     /// Network interface.
     #[arg(short = 'i', long = "interface", value_name = "IFACE")]
     pub interface: String,
-    /// Interface queue to bind the AF_XDP socket to (frames must arrive on it).
+    /// Interface RX queue to bind the AF_XDP socket to. aoe-bench uses this one queue only:
+    /// AoE frames the NIC puts on another queue are never seen (steer them here with ethtool).
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub queue: u32,
     /// XDP attach mode: auto, driver or skb.

@@ -234,6 +234,9 @@ pub fn discover(args: &DiscoverArgs, stop: &AtomicBool) -> Result<()> {
             port.ifname(),
             args.timeout_ms
         );
+        if let Some(n) = port.queue_note(true) {
+            eprintln!("note: {n}");
+        }
         return Ok(());
     }
     println!(

@@ -1,15 +1,20 @@
 //! `aoe-bench echo`: a target with no storage, answering every request at once. Reads get
-//! whatever the frame's chunk holds as data (the ceiling does not care), writes are
+//! whatever the frame's chunks hold as data (the ceiling does not care), writes are
 //! acknowledged unread. Everything else (Query Config, IDENTIFY, mask, reserve) is the real
 //! target state machine, [`aoe::target::decide`], on an in-memory [`ExportState`], so `run`
 //! and `discover` cannot tell it from a real target.
+//!
+//! Jumbo frames (multi-buffer): a request in several descriptors is decided on a copy of its
+//! first descriptor (all headers are there; a write's data is not read) with its whole length,
+//! and answered from its first chunk; a read response larger than a chunk goes out as several
+//! descriptors (header and 7 sectors, then 8 per chunk), as xblade sends it.
 
 use std::io::{IsTerminal, Write as _};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use aoe::target::{self, Decision, ExportState, Iface, IoOutcome};
+use aoe::target::{self, Decision, ExportState, Iface, IoOutcome, StateChange};
 use aoe::wire::{mac_to_string, ATA_HLEN, BROADCAST, SECTOR};
 use serde::Serialize;
 use xblade_ebpf::Role;
@@ -32,13 +37,18 @@ pub struct EchoStats {
     pub rx_frames: u64,
     /// Responses sent.
     pub tx_frames: u64,
+    /// RX descriptors (a jumbo request may be several).
+    pub rx_descs: u64,
+    /// TX descriptors (a jumbo read response is several).
+    pub tx_descs: u64,
     /// READs answered.
     pub reads: u64,
     /// WRITEs answered.
     pub writes: u64,
     /// Other answers (config, IDENTIFY, errors, ...).
     pub other: u64,
-    /// Frames not answered (not for us, responses, silent config tests).
+    /// Frames not answered (not for us, responses, silent config tests, no free frame for a
+    /// jumbo response).
     pub dropped: u64,
     /// Seconds served.
     pub duration_s: f64,
@@ -68,12 +78,13 @@ pub fn echo(args: &EchoArgs, stop: &AtomicBool) -> Result<()> {
             aoe::wire::MAX_CONFIG
         );
     }
-    let chunk_max = (CHUNK as usize - port.rx_offset() - ATA_HLEN) / SECTOR;
+    // What a frame carries here: the MTU's (multi-buffer), or what fits one chunk.
+    let frame_max = ((port.max_frame() - ATA_HLEN) / SECTOR).min(255);
     let mut export = ExportState::new(args.shelf, args.slot, args.sectors);
     export.bufcnt = args.bufcnt;
     export.max_sectors = args
         .scnt
-        .map_or(chunk_max, |s| usize::from(s).min(chunk_max)) as u8;
+        .map_or(frame_max, |s| usize::from(s).min(frame_max)) as u8;
     export.model = "aoe-bench echo (no storage)".into();
     export.serial = format!("echo-{}.{}", args.shelf, args.slot);
     export.config = args.config_string.clone().into_bytes();
@@ -87,12 +98,13 @@ pub fn echo(args: &EchoArgs, stop: &AtomicBool) -> Result<()> {
     port.push_with(|buf| target::advertisement(&export, &iface, BROADCAST, buf))?;
     port.flush()?;
     eprintln!(
-        "aoe-bench echo: e{}.{} on {} ({}), {} sectors/request, bufcnt {}, {} reported, \
-         XDP {} mode, AF_XDP {}: ready",
+        "aoe-bench echo: e{}.{} on {} ({}, MTU {}), {} sectors/request, bufcnt {}, {} reported, \
+         XDP {} mode, AF_XDP {}{}: ready",
         args.shelf,
         args.slot,
         port.ifname(),
         mac_to_string(&port.mac()),
+        mtu,
         scnt,
         export.bufcnt,
         fmt_bytes(export.sectors * SECTOR as u64),
@@ -101,6 +113,11 @@ pub fn echo(args: &EchoArgs, stop: &AtomicBool) -> Result<()> {
             "zero-copy"
         } else {
             "copy"
+        },
+        if port.multi_buffer() {
+            " multi-buffer"
+        } else {
+            ""
         },
     );
 
@@ -112,7 +129,9 @@ pub fn echo(args: &EchoArgs, stop: &AtomicBool) -> Result<()> {
         schema: "aoe-bench/echo/1",
         ..EchoStats::default()
     };
-    let mut rx = Vec::with_capacity(RX_BATCH);
+    let mut pkt = Port::packet_vec();
+    // Where a request of several descriptors is decided: a copy of its first one.
+    let mut scratch = vec![0u8; port.max_frame().max(CHUNK as usize)];
     let mut idle_since: Option<Instant> = None;
     let mut next_progress = start + Duration::from_secs(2);
     let mut last = (start, 0u64);
@@ -121,34 +140,50 @@ pub fn echo(args: &EchoArgs, stop: &AtomicBool) -> Result<()> {
         if stop.load(Ordering::Relaxed) || deadline.is_some_and(|d| now >= d) {
             break;
         }
-        let n = port.recv(&mut rx, RX_BATCH);
-        stats.rx_frames += n as u64;
-        for mut f in rx.drain(..) {
+        let n = port.recv(RX_BATCH);
+        while port.next_packet(&mut pkt) {
+            stats.rx_frames += 1;
+            let total = port.packet(&pkt).len();
+            let fragmented = pkt.len() > 1;
+            for f in pkt.drain(1..) {
+                port.recycle(f);
+            }
+            let mut f = pkt.pop().expect("a frame has a descriptor");
             let (off, len) = (f.offset() as usize, f.len() as usize);
-            let buf = &mut port.chunk(&mut f)[off..];
-            let out = target::decide(&export, &iface, buf, len);
-            let reply = match &out.decision {
-                Decision::Reply(n) => {
-                    stats.other += 1;
-                    Some(*n)
+            let room = CHUNK as usize - off;
+            let (reply, change) = if !fragmented {
+                answer(
+                    &export,
+                    &iface,
+                    &mut port.chunk(&mut f)[off..],
+                    len,
+                    &mut stats,
+                )
+            } else if total <= scratch.len() {
+                scratch[..len].copy_from_slice(port.data(&f));
+                let (reply, change) = answer(&export, &iface, &mut scratch, total, &mut stats);
+                if let Some(n) = reply {
+                    // The response's bytes that go in the first chunk: all, or the header of
+                    // a read response (its data is whatever the chunks hold).
+                    let k = if n <= room { n } else { ATA_HLEN };
+                    port.chunk(&mut f)[off..off + k].copy_from_slice(&scratch[..k]);
                 }
-                d @ (Decision::Read { .. } | Decision::Write { .. } | Decision::Flush) => {
-                    match d {
-                        Decision::Read { .. } => stats.reads += 1,
-                        Decision::Write { .. } => stats.writes += 1,
-                        _ => stats.other += 1,
-                    }
-                    Some(target::complete(&export, &iface, buf, d, IoOutcome::Ok))
-                }
-                Decision::Drop => None,
+                (reply, change)
+            } else {
+                (None, None)
             };
-            if let Some(change) = out.change {
+            if let Some(change) = change {
                 export.apply(change);
             }
             match reply {
-                Some(n) => {
+                Some(n) if n <= room => {
                     f.set(off as u32, n as u32);
                     port.push(f);
+                }
+                Some(n) => {
+                    if !port.push_packet(f, off, n, ATA_HLEN, |_, _| ()) {
+                        stats.dropped += 1;
+                    }
                 }
                 None => {
                     stats.dropped += 1;
@@ -181,6 +216,8 @@ pub fn echo(args: &EchoArgs, stop: &AtomicBool) -> Result<()> {
         let _ = write!(std::io::stderr(), "\r\x1b[K");
     }
     stats.tx_frames = port.stats.tx_frames.saturating_sub(1); // the advertisement
+    stats.rx_descs = port.stats.rx_descs;
+    stats.tx_descs = port.stats.tx_descs.saturating_sub(1);
     stats.duration_s = start.elapsed().as_secs_f64();
     stats.tx_per_s = stats.tx_frames as f64 / stats.duration_s.max(1e-9);
     stats.kicks = port.stats.kicks;
@@ -204,4 +241,32 @@ pub fn echo(args: &EchoArgs, stop: &AtomicBool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Decides one request in `buf[..len]` and, for reads, writes and flushes, completes it at
+/// once: the response's length (None: no answer) and the state change to apply.
+fn answer(
+    export: &ExportState,
+    iface: &Iface,
+    buf: &mut [u8],
+    len: usize,
+    stats: &mut EchoStats,
+) -> (Option<usize>, Option<StateChange>) {
+    let out = target::decide(export, iface, buf, len);
+    let reply = match &out.decision {
+        Decision::Reply(n) => {
+            stats.other += 1;
+            Some(*n)
+        }
+        d @ (Decision::Read { .. } | Decision::Write { .. } | Decision::Flush) => {
+            match d {
+                Decision::Read { .. } => stats.reads += 1,
+                Decision::Write { .. } => stats.writes += 1,
+                _ => stats.other += 1,
+            }
+            Some(target::complete(export, iface, buf, d, IoOutcome::Ok))
+        }
+        Decision::Drop => None,
+    };
+    (reply, out.change)
 }

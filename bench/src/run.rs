@@ -21,7 +21,7 @@ use crate::cli::{RunArgs, Rw};
 use crate::discover::{self, TargetInfo};
 use crate::flow::{ms, Answer, Done, Nanos, RttEstimator, Tracker};
 use crate::hist::Histogram;
-use crate::net::{Port, CHUNK};
+use crate::net::{self, Packet, Port};
 use crate::pattern::{self, Expect};
 use crate::report::{fmt_bytes, fmt_ns, fmt_rate, Latency};
 
@@ -267,6 +267,10 @@ struct Frames {
     rx: u64,
     rx_per_s: f64,
     tx_per_s: f64,
+    /// AF_XDP descriptors (a jumbo frame is several when multi-buffer).
+    tx_descs: u64,
+    rx_descs: u64,
+    multi_buffer: bool,
     kicks: u64,
     polls: u64,
 }
@@ -373,9 +377,10 @@ impl Engine {
     }
 
     /// Builds and queues the frame for `req` under `tag`; the caller checked
-    /// [`Port::has_frame`].
+    /// [`Port::has_frames`] for [`descs`](Self::descs). A write larger than a chunk is sent as
+    /// several descriptors, its pattern (with `--verify`) written straight into each.
     fn send(&self, port: &mut Port, tag: u32, req: &Req) {
-        let mut f = port.alloc().expect("caller checked has_frame");
+        let mut f = port.alloc().expect("caller checked has_frames");
         let buf = port.chunk(&mut f);
         HeaderFields {
             dst: self.dst,
@@ -401,18 +406,31 @@ impl Engine {
             lba: req.lba,
         }
         .write(buf);
-        let mut len = ATA_HLEN;
-        if req.write {
-            let n = usize::from(req.sectors) * SECTOR;
-            if self.verify.is_some() {
-                let data = &mut buf[ATA_HLEN..ATA_HLEN + n];
-                pattern::fill_range(data, self.plan.seed, req.lba, u32::from(req.gen));
+        // (frame length, header length): a read is all header (padded to 60 bytes).
+        let (len, hdr) = if req.write {
+            (ATA_HLEN + usize::from(req.sectors) * SECTOR, ATA_HLEN)
+        } else {
+            let n = aoe::wire::pad(buf, ATA_HLEN);
+            (n, n)
+        };
+        let (seed, verify) = (self.plan.seed, self.verify.is_some());
+        let queued = port.push_packet(f, 0, len, hdr, |pos, data| {
+            if verify {
+                let lba = req.lba + ((pos - ATA_HLEN) / SECTOR) as u64;
+                pattern::fill_range(data, seed, lba, u32::from(req.gen));
             }
-            len += n;
+        });
+        debug_assert!(queued, "caller checked has_frames");
+    }
+
+    /// Descriptors (UMEM frames) a request takes to send.
+    fn descs(&self, write: bool) -> usize {
+        if write {
+            let len = ATA_HLEN + usize::from(self.plan.bs_sectors) * SECTOR;
+            net::layout(0, len, ATA_HLEN).1
+        } else {
+            1
         }
-        let len = aoe::wire::pad(buf, len);
-        f.set(0, len as u32);
-        port.push(f);
     }
 
     /// A new request, if the workload has one.
@@ -435,9 +453,15 @@ impl Engine {
         })
     }
 
-    /// One received frame.
-    fn on_frame(&mut self, data: &[u8], now: Nanos) {
-        let Ok(r) = initiator::parse_response(data) else {
+    /// One received frame (of one or several descriptors).
+    fn on_frame(&mut self, pkt: &Packet<'_>, now: Nanos) {
+        // The headers are in the first descriptor, unless a NIC split the frame very early.
+        let mut hdr = [0u8; ATA_HLEN];
+        let head = match pkt.head() {
+            h if h.len() >= ATA_HLEN => h,
+            _ => pkt.prefix(&mut hdr),
+        };
+        let Ok(r) = initiator::parse_response(head) else {
             self.errors.ignored_frames += 1;
             return;
         };
@@ -454,10 +478,10 @@ impl Engine {
             return;
         };
         self.last_completion = now;
-        self.complete(done, &r);
+        self.complete(done, &r, pkt);
     }
 
-    fn complete(&mut self, d: Done<Req>, r: &initiator::Response<'_>) {
+    fn complete(&mut self, d: Done<Req>, r: &initiator::Response<'_>, pkt: &Packet<'_>) {
         let req = d.req;
         let what = if req.write { "write" } else { "read" };
         if self.verify.is_some() {
@@ -482,10 +506,7 @@ impl Engine {
             );
             return failed(self, msg);
         }
-        let Body::Ata {
-            status, err, data, ..
-        } = r.body
-        else {
+        let Body::Ata { status, err, .. } = r.body else {
             return;
         };
         if status & STATUS_BAD != 0 {
@@ -502,13 +523,12 @@ impl Engine {
             self.bytes.write += n as u64;
             self.hist_write.record(d.latency);
         } else {
-            if data.len() < n {
+            let got = pkt.len().saturating_sub(ATA_HLEN);
+            if got < n {
                 self.errors.short_reads += 1;
                 let msg = format!(
-                    "read LBA {}+{}: {} bytes of data, {n} expected",
-                    req.lba,
-                    req.sectors,
-                    data.len()
+                    "read LBA {}+{}: {got} bytes of data, {n} expected",
+                    req.lba, req.sectors
                 );
                 return failed(self, msg);
             }
@@ -516,39 +536,36 @@ impl Engine {
             self.bytes.read += n as u64;
             self.hist_read.record(d.latency);
             if self.verify.is_some() {
-                self.check(&req, &data[..n]);
+                self.check(&req, pkt);
             }
         }
         self.ios.total += 1;
     }
 
-    fn check(&mut self, req: &Req, data: &[u8]) {
+    /// Checks the `req.sectors` sectors of a read response against the verify map.
+    fn check(&mut self, req: &Req, pkt: &Packet<'_>) {
         let Some(v) = self.verify.as_ref() else {
             return;
         };
-        let mut bad = Vec::new();
-        for (i, sector) in data.chunks_exact(SECTOR).enumerate() {
-            let lba = req.lba + i as u64;
-            let Some(gen) = v.expect(lba) else {
-                self.vstats.skipped_sectors += 1;
-                continue;
+        let (seed, vs, errors) = (self.plan.seed, &mut self.vstats, &mut self.errors);
+        let mut lba = req.lba;
+        pkt.for_each_sector(ATA_HLEN, usize::from(req.sectors), |sector| {
+            let at = lba;
+            lba += 1;
+            let Some(gen) = v.expect(at) else {
+                vs.skipped_sectors += 1;
+                return;
             };
-            self.vstats.checked_sectors += 1;
-            let want = Expect {
-                seed: self.plan.seed,
-                lba,
-                gen,
-            };
+            vs.checked_sectors += 1;
+            let want = Expect { seed, lba: at, gen };
             if let Err(m) = pattern::check(sector, &want) {
-                bad.push(format!(
-                    "verify error at LBA {lba}: expected {want}, found {m}"
-                ));
+                vs.errors += 1;
+                if errors.messages.len() < MAX_MESSAGES {
+                    let msg = format!("verify error at LBA {at}: expected {want}, found {m}");
+                    errors.messages.push(msg);
+                }
             }
-        }
-        self.vstats.errors += bad.len() as u64;
-        for m in bad {
-            self.note(m);
-        }
+        });
     }
 
     fn progress(&self, elapsed: Nanos, last: &mut (Nanos, u64)) {
@@ -578,7 +595,9 @@ impl Engine {
         let clock = || start.elapsed().as_nanos() as Nanos;
         let time_limit = self.plan.time_s.map(|s| (s * 1e9) as Nanos);
         let stall = (self.plan.stall_s * 1e9) as Nanos;
-        let mut rx = Vec::with_capacity(RX_BATCH);
+        let mut pkt = Port::packet_vec();
+        // UMEM frames one request may need: checked before the direction is drawn.
+        let need = self.descs(self.plan.rw.writes());
         let mut reason = None;
         let mut fatal = None;
         let mut drain_deadline = None;
@@ -590,11 +609,11 @@ impl Engine {
             let now = clock();
             let mut busy = false;
 
-            if port.recv(&mut rx, RX_BATCH) > 0 {
+            if port.recv(RX_BATCH) > 0 {
                 busy = true;
-                for f in rx.drain(..) {
-                    self.on_frame(port.data(&f), now);
-                    port.recycle(f);
+                while port.next_packet(&mut pkt) {
+                    self.on_frame(&port.packet(&pkt), now);
+                    port.recycle_all(&mut pkt);
                 }
                 port.refill();
             }
@@ -634,7 +653,7 @@ impl Engine {
             let issuing = reason.is_none();
 
             while self.tracker.can_send() {
-                if !port.has_frame() {
+                if !port.has_frames(need) {
                     break;
                 }
                 if self.tracker.has_rexmit() {
@@ -704,9 +723,8 @@ fn aoe_error_name(code: u8) -> &'static str {
 /// Resolves the command line against what the target advertised.
 fn plan(args: &RunArgs, target: &TargetInfo, port: &Port) -> Result<Plan> {
     let dev = &target.device;
-    let local_mtu_max = (usize::from(port.mtu()) + 14 - ATA_HLEN) / SECTOR;
-    let chunk_max = (CHUNK as usize - port.rx_offset() - ATA_HLEN) / SECTOR;
-    let local_max = local_mtu_max.min(chunk_max).min(255) as u8;
+    // The MTU's limit (multi-buffer), or what fits one chunk (single-buffer).
+    let local_max = (port.max_frame().saturating_sub(ATA_HLEN) / SECTOR).min(255) as u8;
     if local_max == 0 {
         bail!(
             "the MTU of {} ({}) cannot carry one sector",
@@ -720,8 +738,7 @@ fn plan(args: &RunArgs, target: &TargetInfo, port: &Port) -> Result<Plan> {
             target.scnt
         ),
         Some(bs) if bs > local_max => bail!(
-            "--bs {bs} does not fit a frame here: at most {local_max} sectors (MTU {} of {}, \
-             single-buffer {CHUNK}-byte AF_XDP frames)",
+            "--bs {bs} does not fit a frame here: at most {local_max} sectors (MTU {} of {})",
             port.mtu(),
             port.ifname()
         ),
@@ -805,9 +822,12 @@ pub fn run(args: &RunArgs, stop: &AtomicBool) -> Result<bool> {
     let timeout = Duration::from_millis(args.discover_timeout_ms);
     let found = discover::probe(&mut port, shelf, slot, timeout, true, stop)?;
     let Some(target) = found.into_iter().next() else {
+        let why = port.queue_note(true).map_or_else(String::new, |n| {
+            format!(" Or its answers land on another queue: {n}")
+        });
         bail!(
             "no answer from e{shelf}.{slot} on {} within {} ms (is the target up, on this \
-             link, and not masked?)",
+             link, and not masked?).{why}",
             port.ifname(),
             args.discover_timeout_ms
         );
@@ -891,6 +911,9 @@ pub fn run(args: &RunArgs, stop: &AtomicBool) -> Result<bool> {
         rx: ps.rx_frames - before_stats.rx_frames,
         rx_per_s: (ps.rx_frames - before_stats.rx_frames) as f64 / secs,
         tx_per_s: (ps.tx_frames - before_stats.tx_frames) as f64 / secs,
+        tx_descs: ps.tx_descs - before_stats.tx_descs,
+        rx_descs: ps.rx_descs - before_stats.rx_descs,
+        multi_buffer: port.multi_buffer(),
         kicks: ps.kicks - before_stats.kicks,
         polls: ps.polls - before_stats.polls,
     };
@@ -907,6 +930,8 @@ pub fn run(args: &RunArgs, stop: &AtomicBool) -> Result<bool> {
         dropped: c.dropped,
         passed: c.passed,
     });
+    // Frames of more fragments than any MTU makes: malformed, ignored.
+    engine.errors.ignored_frames += ps.rx_bad - before_stats.rx_bad;
     let (ios, bytes) = (engine.ios, engine.bytes);
     let ok = fatal.is_none() && engine.errors.total == 0 && engine.vstats.errors == 0;
     let report = RunReport {
@@ -997,8 +1022,16 @@ fn print_summary(r: &RunReport) {
         r.read_mb_s,
         r.write_mb_s
     );
+    let descs = if r.frames.multi_buffer {
+        format!(
+            " in {} / {} descriptors (multi-buffer)",
+            r.frames.tx_descs, r.frames.rx_descs
+        )
+    } else {
+        String::new()
+    };
     println!(
-        "  frames   tx {}, rx {}  ({} / {} frames/s), {} kicks, {} polls",
+        "  frames   tx {}, rx {}{descs}  ({} / {} frames/s), {} kicks, {} polls",
         r.frames.tx,
         r.frames.rx,
         fmt_rate(r.frames.tx_per_s),

@@ -1,5 +1,6 @@
 //! Privileged: `aoe-bench echo` in one network namespace, `aoe-bench discover` and
-//! `aoe-bench run` in another, joined by a veth pair.
+//! `aoe-bench run` in another, joined by a veth pair; at MTU 1500, and at MTU 9000 (jumbo
+//! frames over multi-buffer AF_XDP), also against the xblade daemon when it is built.
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::process::{Child, Command, Output, Stdio};
@@ -41,6 +42,7 @@ fn ip(args: &[&str]) {
 
 /// Two namespaces joined by a veth pair, both ends up. Deleted on drop, also on panic.
 struct Lab {
+    mtu: u16,
     ns_target: String,
     ns_init: String,
     if_target: String,
@@ -49,6 +51,10 @@ struct Lab {
 
 impl Lab {
     fn new() -> Lab {
+        Lab::with_mtu(1500)
+    }
+
+    fn with_mtu(mtu: u16) -> Lab {
         static N: AtomicU32 = AtomicU32::new(0);
         let tag = format!(
             "{}x{}",
@@ -56,6 +62,7 @@ impl Lab {
             N.fetch_add(1, Ordering::Relaxed)
         );
         let lab = Lab {
+            mtu,
             ns_target: format!("abt{tag}"),
             ns_init: format!("abi{tag}"),
             if_target: format!("abt{tag}"),
@@ -77,15 +84,31 @@ impl Lab {
             "netns",
             &lab.ns_init,
         ]);
-        ip(&["-n", &lab.ns_target, "link", "set", &lab.if_target, "up"]);
-        ip(&["-n", &lab.ns_init, "link", "set", &lab.if_init, "up"]);
+        let mtu = lab.mtu.to_string();
+        for (ns, ifname) in [
+            (&lab.ns_target, &lab.if_target),
+            (&lab.ns_init, &lab.if_init),
+        ] {
+            ip(&["-n", ns, "link", "set", ifname, "mtu", &mtu, "up"]);
+        }
         lab
     }
 
     fn bench(&self, ns: &str, args: &[&str]) -> Command {
+        self.exec(ns, BIN, args)
+    }
+
+    fn exec(&self, ns: &str, bin: &str, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", ns, BIN]).args(args);
+        c.args(["netns", "exec", ns, bin]).args(args);
         c
+    }
+
+    /// `aoe-bench run` from the initiator namespace with `args`; its JSON report.
+    fn run(&self, args: &[&str], what: &str) -> serde_json::Value {
+        let mut all = vec!["run", "-i", &self.if_init, "--json"];
+        all.extend_from_slice(args);
+        check(&self.bench(&self.ns_init, &all).output().unwrap(), what)
     }
 
     fn mac(&self, ns: &str, ifname: &str) -> String {
@@ -107,33 +130,36 @@ impl Drop for Lab {
     }
 }
 
-/// The echo process; SIGTERMed (then killed) on drop.
+/// A target process (`aoe-bench echo` or xblade); SIGTERMed (then killed) on drop.
 struct Echo {
     child: Child,
     stderr: mpsc::Receiver<String>,
 }
 
 impl Echo {
+    /// `aoe-bench echo` as e7.3.
     fn start(lab: &Lab) -> Echo {
-        let mut child = lab
-            .bench(
-                &lab.ns_target,
-                &[
-                    "echo",
-                    "-i",
-                    &lab.if_target,
-                    "--shelf",
-                    "7",
-                    "--slot",
-                    "3",
-                    "--time",
-                    "60",
-                ],
-            )
+        let args = [
+            "echo",
+            "-i",
+            &lab.if_target,
+            "--shelf",
+            "7",
+            "--slot",
+            "3",
+            "--time",
+            "60",
+        ];
+        Echo::spawn(lab.bench(&lab.ns_target, &args), "ready")
+    }
+
+    /// Spawns `cmd` and waits for a stderr line containing `ready`.
+    fn spawn(mut cmd: Command, ready: &str) -> Echo {
+        let mut child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("spawning aoe-bench echo");
+            .expect("spawning the target");
         let err = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -146,9 +172,9 @@ impl Echo {
         let echo = Echo { child, stderr: rx };
         loop {
             match echo.stderr.recv_timeout(Duration::from_secs(10)) {
-                Ok(line) if line.contains("ready") => return echo,
-                Ok(line) => eprintln!("echo: {line}"),
-                Err(e) => panic!("aoe-bench echo did not get ready: {e}"),
+                Ok(line) if line.contains(ready) => return echo,
+                Ok(line) => eprintln!("target: {line}"),
+                Err(e) => panic!("the target did not get ready: {e}"),
             }
         }
     }
@@ -165,7 +191,7 @@ impl Echo {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("aoe-bench echo did not exit within 5 s of SIGTERM");
+        panic!("the target did not exit within 5 s of SIGTERM");
     }
 }
 
@@ -326,4 +352,152 @@ fn echo_discover_and_run() {
     let (status, rest) = echo.stop();
     assert!(status.success(), "echo exited with {status}: {rest}");
     assert!(rest.contains("answers out"), "{rest}");
+}
+
+/// The report of a clean run: ok, no error of any kind.
+fn assert_clean(r: &serde_json::Value) {
+    assert_eq!(r["ok"], true, "{r:#}");
+    for key in ["total", "ata", "aoe", "short_reads", "abandoned"] {
+        assert_eq!(r["errors"][key], 0, "errors.{key}: {r:#}");
+    }
+    assert_eq!(r["verify"]["errors"], 0, "{r:#}");
+    assert_eq!(r["frames"]["multi_buffer"], true, "{r:#}");
+}
+
+#[test]
+fn jumbo_frames_with_echo() {
+    if !privileged("jumbo_frames_with_echo") {
+        return;
+    }
+    let lab = Lab::with_mtu(9000);
+    let echo = Echo::start(&lab);
+
+    // Reads of 16 sectors: 8228-byte responses, each several RX descriptors.
+    let r = lab.run(
+        &[
+            "-t", "e7.3", "--rw", "randread", "--bs", "16", "--time", "2",
+        ],
+        "run --rw randread --bs 16",
+    );
+    assert_clean(&r);
+    assert_eq!(r["target"]["scnt"], 16, "MTU 9000 allows 16 sectors: {r:#}");
+    assert_eq!(r["config"]["bs_sectors"], 16);
+    let reads = r["ios"]["read"].as_u64().unwrap();
+    assert!(reads > 0, "{r:#}");
+    assert_eq!(r["bytes"]["read"], reads * 8192);
+    let rx = r["frames"]["rx"].as_u64().unwrap();
+    let rx_descs = r["frames"]["rx_descs"].as_u64().unwrap();
+    assert!(rx_descs >= 2 * rx, "jumbo responses: {r:#}");
+
+    // Writes of 16 sectors, with the pattern: each request several TX descriptors.
+    let w = lab.run(
+        &[
+            "-t", "e7.3", "--rw", "write", "--bs", "16", "--verify", "--size", "4M",
+        ],
+        "run --rw write --bs 16 --verify",
+    );
+    assert_clean(&w);
+    assert_eq!(w["stop_reason"], "size");
+    assert_eq!(w["ios"]["write"], 512);
+    assert_eq!(w["bytes"]["write"], 4 << 20);
+    let tx = w["frames"]["tx"].as_u64().unwrap();
+    assert!(tx >= 512, "{w:#}");
+    assert_eq!(
+        w["frames"]["tx_descs"],
+        3 * tx,
+        "header + 7, 8, 1 sectors: {w:#}"
+    );
+
+    // Small requests still work on the multi-buffer socket.
+    let s = lab.run(
+        &["-t", "e7.3", "--rw", "randrw", "--bs", "1", "--time", "1"],
+        "run --rw randrw --bs 1",
+    );
+    assert_clean(&s);
+
+    // More than the target accepts is refused up front.
+    let out = lab
+        .bench(
+            &lab.ns_init,
+            &["run", "-i", &lab.if_init, "-t", "e7.3", "--bs", "17"],
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("advertises 16 sectors"), "{err}");
+
+    let (status, rest) = echo.stop();
+    assert!(status.success(), "echo exited with {status}: {rest}");
+    assert!(rest.contains("answers out"), "{rest}");
+}
+
+/// The xblade binary built in this target directory, if any.
+fn xblade_bin() -> Option<std::path::PathBuf> {
+    let bin = std::path::Path::new(BIN).with_file_name("xblade");
+    bin.is_file().then_some(bin)
+}
+
+#[test]
+fn jumbo_frames_with_xblade() {
+    if !privileged("jumbo_frames_with_xblade") {
+        return;
+    }
+    let Some(xblade) = xblade_bin() else {
+        let _ = writeln!(
+            io::stderr(),
+            "jumbo_frames_with_xblade: SKIPPED: no xblade binary next to aoe-bench (build it \
+             with `cargo build -p xblade` in the same target directory)"
+        );
+        return;
+    };
+    let lab = Lab::with_mtu(9000);
+    let img = format!("/dev/shm/aoe-bench-jumbo-{}.img", std::process::id());
+    let file = std::fs::File::create(&img).unwrap();
+    file.set_len(8 << 20).unwrap();
+    struct Rm(String);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _rm = Rm(img.clone());
+    let args = ["2", "5", &lab.if_target, &img];
+    let target = Echo::spawn(
+        lab.exec(&lab.ns_target, xblade.to_str().unwrap(), &args),
+        "serving",
+    );
+
+    // Write every sector with the pattern in 16-sector requests, then read it all back.
+    let w = lab.run(
+        &[
+            "-t", "e2.5", "--rw", "write", "--bs", "16", "--verify", "--seed", "42", "--size",
+            "8M", "--qd", "64",
+        ],
+        "xblade: run --rw write --bs 16 --verify",
+    );
+    assert_clean(&w);
+    assert_eq!(w["target"]["scnt"], 16, "{w:#}");
+    assert_eq!(w["ios"]["write"], 1024);
+    let r = lab.run(
+        &[
+            "-t", "e2.5", "--rw", "read", "--bs", "16", "--verify", "--seed", "42", "--size", "8M",
+            "--qd", "64",
+        ],
+        "xblade: run --rw read --bs 16 --verify",
+    );
+    assert_clean(&r);
+    assert_eq!(r["verify"]["checked_sectors"], 16384, "every sector: {r:#}");
+    assert_eq!(r["verify"]["skipped_sectors"], 0);
+
+    // And what is on disk is the pattern, sector by sector.
+    let disk = std::fs::read(&img).unwrap();
+    for (lba, s) in disk.chunks_exact(512).enumerate() {
+        assert_eq!(&s[..8], b"XBVERIFY", "sector {lba}");
+        assert_eq!(s[8..16], (lba as u64).to_le_bytes(), "sector {lba}");
+        assert_eq!(s[16..24], 42u64.to_le_bytes(), "sector {lba}");
+    }
+
+    let (status, rest) = target.stop();
+    assert!(status.success(), "xblade exited with {status}: {rest}");
 }
