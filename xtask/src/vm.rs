@@ -201,6 +201,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let pattern = random_bytes(usize::try_from(options.pattern_mib << 20)?)?;
     let run_id = std::process::id();
     let initrd = out.join(format!("initrd-{run_id}.img"));
+    let _remove_initrd = RemoveOnDrop((!options.keep).then(|| initrd.clone()));
     guest::initrd_with_pattern(&image.initramfs, &pattern, &initrd)?;
     let pattern_path = out.join(format!("pattern-{run_id}.bin"));
     if options.keep {
@@ -227,17 +228,11 @@ pub fn run(args: &[String]) -> Result<()> {
             target_bin: &target_bin,
         };
         let result = context.run(test);
-        if let Err(error) = host::check_interrupted() {
-            let _ = fs::remove_file(&initrd);
-            return Err(error);
-        }
+        host::check_interrupted()?;
         eprintln!("vm-test: {}", result.summary_line());
         results.push(result);
     }
     drop(tap);
-    if !options.keep {
-        let _ = fs::remove_file(&initrd);
-    }
 
     let mut summary = format!(
         "vm-test against {} ({}), MTU {}, {} MiB export, {} MiB pattern\nguest: {}\n",
@@ -267,8 +262,9 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("{summary}");
     if options.keep {
         println!(
-            "kept: {} and the backing files in /dev/shm/xbvm-{run_id}-*.img",
-            pattern_path.display()
+            "kept: {}, {} and the backing files /dev/shm/xbvm-{run_id}-*.img",
+            pattern_path.display(),
+            initrd.display()
         );
     }
     ensure!(
@@ -304,6 +300,17 @@ fn target_binary(options: &Options, root: &Path) -> Result<PathBuf> {
     };
     ensure!(bin.exists(), "{} does not exist", bin.display());
     Ok(bin)
+}
+
+/// Deletes a file when dropped (if there is one to delete).
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = fs::remove_file(path);
+        }
+    }
 }
 
 fn random_bytes(len: usize) -> Result<Vec<u8>> {

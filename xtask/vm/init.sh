@@ -27,7 +27,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 ln -sf /proc/mounts /etc/mtab
 
-TEST=none SHELF=1 SLOT=0 SECTORS=0 MTU=1500 LOAD_SECS=12
+TEST=none SHELF=1 SLOT=0 SECTORS=0 MTU=1500 LOAD_SECS=12 STALL_SECS=30
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         xbvm.test=*) TEST=${arg#*=} ;;
@@ -36,6 +36,7 @@ for arg in $(cat /proc/cmdline); do
         xbvm.sectors=*) SECTORS=${arg#*=} ;;
         xbvm.mtu=*) MTU=${arg#*=} ;;
         xbvm.load_secs=*) LOAD_SECS=${arg#*=} ;;
+        xbvm.stall_secs=*) STALL_SECS=${arg#*=} ;;
     esac
 done
 
@@ -98,6 +99,44 @@ size=$(cat "$SYS/size")
 frames=$(dmesg | sed -n 's/.*setting \([0-9]*\) byte data frames.*/\1/p' | tail -n 1)
 say "READY $(now_cs) sectors=$size frame_bytes=${frames:-unknown}"
 [ "$size" = "$SECTORS" ] || fail "capacity: $SYS/size is $size sectors, expected $SECTORS"
+
+# Stall watchdog: I/O in flight on the device and none completed for STALL_SECS means the
+# initiator (or the target) is stuck. Dump what the kernel knows and fail now, rather than
+# waiting for the host's timeout or for aoe_deadsecs (180 s).
+diagnose() {
+    say "DIAG stat: $(cat "$SYS/stat")"
+    say "DIAG inflight: $(cat "$SYS/inflight")"
+    mount -t debugfs debugfs /sys/kernel/debug 2> /dev/null
+    for f in /sys/kernel/debug/aoe/*; do
+        [ -e "$f" ] && sed "s|^|XBLADE-VM: DIAG ${f##*/}: |" "$f"
+    done
+    for pid in $(pidof dd cmp sync mke2fs e2fsck cp); do
+        sed "s|^|XBLADE-VM: DIAG stack $pid $(cat /proc/$pid/comm): |" /proc/$pid/stack 2> /dev/null
+    done
+    echo w > /proc/sysrq-trigger
+    dmesg | tail -n 60 | sed 's/^/XBLADE-VM: DIAG dmesg: /'
+}
+watchdog() {
+    local last="" same=0 now
+    while sleep 5; do
+        # Completed reads and writes (fields 1 and 5); the tick counters move while stuck.
+        set -- $(cat "$SYS/stat")
+        now="$1 $5"
+        set -- $(cat "$SYS/inflight")
+        if [ "$now" = "$last" ] && [ $(($1 + $2)) -gt 0 ]; then
+            same=$((same + 5))
+        else
+            same=0
+        fi
+        last=$now
+        if [ $same -ge "$STALL_SECS" ]; then
+            say "STALL no I/O completed for ${same}s with $1 reads and $2 writes in flight"
+            diagnose
+            fail "stalled: no I/O completed for ${same}s with I/O in flight"
+        fi
+    done
+}
+watchdog &
 
 PATTERN=/pattern.bin
 PMIB=$(( $(wc -c < $PATTERN) / 1048576 ))

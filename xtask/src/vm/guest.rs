@@ -42,7 +42,7 @@ const GUEST_MODULES: &[&str] = &["virtio_pci", "virtio_net", "crc32c_generic", "
 /// Loaded by init.sh itself, after eth0 is up.
 const AOE_MODULE: &str = "aoe";
 /// Bump when `build` changes what it puts in the image, to invalidate cached images.
-const IMAGE_FORMAT: u32 = 1;
+const IMAGE_FORMAT: u32 = 2;
 /// Host tools carried into the guest with their libraries.
 const E2FSPROGS: &[&str] = &["mke2fs", "e2fsck"];
 
@@ -126,6 +126,12 @@ pub fn prepare(cache: &Path, project_root: &Path) -> Result<GuestImage> {
     fs::write(scratch.join("manifest.txt"), &built)?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&scratch, &dir).with_context(|| format!("renaming into {}", dir.display()))?;
+    // Older images (other keys) are dead weight: ~70 MB each.
+    for name in read_dir_names(cache)? {
+        if name.starts_with("guest-") && !name.ends_with(".tmp") && cache.join(&name) != dir {
+            let _ = fs::remove_dir_all(cache.join(name));
+        }
+    }
     let description = built.lines().next().unwrap_or_default().to_owned();
     Ok(GuestImage {
         description,
