@@ -5,6 +5,7 @@
 //! declare the module below and add a row to [`TASKS`]. Argument parsing is plain
 //! `std::env::args`, so the xtask builds in seconds and needs no extra crates.
 
+mod bench;
 #[cfg(test)]
 mod deploy_check;
 mod ebpf;
@@ -54,6 +55,12 @@ Task {
     usage: "up [--queues N] [--mtu M] [--ram-mib N] [--disk-mib N] [--loop] | down | status",
     about: "network-namespace lab: netns xbl-t/xbl-i, veth xbl-tv/xbl-iv, RAM/disk images, loop device (needs root)",
     run: lab::run,
+},
+Task {
+    name: "bench",
+    usage: "[--quick] [--time SECS] [--keep-lab]",
+    about: "xblade vs vblade vs ceilings (aoe-bench echo, fio) on the lab: table, target/bench/*.json and *.svg (needs root)",
+    run: bench::run,
 }];
 
 fn main() -> ExitCode {

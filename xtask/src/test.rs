@@ -104,7 +104,7 @@ fn cargo() -> Command {
 }
 
 /// Later stages: (name, xtask arguments). Each runs as `cargo xtask <args>`.
-const STAGES: &[(&str, &[&str])] = &[];
+const STAGES: &[(&str, &[&str])] = &[("bench smoke", &["bench", "--quick"])];
 
 /// Run the suite.
 pub fn run_suite(args: &[String]) -> Result<()> {

@@ -1,0 +1,1668 @@
+//! `cargo xtask bench [--quick] [--time SECS] [--keep-lab]`: xblade against vblade and the
+//! ceilings, side by side, on the netns lab.
+//!
+//! 1. Installs what it needs (vblade and fio from Debian, when root; it says so), builds
+//!    `xblade` and `aoe-bench` in release, and brings the lab up ([`crate::lab`]): a RAM image
+//!    on tmpfs and a disk image on the root filesystem, the same size.
+//! 2. Runs the matrix. Every case is measured against three things, one at a time on the
+//!    target's veth end (XDP allows one program per interface and vblade's AF_PACKET socket
+//!    would see the frames too), in an order that rotates from case to case so that drift
+//!    (other load on the machine) spreads over all of them:
+//!    - xblade (`--cpus 1`: O_DIRECT and durable writes, its defaults);
+//!    - vblade, Debian's (`taskset -c 1`; RAM plain, disk `-d` for reads and `-d -s` for
+//!      writes);
+//!    - the ceiling: `aoe-bench echo --cpu 1`, which answers at once with no storage (RAM
+//!      rows), and fio (`--ioengine=io_uring --direct=1`, same block size, pattern and depth,
+//!      `--sync=dsync` for writes, pinned to CPU 1) on the same file (disk rows).
+//!
+//!    The generator is `aoe-bench run --cpu 0`. Cases: 1 KiB (MTU 1500) sequential and random
+//!    reads and writes at QD 1, 16, 64 on RAM and disk; 8 KiB reads at MTU 9000 (a cell is
+//!    "n/a: reason" when aoe-bench or a target cannot do 8 KiB requests); `--verify` write then
+//!    read-back per target and back end; and xblade's CPU time per frame with 1 queue against
+//!    2 queues (below). vblade advertises 16 buffers, so aoe-bench caps its QD at 16: the
+//!    effective QD is reported.
+//! 3. CPU time per frame: user + system ticks (`/proc/PID/task/*/stat` fields 14 and 15) of
+//!    xblade's `xblade-*` worker threads around the run, divided by the frames answered; also
+//!    for the whole process (which includes io_uring's io-wq threads) and for vblade and echo.
+//!    On veth the receive side's XDP runs in the sender's softirq, so part of each side's
+//!    packet work is charged to the other side's CPU: compare, don't add up.
+//! 4. 1 queue against 2: a 2-queue lab, xblade `--queues 0,1`. aoe-bench binds one queue of one
+//!    interface and attaches its own XDP program, and an interface takes one, so each generator
+//!    gets a macvlan on the initiator's veth end (`xbl-m0`, `xbl-m1`); XPS
+//!    (`/sys/class/net/xbl-iv/queues/tx-Q/xps_cpus`) sends what CPU Q transmits out of veth
+//!    queue Q, so generator Q pinned to CPU Q loads xblade's queue Q. The 1-queue baseline uses
+//!    the same path with one generator. Failures here make the comparison "n/a", not the bench.
+//! 5. Prints the table, writes `target/bench/bench-<UTC time>.json` (everything, including each
+//!    tool's own JSON) and `.svg` (throughput and p99 latency against QD, one line per target),
+//!    copies them to `latest.json`/`latest.svg`, and takes the lab down (also after an error or
+//!    Ctrl-C; `--keep-lab` leaves it up). Target logs are in `target/bench/logs/`.
+//!
+//! Exits non-zero if any row has an error (a failed run, any I/O or verify error) or is
+//! missing; "n/a" cells are not errors. Speed is reported, never asserted. `--quick` (CI's
+//! smoke test) runs fewer cases for 1 s each and finishes in under a minute.
+
+mod json;
+mod procs;
+mod report;
+mod svg;
+
+use std::{
+    fs,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant, SystemTime},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::{
+    lab::{self, Lab, LabConfig},
+    project_root,
+};
+use json::{obj, Json};
+use procs::{capture, check_interrupt, shell_line, Service, Ticks};
+
+const USAGE: &str = "usage: cargo xtask bench [--quick] [--time SECS] [--keep-lab]
+
+  --quick      fewer cases, 1 s each (CI's smoke test; under a minute)
+  --time SECS  length of each measurement (default 1.5, --quick 1)
+  --keep-lab   leave the lab up afterwards (default: take it down)
+
+Needs root. Writes target/bench/bench-<time>.json and .svg (and latest.json, latest.svg).";
+
+/// Debian packages the bench drives (command, package).
+const TOOLS: &[(&str, &str)] = &[
+    ("vblade", "vblade"),
+    ("fio", "fio"),
+    ("ip", "iproute2"),
+    ("taskset", "util-linux"),
+    ("fallocate", "util-linux"),
+    ("dd", "coreutils"),
+];
+
+/// The export every target serves.
+const SHELF: u16 = 1;
+const SLOT: u8 = 0;
+/// CPUs: the target (and fio) on one, the generator on the other.
+const TARGET_CPU: usize = 1;
+const GEN_CPU: usize = 0;
+/// Sectors the `--verify` rows write and read back (2 MiB: vblade `-d -s` on a busy disk
+/// may manage only a few hundred writes a second).
+const VERIFY_SECTORS: u64 = 4096;
+/// How long a target may take to drain and exit after SIGTERM.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// How long a target may take to say it is ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Clone, Debug)]
+struct Opts {
+    quick: bool,
+    time_s: f64,
+    keep_lab: bool,
+}
+
+impl Opts {
+    fn parse(args: &[String]) -> Result<Opts> {
+        let mut quick = false;
+        let mut keep_lab = false;
+        let mut time = None;
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--quick" => quick = true,
+                "--keep-lab" => keep_lab = true,
+                "--time" => {
+                    let v = it.next().context("--time needs a value")?;
+                    let t: f64 = v
+                        .parse()
+                        .with_context(|| format!("--time {v:?}: expected seconds"))?;
+                    if !(0.2..=600.0).contains(&t) {
+                        bail!("--time {t}: expected 0.2 to 600 seconds");
+                    }
+                    time = Some(t);
+                }
+                "-h" | "--help" => {
+                    eprintln!("{USAGE}");
+                    std::process::exit(0);
+                }
+                other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+            }
+        }
+        Ok(Opts {
+            quick,
+            time_s: time.unwrap_or(if quick { 1.0 } else { 1.5 }),
+            keep_lab,
+        })
+    }
+
+    /// Image size (both images), MiB.
+    fn image_mib(&self) -> u64 {
+        if self.quick {
+            64
+        } else {
+            256
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The model: rows of cells.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Ram,
+    Disk,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Ram => "ram",
+            Backend::Disk => "disk",
+        }
+    }
+}
+
+/// The things measured in each row, in column order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Thing {
+    Xblade,
+    Vblade,
+    Echo,
+    Fio,
+}
+
+const THINGS: [Thing; 4] = [Thing::Xblade, Thing::Vblade, Thing::Echo, Thing::Fio];
+
+impl Thing {
+    fn name(self) -> &'static str {
+        match self {
+            Thing::Xblade => "xblade",
+            Thing::Vblade => "vblade",
+            Thing::Echo => "echo",
+            Thing::Fio => "fio",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Section {
+    /// 1 KiB requests at MTU 1500.
+    Main,
+    /// `--verify` write, then read-back.
+    Verify,
+    /// 8 KiB requests at MTU 9000.
+    Jumbo,
+}
+
+impl Section {
+    fn name(self) -> &'static str {
+        match self {
+            Section::Main => "main",
+            Section::Verify => "verify",
+            Section::Jumbo => "jumbo",
+        }
+    }
+}
+
+/// One row of the table.
+#[derive(Clone, Debug)]
+struct Row {
+    section: Section,
+    /// aoe-bench's and fio's `--rw`.
+    rw: &'static str,
+    /// Sectors per request.
+    bs: u8,
+    qd: u32,
+    mtu: u32,
+    backend: Backend,
+    cells: [Cell; 4],
+}
+
+impl Row {
+    fn case(&self) -> String {
+        let size = format!("{}k", u32::from(self.bs) / 2);
+        match self.section {
+            Section::Verify => format!("verify {} {size}", self.rw),
+            _ => format!("{} {size}", self.rw),
+        }
+    }
+
+    fn cell(&self, t: Thing) -> &Cell {
+        &self.cells[t as usize]
+    }
+
+    /// The ceiling for this row: echo on RAM, fio on disk.
+    fn ceiling(&self) -> Thing {
+        match self.backend {
+            Backend::Ram => Thing::Echo,
+            Backend::Disk => Thing::Fio,
+        }
+    }
+
+    /// What is wrong with the row (errors and missing cells).
+    fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for t in THINGS {
+            let what = format!(
+                "{} {} QD{} {}",
+                self.case(),
+                self.backend.name(),
+                self.qd,
+                t.name()
+            );
+            match self.cell(t) {
+                Cell::Pending => out.push(format!("{what}: missing (not measured)")),
+                Cell::Error(e) => out.push(format!("{what}: {e}")),
+                Cell::Run(m) if !m.clean() => out.push(format!("{what}: {}", m.trouble())),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// One measurement, or why there is none.
+#[derive(Clone, Debug)]
+enum Cell {
+    /// Not measured (yet): "missing" at the end.
+    Pending,
+    /// Not part of this row.
+    Skip,
+    /// Not applicable or not supported, with the reason.
+    NotApplicable(String),
+    /// The measurement failed.
+    Error(String),
+    Run(Box<Measure>),
+    Fio(Box<FioMeasure>),
+}
+
+impl Cell {
+    fn iops(&self) -> Option<f64> {
+        match self {
+            Cell::Run(m) => Some(m.iops),
+            Cell::Fio(f) => Some(f.iops),
+            _ => None,
+        }
+    }
+
+    fn p99_us(&self) -> Option<f64> {
+        match self {
+            Cell::Run(m) => Some(m.p99_us),
+            Cell::Fio(f) => f.p99_us,
+            _ => None,
+        }
+    }
+}
+
+/// CPU time per frame answered.
+#[derive(Clone, Copy, Debug)]
+struct CpuPerFrame {
+    /// xblade's `xblade-*` worker threads (`None` for single-threaded targets).
+    workers_us: Option<f64>,
+    /// The whole target process.
+    process_us: f64,
+    worker_threads: u32,
+}
+
+/// An `aoe-bench run` against a target.
+#[derive(Clone, Debug)]
+struct Measure {
+    iops: f64,
+    mb_s: f64,
+    p99_us: f64,
+    p50_us: f64,
+    /// After aoe-bench's cap at the target's buffer count.
+    qd: u32,
+    frames_rx: u64,
+    retransmits: u64,
+    errors: u64,
+    verify: bool,
+    verify_checked: u64,
+    verify_errors: u64,
+    ok: bool,
+    stop_reason: String,
+    cpu: Option<CpuPerFrame>,
+    /// The generator's and the target's command lines.
+    command: String,
+    target_command: String,
+    /// aoe-bench's JSON, and the target's (echo's counters).
+    result: Json,
+    target_result: Option<Json>,
+}
+
+impl Measure {
+    fn clean(&self) -> bool {
+        self.ok && self.errors == 0 && self.verify_errors == 0 && self.stop_reason != "stall"
+    }
+
+    fn trouble(&self) -> String {
+        let messages = self
+            .result
+            .at(&["errors", "messages"])
+            .and_then(|m| match m {
+                Json::Arr(items) => items.first().and_then(|f| match f {
+                    Json::Str(s) => Some(s.clone()),
+                    _ => None,
+                }),
+                _ => None,
+            })
+            .map(|m| format!(" (first: {m})"))
+            .unwrap_or_default();
+        format!(
+            "{} errors, {} verify errors, stopped by {}{messages}",
+            self.errors, self.verify_errors, self.stop_reason
+        )
+    }
+
+    fn from_json(j: Json, command: String, target_command: String) -> Measure {
+        let n = |p: &[&str]| j.num(p).unwrap_or(0.0);
+        Measure {
+            iops: n(&["iops"]),
+            mb_s: n(&["mb_s"]),
+            p99_us: n(&["latency_us", "all", "p99"]),
+            p50_us: n(&["latency_us", "all", "p50"]),
+            qd: n(&["config", "qd"]) as u32,
+            frames_rx: n(&["frames", "rx"]) as u64,
+            retransmits: n(&["flow", "retransmits"]) as u64,
+            errors: n(&["errors", "total"]) as u64,
+            verify: j.bool(&["verify", "enabled"]).unwrap_or(false),
+            verify_checked: n(&["verify", "checked_sectors"]) as u64,
+            verify_errors: n(&["verify", "errors"]) as u64,
+            ok: j.bool(&["ok"]).unwrap_or(false),
+            stop_reason: j.str(&["stop_reason"]).unwrap_or("?").to_owned(),
+            cpu: None,
+            command,
+            target_command,
+            result: j,
+            target_result: None,
+        }
+    }
+}
+
+/// A fio run on the backing file.
+#[derive(Clone, Debug)]
+struct FioMeasure {
+    iops: f64,
+    mb_s: f64,
+    p99_us: Option<f64>,
+    command: String,
+    /// fio's `jobs[0]`.
+    result: Json,
+}
+
+/// The 1-queue against 2-queue comparison.
+#[derive(Clone, Debug)]
+enum QueueCmp {
+    Pending,
+    NotApplicable(String),
+    Done(Vec<QueueRun>),
+}
+
+/// One xblade configuration of the comparison (summed over its repetitions).
+#[derive(Clone, Debug)]
+struct QueueRun {
+    queues: u32,
+    /// Sum of all generators' IOPS, averaged over repetitions.
+    iops: f64,
+    frames: u64,
+    worker_ticks: u64,
+    process_ticks: u64,
+    /// Worker ticks per thread (in thread-id order), summed over repetitions.
+    per_worker_ticks: Vec<u64>,
+    repetitions: u32,
+    workers_us_per_frame: f64,
+    process_us_per_frame: f64,
+    commands: Vec<String>,
+    results: Vec<Json>,
+}
+
+// ------------------------------------------------------------------------------------------------
+// The plan.
+
+/// Cases measured together: the same request pattern on each back end (echo runs once for
+/// all of them), or the verify write and read-back of one back end.
+#[derive(Clone, Debug)]
+struct Group {
+    section: Section,
+    mtu: u32,
+    rows: Vec<usize>,
+}
+
+fn pending() -> [Cell; 4] {
+    [Cell::Pending, Cell::Pending, Cell::Pending, Cell::Pending]
+}
+
+/// Adds a group of rows, one per back end.
+fn add_group(
+    rows: &mut Vec<Row>,
+    groups: &mut Vec<Group>,
+    section: Section,
+    mtu: u32,
+    (rw, bs, qd): (&'static str, u8, u32),
+    backends: &[Backend],
+) {
+    let mut idx = Vec::new();
+    for &backend in backends {
+        idx.push(rows.len());
+        rows.push(Row {
+            section,
+            rw,
+            bs,
+            qd,
+            mtu,
+            backend,
+            cells: pending(),
+        });
+    }
+    groups.push(Group {
+        section,
+        mtu,
+        rows: idx,
+    });
+}
+
+fn plan(quick: bool) -> (Vec<Row>, Vec<Group>) {
+    let mut rows = Vec::new();
+    let mut groups = Vec::new();
+    let both = [Backend::Ram, Backend::Disk];
+    let (rws, qds): (&[&'static str], &[u32]) = if quick {
+        (&["randread", "randwrite"], &[16])
+    } else {
+        (&["randread", "read", "randwrite", "write"], &[1, 16, 64])
+    };
+    for &rw in rws {
+        for &qd in qds {
+            add_group(
+                &mut rows,
+                &mut groups,
+                Section::Main,
+                1500,
+                (rw, 2, qd),
+                &both,
+            );
+        }
+    }
+    for &backend in &both {
+        let start = rows.len();
+        for rw in ["write", "randread"] {
+            rows.push(Row {
+                section: Section::Verify,
+                rw,
+                bs: 2,
+                qd: 16,
+                mtu: 1500,
+                backend,
+                cells: pending(),
+            });
+        }
+        groups.push(Group {
+            section: Section::Verify,
+            mtu: 1500,
+            rows: vec![start, start + 1],
+        });
+    }
+    let (jumbo_qds, jumbo_backends): (&[u32], &[Backend]) = if quick {
+        (&[16], &[Backend::Ram])
+    } else {
+        (&[1, 16, 64], &both)
+    };
+    for &qd in jumbo_qds {
+        add_group(
+            &mut rows,
+            &mut groups,
+            Section::Jumbo,
+            9000,
+            ("randread", 16, qd),
+            jumbo_backends,
+        );
+    }
+    (rows, groups)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Running it.
+
+/// Paths of the release binaries.
+#[derive(Clone, Debug)]
+struct Bins {
+    xblade: PathBuf,
+    aoe_bench: PathBuf,
+}
+
+/// `cargo xtask bench`.
+pub fn run(args: &[String]) -> Result<()> {
+    let opts = Opts::parse(args)?;
+    let started = Instant::now();
+    let started_at = SystemTime::now();
+    if !crate::test::is_root() {
+        bail!(
+            "`cargo xtask bench` needs root (network namespaces, XDP, AF_XDP): run \
+             `sudo -E \"$(command -v cargo)\" xtask bench`"
+        );
+    }
+    crate::test::ensure_tools(TOOLS)?;
+    let bins = build()?;
+    let out_dir = project_root().join("target").join("bench");
+    let logs = out_dir.join("logs");
+    fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
+    refuse_busy_lab()?;
+    procs::install_signal_handlers();
+
+    let (rows, groups) = plan(opts.quick);
+    let mut bench = Bench {
+        opts: opts.clone(),
+        bins,
+        logs,
+        lab: None,
+        lab_cfg: None,
+        rows,
+        queues: QueueCmp::Pending,
+        notes: Vec::new(),
+        xblade_extra: Vec::new(),
+        done: 0,
+        total: 0,
+        t0: Instant::now(),
+        ram_sectors: opts.image_mib() * 2048,
+    };
+    bench.total = bench.count_measurements(&groups);
+    eprintln!(
+        "bench: {} rows, {} measurements of {} s each{}",
+        bench.rows.len(),
+        bench.total,
+        opts.time_s,
+        if opts.quick { " (--quick)" } else { "" }
+    );
+    let guard = DownOnPanic;
+    let result = bench.run_all(&groups);
+    std::mem::forget(guard);
+    if let Err(e) = &result {
+        eprintln!("bench: stopped early: {e:#}");
+    }
+    let down = if opts.keep_lab {
+        eprintln!("bench: --keep-lab: the lab stays up (`cargo xtask lab down` removes it)");
+        Ok(())
+    } else {
+        lab::down().context("taking the lab down")
+    };
+    let elapsed = started.elapsed();
+    let outcome = report::write_all(&bench, &out_dir, started_at, elapsed, result.as_ref().err())?;
+    println!("{}", outcome.table);
+    println!(
+        "wall time {:.0} s; wrote {} and {} (also latest.json, latest.svg); target logs in {}",
+        elapsed.as_secs_f64(),
+        outcome.json.display(),
+        outcome.svg.display(),
+        bench.logs.display()
+    );
+    result?;
+    down?;
+    if !outcome.problems.is_empty() {
+        bail!(
+            "{} problem(s) in the results (all in {}):\n  {}",
+            outcome.problems.len(),
+            outcome.json.display(),
+            report::abridged(&outcome.problems).join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Takes the lab down if the bench panics (errors and signals are handled in [`run`]).
+struct DownOnPanic;
+
+impl Drop for DownOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("bench: panicked: taking the lab down");
+            let _ = lab::down();
+        }
+    }
+}
+
+/// `cargo build --release -p xblade -p aoe-bench`; the executables' paths from cargo.
+fn build() -> Result<Bins> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let argv = [
+        cargo.as_str(),
+        "build",
+        "--release",
+        "-p",
+        "xblade",
+        "-p",
+        "aoe-bench",
+        "--message-format=json-render-diagnostics",
+    ];
+    eprintln!("bench: building: {}", argv[1..].join(" "));
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .current_dir(project_root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("running cargo build")?;
+    if !out.status.success() {
+        bail!(
+            "cargo build --release -p xblade -p aoe-bench failed ({})",
+            out.status
+        );
+    }
+    let (mut xblade, mut aoe_bench) = (None, None);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = Json::parse(line) else { continue };
+        if msg.str(&["reason"]) != Some("compiler-artifact") {
+            continue;
+        }
+        let (Some(name), Some(exe)) = (msg.str(&["target", "name"]), msg.str(&["executable"]))
+        else {
+            continue;
+        };
+        match name {
+            "xblade" => xblade = Some(PathBuf::from(exe)),
+            "aoe-bench" => aoe_bench = Some(PathBuf::from(exe)),
+            _ => {}
+        }
+    }
+    Ok(Bins {
+        xblade: xblade.context("cargo built no xblade executable")?,
+        aoe_bench: aoe_bench.context("cargo built no aoe-bench executable")?,
+    })
+}
+
+/// The bench takes the lab over and down: refuse if something else runs in it.
+fn refuse_busy_lab() -> Result<()> {
+    let namespaces = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut busy = Vec::new();
+    for ns in ["xbl-t", "xbl-i"] {
+        if !namespaces
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(ns))
+        {
+            continue;
+        }
+        let pids = Command::new("ip")
+            .args(["netns", "pids", ns])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        for pid in pids.split_whitespace() {
+            let cmd = fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                .unwrap_or_default();
+            if !cmd.trim().is_empty() {
+                busy.push(format!("  {pid} (in {ns}): {}", cmd.trim()));
+            }
+        }
+    }
+    if !busy.is_empty() {
+        bail!(
+            "the lab is in use; the bench would stop these processes and take the lab down:\n{}\n\
+             Stop them, or run `cargo xtask lab down`, then try again.",
+            busy.join("\n")
+        );
+    }
+    Ok(())
+}
+
+struct Bench {
+    opts: Opts,
+    bins: Bins,
+    logs: PathBuf,
+    lab: Option<Lab>,
+    lab_cfg: Option<LabConfig>,
+    rows: Vec<Row>,
+    queues: QueueCmp,
+    notes: Vec<String>,
+    /// Extra xblade options found necessary (`--buffered` if tmpfs refused O_DIRECT).
+    xblade_extra: Vec<String>,
+    done: usize,
+    total: usize,
+    t0: Instant,
+    ram_sectors: u64,
+}
+
+/// How a generator run went.
+enum GenOutcome {
+    /// aoe-bench printed its JSON (the run may still have had errors).
+    Report(Json),
+    /// It failed before it could report (no target, a request size it cannot do, ...).
+    Fatal(String),
+}
+
+/// One `aoe-bench run`.
+#[derive(Clone, Debug)]
+struct GenSpec {
+    rw: &'static str,
+    bs: u8,
+    qd: u32,
+    time_s: Option<f64>,
+    size: Option<u64>,
+    range: Option<u64>,
+    verify_seed: Option<u64>,
+    iface: String,
+    queue: u32,
+    cpu: usize,
+}
+
+impl Bench {
+    fn lab(&self) -> &Lab {
+        self.lab.as_ref().expect("the lab is up")
+    }
+
+    fn count_measurements(&self, groups: &[Group]) -> usize {
+        let mut n = 0;
+        for g in groups {
+            n += match g.section {
+                Section::Verify => 4,
+                _ => 3 * g.rows.len() + 1,
+            };
+        }
+        n + if self.opts.quick { 2 } else { 4 }
+    }
+
+    fn ensure_lab(&mut self, mtu: u32, queues: u32) -> Result<()> {
+        let cfg = LabConfig {
+            queues,
+            mtu,
+            ram_mib: self.opts.image_mib(),
+            disk_mib: self.opts.image_mib(),
+            loop_device: false,
+        };
+        if self.lab_cfg.as_ref() == Some(&cfg) {
+            return Ok(());
+        }
+        eprintln!("bench: lab: {}", cfg.to_args());
+        let lab = lab::up(&cfg).context("bringing the lab up")?;
+        self.lab = Some(lab);
+        self.lab_cfg = Some(cfg);
+        Ok(())
+    }
+
+    fn file(&self, backend: Backend) -> PathBuf {
+        let lab = self.lab();
+        match backend {
+            Backend::Ram => lab.ram_image.clone(),
+            Backend::Disk => lab.disk_image.clone(),
+        }
+        .expect("the lab has both images")
+    }
+
+    fn progress(&mut self, what: &str, cell: &Cell) {
+        self.done += 1;
+        let t = self.t0.elapsed().as_secs();
+        let summary = match cell {
+            Cell::Run(m) => {
+                let cpu = m
+                    .cpu
+                    .map(|c| format!(", {:.2} µs/frame", c.workers_us.unwrap_or(c.process_us)))
+                    .unwrap_or_default();
+                let rtx = if m.retransmits > 0 {
+                    format!(", {} retransmits", m.retransmits)
+                } else {
+                    String::new()
+                };
+                let trouble = if m.clean() {
+                    String::new()
+                } else {
+                    format!("  PROBLEM: {}", m.trouble())
+                };
+                format!(
+                    "{} IOPS, {:.1} MB/s, p99 {} µs, QD {}{cpu}{rtx}{trouble}",
+                    report::si(m.iops),
+                    m.mb_s,
+                    report::us(m.p99_us),
+                    m.qd
+                )
+            }
+            Cell::Fio(f) => format!(
+                "{} IOPS, {:.1} MB/s, p99 {} µs",
+                report::si(f.iops),
+                f.mb_s,
+                f.p99_us.map_or("?".into(), report::us)
+            ),
+            Cell::NotApplicable(r) => format!("n/a: {r}"),
+            Cell::Error(e) => format!("ERROR: {e}"),
+            Cell::Pending | Cell::Skip => "-".into(),
+        };
+        eprintln!(
+            "bench [{:>3}/{}] {:>2}:{:02} {what}: {summary}",
+            self.done,
+            self.total,
+            t / 60,
+            t % 60
+        );
+    }
+
+    fn run_all(&mut self, groups: &[Group]) -> Result<()> {
+        for (gi, g) in groups.iter().enumerate() {
+            check_interrupt()?;
+            self.ensure_lab(g.mtu, 1)?;
+            match g.section {
+                Section::Verify => self.run_verify_group(gi, g)?,
+                _ => self.run_group(gi, g)?,
+            }
+            // The queue comparison goes between the MTU 1500 cases and the jumbo ones.
+            let next_jumbo = groups
+                .get(gi + 1)
+                .is_some_and(|n| n.section == Section::Jumbo);
+            if g.section != Section::Jumbo && (next_jumbo || gi + 1 == groups.len()) {
+                self.run_queue_comparison()?;
+            }
+        }
+        if matches!(self.queues, QueueCmp::Pending) {
+            self.run_queue_comparison()?;
+        }
+        Ok(())
+    }
+
+    /// Order of the things in group `gi`: rotated, so none is always first or last.
+    fn order<T: Copy>(gi: usize, things: &[T]) -> Vec<T> {
+        let k = gi % things.len();
+        things[k..].iter().chain(&things[..k]).copied().collect()
+    }
+
+    fn run_group(&mut self, gi: usize, g: &Group) -> Result<()> {
+        let jumbo = g.section == Section::Jumbo;
+        for thing in Self::order(gi, &THINGS) {
+            check_interrupt()?;
+            match thing {
+                Thing::Echo => {
+                    let first = self.rows[g.rows[0]].clone();
+                    let spec = self.gen_spec(&first);
+                    let mut cells =
+                        self.measure_target(Thing::Echo, Backend::Ram, false, &[spec], jumbo)?;
+                    let cell = cells.pop().expect("one run");
+                    let what = format!("{} QD{} {}", first.case(), first.qd, thing.name());
+                    self.progress(&what, &cell);
+                    for &r in &g.rows {
+                        self.rows[r].cells[thing as usize] = cell.clone();
+                    }
+                }
+                Thing::Fio => {
+                    for &r in &g.rows {
+                        check_interrupt()?;
+                        let row = self.rows[r].clone();
+                        let cell = self.fio(&row);
+                        let what =
+                            format!("{} {} QD{} fio", row.case(), row.backend.name(), row.qd);
+                        self.progress(&what, &cell);
+                        self.rows[r].cells[thing as usize] = cell;
+                    }
+                }
+                Thing::Xblade | Thing::Vblade => {
+                    for &r in &g.rows {
+                        check_interrupt()?;
+                        let row = self.rows[r].clone();
+                        let spec = self.gen_spec(&row);
+                        let writes = row.rw.contains("write");
+                        let mut cells =
+                            self.measure_target(thing, row.backend, writes, &[spec], jumbo)?;
+                        let cell = cells.pop().expect("one run");
+                        let what = format!(
+                            "{} {} QD{} {}",
+                            row.case(),
+                            row.backend.name(),
+                            row.qd,
+                            thing.name()
+                        );
+                        self.progress(&what, &cell);
+                        self.rows[r].cells[thing as usize] = cell;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn run_verify_group(&mut self, gi: usize, g: &Group) -> Result<()> {
+        let (w, r) = (g.rows[0], g.rows[1]);
+        let backend = self.rows[w].backend;
+        for thing in Self::order(gi, &[Thing::Xblade, Thing::Vblade]) {
+            check_interrupt()?;
+            // A seed per target and back end: a read-back cannot pass on another's data.
+            let seed = 100 * (thing as u64 + 1) + backend as u64;
+            let base = GenSpec {
+                rw: "write",
+                bs: 2,
+                qd: 16,
+                time_s: None,
+                size: Some(VERIFY_SECTORS * 512),
+                range: Some(VERIFY_SECTORS),
+                verify_seed: Some(seed),
+                iface: self.lab().init_if.clone(),
+                queue: 0,
+                cpu: GEN_CPU,
+            };
+            let read = GenSpec {
+                rw: "randread",
+                time_s: Some(self.opts.time_s),
+                size: None,
+                ..base.clone()
+            };
+            let cells = self.measure_target(thing, backend, true, &[base, read], false)?;
+            for (row, cell) in [w, r].into_iter().zip(cells) {
+                let what = format!(
+                    "{} {} {}",
+                    self.rows[row].case(),
+                    backend.name(),
+                    thing.name()
+                );
+                self.progress(&what, &cell);
+                self.rows[row].cells[thing as usize] = cell;
+            }
+        }
+        for row in [w, r] {
+            self.rows[row].cells[Thing::Echo as usize] = Cell::NotApplicable(
+                "echo stores nothing, so a read-back has nothing to verify".into(),
+            );
+            self.rows[row].cells[Thing::Fio as usize] = Cell::Skip;
+        }
+        Ok(())
+    }
+
+    fn gen_spec(&self, row: &Row) -> GenSpec {
+        GenSpec {
+            rw: row.rw,
+            bs: row.bs,
+            qd: row.qd,
+            time_s: Some(self.opts.time_s),
+            size: None,
+            range: None,
+            verify_seed: None,
+            iface: self.lab().init_if.clone(),
+            queue: 0,
+            cpu: GEN_CPU,
+        }
+    }
+
+    fn gen_argv(&self, g: &GenSpec) -> Vec<String> {
+        let lab = self.lab();
+        let mut a: Vec<String> = vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            lab.init_ns.clone(),
+            self.bins.aoe_bench.display().to_string(),
+            "run".into(),
+            "-i".into(),
+            g.iface.clone(),
+            "--queue".into(),
+            g.queue.to_string(),
+            "--cpu".into(),
+            g.cpu.to_string(),
+            "-t".into(),
+            format!("e{SHELF}.{SLOT}"),
+            "--rw".into(),
+            g.rw.into(),
+            "--bs".into(),
+            g.bs.to_string(),
+            "--qd".into(),
+            g.qd.to_string(),
+        ];
+        if let Some(t) = g.time_s {
+            a.extend(["--time".into(), t.to_string()]);
+        }
+        if let Some(s) = g.size {
+            a.extend(["--size".into(), s.to_string()]);
+        }
+        if let Some(r) = g.range {
+            a.extend(["--range-sectors".into(), r.to_string()]);
+        }
+        if let Some(seed) = g.verify_seed {
+            a.extend(["--verify".into(), "--seed".into(), seed.to_string()]);
+        }
+        a.extend(["--json", "--no-progress", "--discover-timeout-ms", "5000"].map(String::from));
+        a
+    }
+
+    fn run_gen(&self, g: &GenSpec) -> Result<(GenOutcome, String)> {
+        let argv = self.gen_argv(g);
+        let line = shell_line(&argv);
+        let limit = g.time_s.unwrap_or(60.0) + 45.0;
+        let out = capture(&argv, Duration::from_secs_f64(limit))?;
+        Ok((classify(&out), line))
+    }
+
+    /// The target's command line, and what it prints when it is ready.
+    fn target_argv(
+        &self,
+        thing: Thing,
+        backend: Backend,
+        writes: bool,
+        queues: &str,
+        cpus: &str,
+    ) -> (Vec<String>, &'static str) {
+        let lab = self.lab();
+        let file = self.file(backend).display().to_string();
+        let mut a: Vec<String> = vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            lab.target_ns.clone(),
+        ];
+        let addr = [SHELF.to_string(), SLOT.to_string(), lab.target_if.clone()];
+        match thing {
+            Thing::Xblade => {
+                a.push(self.bins.xblade.display().to_string());
+                a.extend([
+                    "--cpus".into(),
+                    cpus.into(),
+                    "--queues".into(),
+                    queues.into(),
+                ]);
+                a.extend(self.xblade_extra.iter().cloned());
+                a.extend(addr);
+                a.push(file);
+                (a, "serving")
+            }
+            Thing::Vblade => {
+                a.extend([
+                    "taskset".into(),
+                    "-c".into(),
+                    TARGET_CPU.to_string(),
+                    "vblade".into(),
+                ]);
+                if backend == Backend::Disk {
+                    a.push("-d".into());
+                    if writes {
+                        a.push("-s".into());
+                    }
+                }
+                a.extend(addr);
+                a.push(file);
+                (a, "pid ")
+            }
+            Thing::Echo | Thing::Fio => {
+                a.push(self.bins.aoe_bench.display().to_string());
+                a.extend(
+                    [
+                        "echo",
+                        "-i",
+                        &lab.target_if,
+                        "--shelf",
+                        &SHELF.to_string(),
+                        "--slot",
+                        &SLOT.to_string(),
+                        "--sectors",
+                        &self.ram_sectors.to_string(),
+                        "--cpu",
+                        &TARGET_CPU.to_string(),
+                        "--json",
+                    ]
+                    .map(String::from),
+                );
+                (a, "ready")
+            }
+        }
+    }
+
+    /// Starts a target and waits until it says it is ready.
+    fn start_target(
+        &mut self,
+        thing: Thing,
+        backend: Backend,
+        writes: bool,
+        queues: &str,
+        cpus: &str,
+    ) -> Result<Service> {
+        let log = self
+            .logs
+            .join(format!("{}-{}.log", thing.name(), backend.name()));
+        let (argv, marker) = self.target_argv(thing, backend, writes, queues, cpus);
+        let mut svc = Service::start(thing.name(), &argv, &log)?;
+        match svc.wait_ready(marker, READY_TIMEOUT) {
+            Ok(_) => Ok(svc),
+            Err(e)
+                if thing == Thing::Xblade
+                    && self.xblade_extra.is_empty()
+                    && svc.output().contains("does not support O_DIRECT") =>
+            {
+                // Only a filesystem without direct I/O (tmpfs before Linux 6.6) gets here.
+                let note = format!(
+                    "xblade refused O_DIRECT on {} ({e:#}); serving with --buffered",
+                    self.file(backend).display()
+                );
+                eprintln!("bench: {note}");
+                self.notes.push(note);
+                self.xblade_extra.push("--buffered".into());
+                drop(svc);
+                self.start_target(thing, backend, writes, queues, cpus)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts `thing` on `backend`, runs the generator specs one after the other, stops it.
+    /// A failure is the cells' (an error, or "n/a" in jumbo rows), not the bench's; only an
+    /// interrupt stops the bench.
+    fn measure_target(
+        &mut self,
+        thing: Thing,
+        backend: Backend,
+        writes: bool,
+        specs: &[GenSpec],
+        jumbo: bool,
+    ) -> Result<Vec<Cell>> {
+        let fail = |reason: String| failure(jumbo, reason);
+        let mut svc = match self.start_target(thing, backend, writes, "0", &TARGET_CPU.to_string())
+        {
+            Ok(s) => s,
+            Err(e) => {
+                check_interrupt()?;
+                return Ok(vec![
+                    fail(format!("{} did not start: {e:#}", thing.name()));
+                    specs.len()
+                ]);
+            }
+        };
+        let target_command = shell_line(&svc.argv);
+        let hz = procs::clock_ticks_per_sec();
+        let prefix = if thing == Thing::Xblade {
+            "xblade-"
+        } else {
+            "\0"
+        };
+        let mut cells = Vec::new();
+        for spec in specs {
+            if let Some(status) = svc.exited() {
+                cells.push(fail(format!(
+                    "{} exited ({status}): {}",
+                    thing.name(),
+                    svc.tail()
+                )));
+                continue;
+            }
+            let before = procs::ticks(svc.pid(), prefix);
+            let (outcome, command) = self.run_gen(spec)?;
+            let after = procs::ticks(svc.pid(), prefix);
+            check_interrupt()?;
+            let mut cell = match outcome {
+                GenOutcome::Fatal(reason) => fail(reason),
+                GenOutcome::Report(j) => {
+                    let mut m = Measure::from_json(j, command, target_command.clone());
+                    m.cpu = cpu_per_frame(&before, &after, m.frames_rx, hz, thing == Thing::Xblade);
+                    Cell::Run(Box::new(m))
+                }
+            };
+            if let Some(status) = svc.exited() {
+                cell = Cell::Error(format!(
+                    "{} exited during the run ({status}): {}",
+                    thing.name(),
+                    svc.tail()
+                ));
+            }
+            cells.push(cell);
+        }
+        let status = svc.stop(STOP_GRACE)?;
+        if thing == Thing::Echo {
+            if let Ok(j) = Json::parse_embedded(&svc.output()) {
+                for c in &mut cells {
+                    if let Cell::Run(m) = c {
+                        m.target_result = Some(j.clone());
+                    }
+                }
+            }
+        }
+        if !status.success() && thing != Thing::Vblade {
+            // vblade dies of SIGTERM; the others exit 0 after draining.
+            let why = format!(
+                "{} exited with {status} when stopped: {}",
+                thing.name(),
+                svc.tail()
+            );
+            for c in &mut cells {
+                if matches!(c, Cell::Run(_)) {
+                    *c = Cell::Error(why.clone());
+                }
+            }
+        }
+        Ok(cells)
+    }
+
+    fn fio(&self, row: &Row) -> Cell {
+        let file = self.file(row.backend);
+        let bs = u32::from(row.bs) * 512;
+        let writes = row.rw.contains("write");
+        let mut argv: Vec<String> = [
+            "fio",
+            "--name=bench",
+            &format!("--filename={}", file.display()),
+            "--ioengine=io_uring",
+            "--direct=1",
+            &format!("--rw={}", row.rw),
+            &format!("--bs={bs}"),
+            &format!("--iodepth={}", row.qd),
+            "--time_based",
+            &format!("--runtime={}ms", (self.opts.time_s * 1000.0) as u64),
+            &format!("--cpus_allowed={TARGET_CPU}"),
+            "--lat_percentiles=1",
+            "--norandommap",
+            "--randrepeat=0",
+            "--output-format=json",
+        ]
+        .map(String::from)
+        .to_vec();
+        if writes {
+            argv.push("--sync=dsync".into());
+        }
+        let line = shell_line(&argv);
+        let out = match capture(&argv, Duration::from_secs_f64(self.opts.time_s + 60.0)) {
+            Ok(o) => o,
+            Err(e) => return Cell::Error(format!("{e:#}")),
+        };
+        if procs::interrupted() {
+            // Stopped by the signal: not measured, rather than failed.
+            return Cell::Pending;
+        }
+        let job = Json::parse_embedded(&out.stdout)
+            .ok()
+            .and_then(|j| j.at(&["jobs", "0"]).cloned());
+        let Some(job) = job.filter(|_| out.status.success()) else {
+            return Cell::Error(format!(
+                "fio failed ({}): {}",
+                out.status,
+                procs::tail(&format!("{}\n{}", out.stdout, out.stderr), 4)
+            ));
+        };
+        if job.num(&["error"]).unwrap_or(0.0) != 0.0 {
+            return Cell::Error(format!("fio reported error {:?}", job.num(&["error"])));
+        }
+        let dir = if writes { "write" } else { "read" };
+        let n = |p: &[&str]| job.num(&[&[dir][..], p].concat());
+        Cell::Fio(Box::new(FioMeasure {
+            iops: n(&["iops"]).unwrap_or(0.0),
+            mb_s: n(&["bw_bytes"]).unwrap_or(0.0) / 1e6,
+            p99_us: n(&["lat_ns", "percentile", "99.000000"])
+                .or_else(|| n(&["clat_ns", "percentile", "99.000000"]))
+                .map(|ns| ns / 1000.0),
+            command: line,
+            result: job,
+        }))
+    }
+
+    // --------------------------------------------------------------------------------------------
+    // 1 queue against 2.
+
+    fn run_queue_comparison(&mut self) -> Result<()> {
+        self.ensure_lab(1500, 2)?;
+        let result = self.queue_comparison();
+        // The macvlans go with the veth when the lab changes or goes down; remove them anyway.
+        let ns = self.lab().init_ns.clone();
+        for q in 0..2 {
+            let _ = Command::new("ip")
+                .args(["-n", &ns, "link", "del", &format!("xbl-m{q}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+        match result {
+            Ok(runs) => self.queues = QueueCmp::Done(runs),
+            Err(e) => {
+                check_interrupt()?;
+                let reason = format!("{e:#}");
+                eprintln!("bench: 1 vs 2 queues: n/a: {reason}");
+                self.queues = QueueCmp::NotApplicable(reason);
+            }
+        }
+        Ok(())
+    }
+
+    fn queue_comparison(&mut self) -> Result<Vec<QueueRun>> {
+        let lab = self.lab().clone();
+        let ns = lab.init_ns.as_str();
+        let sh = |cmd: &str| -> Result<()> {
+            let argv = ["ip", "netns", "exec", ns, "sh", "-c", cmd].map(String::from);
+            let out = capture(&argv, Duration::from_secs(10))?;
+            if !out.status.success() {
+                bail!("`{}` failed: {}", shell_line(&argv), out.stderr.trim());
+            }
+            Ok(())
+        };
+        // New links in the initiator namespace come up without IPv6, so they stay silent.
+        let _ = sh("sysctl -q -w net.ipv6.conf.default.disable_ipv6=1");
+        for q in 0..2u32 {
+            sh(&format!(
+                "ip link add xbl-m{q} link {} type macvlan mode bridge && ip link set xbl-m{q} up",
+                lab.init_if
+            ))?;
+            sh(&format!(
+                "echo {:x} > /sys/class/net/{}/queues/tx-{q}/xps_cpus",
+                1u32 << q,
+                lab.init_if
+            ))?;
+        }
+        let order: &[u32] = if self.opts.quick {
+            &[1, 2]
+        } else {
+            &[1, 2, 2, 1]
+        };
+        let mut runs: Vec<QueueRun> = Vec::new();
+        for &n in order {
+            check_interrupt()?;
+            let (queues, cpus) = if n == 1 {
+                ("0".to_owned(), TARGET_CPU.to_string())
+            } else {
+                ("0,1".to_owned(), "0,1".to_owned())
+            };
+            let mut svc = self.start_target(Thing::Xblade, Backend::Ram, false, &queues, &cpus)?;
+            let specs: Vec<GenSpec> = (0..n)
+                .map(|q| GenSpec {
+                    rw: "randread",
+                    bs: 2,
+                    qd: 16,
+                    time_s: Some(self.opts.time_s),
+                    size: None,
+                    range: None,
+                    verify_seed: None,
+                    iface: format!("xbl-m{q}"),
+                    queue: 0,
+                    cpu: q as usize,
+                })
+                .collect();
+            let before = procs::ticks(svc.pid(), "xblade-");
+            let outcomes: Vec<Result<(GenOutcome, String)>> = std::thread::scope(|s| {
+                let handles: Vec<_> = specs
+                    .iter()
+                    .map(|spec| s.spawn(|| self.run_gen(spec)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|_| bail!("generator thread panicked"))
+                    })
+                    .collect()
+            });
+            let after = procs::ticks(svc.pid(), "xblade-");
+            let alive = svc.exited().is_none();
+            let status = svc.stop(STOP_GRACE)?;
+            if !alive || !status.success() {
+                bail!("xblade --queues {queues} exited ({status}): {}", svc.tail());
+            }
+            let mut iops = 0.0;
+            let mut frames = 0;
+            let mut commands = vec![shell_line(&svc.argv)];
+            let mut results = Vec::new();
+            for outcome in outcomes {
+                let (outcome, command) = outcome?;
+                commands.push(command);
+                match outcome {
+                    GenOutcome::Fatal(r) => bail!("a generator failed: {r}"),
+                    GenOutcome::Report(j) => {
+                        let m = Measure::from_json(j.clone(), String::new(), String::new());
+                        if !m.clean() {
+                            bail!("a generator had errors: {}", m.trouble());
+                        }
+                        iops += m.iops;
+                        frames += m.frames_rx;
+                        results.push(j);
+                    }
+                }
+            }
+            if after.worker_threads != n {
+                bail!(
+                    "xblade --queues {queues} has {} worker threads, expected {n}",
+                    after.worker_threads
+                );
+            }
+            let per_worker: Vec<u64> = after
+                .threads
+                .iter()
+                .map(|(tid, t)| {
+                    t - before
+                        .threads
+                        .iter()
+                        .find(|(b, _)| b == tid)
+                        .map_or(0, |(_, v)| *v)
+                })
+                .collect();
+            let worker_ticks = after.workers - before.workers;
+            let process_ticks = after.process - before.process;
+            let entry = match runs.iter_mut().find(|r| r.queues == n) {
+                Some(r) => r,
+                None => {
+                    runs.push(QueueRun {
+                        queues: n,
+                        iops: 0.0,
+                        frames: 0,
+                        worker_ticks: 0,
+                        process_ticks: 0,
+                        per_worker_ticks: vec![0; per_worker.len()],
+                        repetitions: 0,
+                        workers_us_per_frame: 0.0,
+                        process_us_per_frame: 0.0,
+                        commands: Vec::new(),
+                        results: Vec::new(),
+                    });
+                    runs.last_mut().expect("just pushed")
+                }
+            };
+            entry.iops += iops;
+            entry.frames += frames;
+            entry.worker_ticks += worker_ticks;
+            entry.process_ticks += process_ticks;
+            for (acc, v) in entry.per_worker_ticks.iter_mut().zip(&per_worker) {
+                *acc += v;
+            }
+            entry.repetitions += 1;
+            entry.commands.extend(commands);
+            entry.results.extend(results);
+            let cell_line = format!(
+                "{} IOPS, {:.2} µs/frame (workers; {:.2} process), worker ticks {:?}",
+                report::si(iops),
+                ticks_us(worker_ticks, frames),
+                ticks_us(process_ticks, frames),
+                per_worker
+            );
+            self.done += 1;
+            let t = self.t0.elapsed().as_secs();
+            eprintln!(
+                "bench [{:>3}/{}] {:>2}:{:02} randread 1k QD16 ram xblade {n} queue(s): {cell_line}",
+                self.done,
+                self.total,
+                t / 60,
+                t % 60
+            );
+        }
+        for r in &mut runs {
+            r.iops /= f64::from(r.repetitions.max(1));
+            r.workers_us_per_frame = ticks_us(r.worker_ticks, r.frames);
+            r.process_us_per_frame = ticks_us(r.process_ticks, r.frames);
+            if r.frames == 0 {
+                bail!("xblade with {} queue(s) answered no frames", r.queues);
+            }
+        }
+        if let Some(two) = runs.iter().find(|r| r.queues == 2) {
+            if two.per_worker_ticks.contains(&0) {
+                bail!(
+                    "with 2 queues one worker did no work (ticks per worker {:?}): the load did not \
+                     spread over both queues",
+                    two.per_worker_ticks
+                );
+            }
+        }
+        Ok(runs)
+    }
+}
+
+/// What an `aoe-bench run` said: its report, or why it had none.
+fn classify(out: &procs::Captured) -> GenOutcome {
+    match Json::parse_embedded(&out.stdout) {
+        Ok(j) if j.str(&["schema"]) == Some("aoe-bench/run/1") => GenOutcome::Report(j),
+        _ => GenOutcome::Fatal(
+            out.stderr
+                .lines()
+                .rev()
+                .find_map(|l| l.strip_prefix("aoe-bench: error: "))
+                .map(str::to_owned)
+                .unwrap_or_else(|| {
+                    format!(
+                        "aoe-bench run failed ({}): {}",
+                        out.status,
+                        procs::tail(&out.stderr, 3)
+                    )
+                }),
+        ),
+    }
+}
+
+/// A measurement that could not be made: in the jumbo rows that means 8 KiB requests do not
+/// work (yet) with this aoe-bench or target, which is "n/a"; elsewhere it is an error.
+fn failure(jumbo: bool, reason: String) -> Cell {
+    if jumbo {
+        Cell::NotApplicable(reason)
+    } else {
+        Cell::Error(reason)
+    }
+}
+
+/// Microseconds of CPU per frame, from clock ticks.
+fn ticks_us(ticks: u64, frames: u64) -> f64 {
+    if frames == 0 {
+        return f64::NAN;
+    }
+    ticks as f64 * 1e6 / procs::clock_ticks_per_sec() / frames as f64
+}
+
+fn cpu_per_frame(
+    before: &Ticks,
+    after: &Ticks,
+    frames: u64,
+    hz: f64,
+    workers: bool,
+) -> Option<CpuPerFrame> {
+    // Ticks are 10 ms: below 50 ms of CPU time (a short verify write) the figure means little.
+    if frames == 0 || after.process.saturating_sub(before.process) < 5 {
+        return None;
+    }
+    let per = |t: u64| t as f64 * 1e6 / hz / frames as f64;
+    Some(CpuPerFrame {
+        workers_us: workers.then(|| per(after.workers.saturating_sub(before.workers))),
+        process_us: per(after.process.saturating_sub(before.process)),
+        worker_threads: after.worker_threads,
+    })
+}
+
+/// Seconds since the epoch as `YYYYMMDDTHHMMSSZ` (UTC) and as RFC 3339.
+fn utc(t: SystemTime) -> (String, String) {
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    (
+        format!("{year:04}{month:02}{day:02}T{h:02}{m:02}{s:02}Z"),
+        format!("{year:04}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}Z"),
+    )
+}
+
+/// Host facts for the report.
+fn host_info() -> Json {
+    let read = |p: &str| fs::read_to_string(p).unwrap_or_default().trim().to_owned();
+    let model = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned());
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get() as u64);
+    let version = |argv: &[&str]| {
+        Command::new(argv[0])
+            .args(&argv[1..])
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .filter(|s| !s.is_empty())
+    };
+    obj([
+        ("kernel", read("/proc/sys/kernel/osrelease").into()),
+        ("cpus", cpus.into()),
+        ("cpu_model", model.into()),
+        ("clock_ticks_per_s", procs::clock_ticks_per_sec().into()),
+        (
+            "vblade_package",
+            version(&["dpkg-query", "-W", "-f", "${Version}", "vblade"]).into(),
+        ),
+        ("fio", version(&["fio", "--version"]).into()),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options() {
+        let a = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
+        let o = Opts::parse(&a("--quick")).unwrap();
+        assert!(o.quick && !o.keep_lab && o.time_s == 1.0);
+        let o = Opts::parse(&a("--time 3 --keep-lab")).unwrap();
+        assert!(!o.quick && o.keep_lab && o.time_s == 3.0);
+        assert!(Opts::parse(&a("--time 0")).is_err());
+        assert!(Opts::parse(&a("--fast")).is_err());
+    }
+
+    #[test]
+    fn plans_every_case() {
+        let (rows, groups) = plan(false);
+        // 4 patterns x 3 depths x 2 back ends, 2 verify rows x 2 back ends, 3 jumbo x 2.
+        assert_eq!(rows.len(), 24 + 4 + 6);
+        assert_eq!(
+            groups.iter().map(|g| g.rows.len()).sum::<usize>(),
+            rows.len()
+        );
+        assert!(rows.iter().all(|r| r.problems().len() == 4), "all pending");
+        let (quick, _) = plan(true);
+        let has = |s: Section, b: Backend| quick.iter().any(|r| r.section == s && r.backend == b);
+        assert!(has(Section::Main, Backend::Ram) && has(Section::Main, Backend::Disk));
+        assert!(has(Section::Verify, Backend::Ram) && has(Section::Jumbo, Backend::Ram));
+        assert_eq!(Bench::order(1, &[1, 2, 3, 4]), vec![2, 3, 4, 1]);
+    }
+
+    #[test]
+    fn failed_runs_are_errors_or_na() {
+        use std::os::unix::process::ExitStatusExt as _;
+        let out = |stdout: &str, stderr: &str, code: i32| procs::Captured {
+            status: std::process::ExitStatus::from_raw(code << 8),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        };
+        let msg = "--bs 16 does not fit a frame here: at most 7 sectors";
+        let GenOutcome::Fatal(reason) =
+            classify(&out("", &format!("aoe-bench: error: {msg}\n"), 1))
+        else {
+            panic!("not fatal");
+        };
+        assert_eq!(reason, msg);
+        assert!(matches!(failure(true, reason.clone()), Cell::NotApplicable(r) if r == msg));
+        assert!(matches!(failure(false, reason), Cell::Error(_)));
+        let GenOutcome::Fatal(reason) = classify(&out("", "boom\n", 1)) else {
+            panic!("not fatal");
+        };
+        assert!(reason.contains("boom"), "{reason}");
+        let report = r#"{"schema": "aoe-bench/run/1", "ok": false, "errors": {"total": 3}}"#;
+        let GenOutcome::Report(j) = classify(&out(report, "", 1)) else {
+            panic!("no report");
+        };
+        let m = Measure::from_json(j, String::new(), String::new());
+        assert!(!m.clean() && m.trouble().starts_with("3 errors"));
+    }
+
+    #[test]
+    fn utc_times() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_599_960);
+        assert_eq!(utc(t).0, "20261125T094600Z");
+        assert_eq!(utc(SystemTime::UNIX_EPOCH).1, "1970-01-01T00:00:00Z");
+    }
+}
