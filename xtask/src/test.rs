@@ -104,7 +104,22 @@ fn cargo() -> Command {
 }
 
 /// Later stages: (name, xtask arguments). Each runs as `cargo xtask <args>`.
-const STAGES: &[(&str, &[&str])] = &[("bench smoke", &["bench", "--quick"])];
+/// The bench builds xblade in release first, so the VM stages find `target/release/xblade`.
+const STAGES: &[(&str, &[&str])] = &[
+    ("bench smoke", &["bench", "--quick"]),
+    (
+        "real Linux initiator vs xblade, MTU 1500",
+        &["vm-test", "--target", "xblade"],
+    ),
+    (
+        "real Linux initiator vs xblade, MTU 9000",
+        &["vm-test", "--target", "xblade", "--mtu", "9000"],
+    ),
+    (
+        "the same guest test vs vblade, for comparison",
+        &["vm-test", "--target", "vblade", "--test", "io"],
+    ),
+];
 
 /// Run the suite.
 pub fn run_suite(args: &[String]) -> Result<()> {
