@@ -4,94 +4,48 @@
 
 use std::io::{self, BufRead, BufReader, Write};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use labkit::{Options, VethLab};
+
 const BIN: &str = env!("CARGO_BIN_EXE_aoe-bench");
 
-/// False (after a loud SKIPPED line) when not root; panics instead when CI=true.
-fn privileged(test: &str) -> bool {
-    let root = std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false);
-    if root {
-        return true;
-    }
-    let msg = format!("{test}: SKIPPED (needs root): creates netns, veth, XDP and AF_XDP sockets");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg}; CI=true requires it to run");
-    }
-    // Straight to fd 2: the test harness captures `eprintln!`, and a skip must be seen.
-    let _ = writeln!(io::stderr(), "{msg}");
-    false
-}
+const NEEDS: &str = "creates netns, veth, XDP and AF_XDP sockets";
 
-fn ip(args: &[&str]) {
-    let st = Command::new("ip")
-        .args(args)
-        .status()
-        .expect("running `ip`");
-    assert!(st.success(), "ip {args:?} failed: {st}");
-}
-
-/// Two namespaces joined by a veth pair, both ends up. Deleted on drop, also on panic.
-struct Lab {
-    mtu: u16,
-    ns_target: String,
-    ns_init: String,
-    if_target: String,
-    if_init: String,
-}
+/// Two namespaces, target and initiator, joined by a veth pair, both ends up. Deleted on drop,
+/// also on panic.
+struct Lab(VethLab);
 
 impl Lab {
     fn new() -> Lab {
         Lab::with_mtu(1500)
     }
 
-    fn with_mtu(mtu: u16) -> Lab {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let tag = format!(
-            "{}x{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let lab = Lab {
-            mtu,
-            ns_target: format!("abt{tag}"),
-            ns_init: format!("abi{tag}"),
-            if_target: format!("abt{tag}"),
-            if_init: format!("abi{tag}"),
-        };
-        ip(&["netns", "add", &lab.ns_target]);
-        ip(&["netns", "add", &lab.ns_init]);
-        ip(&[
-            "link",
-            "add",
-            &lab.if_target,
-            "netns",
-            &lab.ns_target,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &lab.if_init,
-            "netns",
-            &lab.ns_init,
-        ]);
-        let mtu = lab.mtu.to_string();
-        for (ns, ifname) in [
-            (&lab.ns_target, &lab.if_target),
-            (&lab.ns_init, &lab.if_init),
-        ] {
-            ip(&["-n", ns, "link", "set", ifname, "mtu", &mtu, "up"]);
-        }
-        lab
+    fn with_mtu(mtu: u32) -> Lab {
+        Lab(VethLab::new(
+            "ab",
+            Options {
+                mtu,
+                ..Options::default()
+            },
+        ))
+    }
+
+    fn ns_target(&self) -> &str {
+        self.0.ns_a()
+    }
+
+    fn if_target(&self) -> &str {
+        self.0.if_a()
+    }
+
+    fn ns_init(&self) -> &str {
+        self.0.ns_b()
+    }
+
+    fn if_init(&self) -> &str {
+        self.0.if_b()
     }
 
     fn bench(&self, ns: &str, args: &[&str]) -> Command {
@@ -106,27 +60,9 @@ impl Lab {
 
     /// `aoe-bench run` from the initiator namespace with `args`; its JSON report.
     fn run(&self, args: &[&str], what: &str) -> serde_json::Value {
-        let mut all = vec!["run", "-i", &self.if_init, "--json"];
+        let mut all = vec!["run", "-i", self.if_init(), "--json"];
         all.extend_from_slice(args);
-        check(&self.bench(&self.ns_init, &all).output().unwrap(), what)
-    }
-
-    fn mac(&self, ns: &str, ifname: &str) -> String {
-        let out = Command::new("ip")
-            .args(["-n", ns, "-o", "link", "show", ifname])
-            .output()
-            .expect("ip link show");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let at = text.find("link/ether ").expect("an Ethernet address") + "link/ether ".len();
-        text[at..at + 17].to_owned()
-    }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in [&self.ns_target, &self.ns_init] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
+        check(&self.bench(self.ns_init(), &all).output().unwrap(), what)
     }
 }
 
@@ -142,7 +78,7 @@ impl Echo {
         let args = [
             "echo",
             "-i",
-            &lab.if_target,
+            lab.if_target(),
             "--shelf",
             "7",
             "--slot",
@@ -150,7 +86,7 @@ impl Echo {
             "--time",
             "60",
         ];
-        Echo::spawn(lab.bench(&lab.ns_target, &args), "ready")
+        Echo::spawn(lab.bench(lab.ns_target(), &args), "ready")
     }
 
     /// Spawns `cmd` and waits for a stderr line containing `ready`.
@@ -218,21 +154,21 @@ fn check(out: &Output, what: &str) -> serde_json::Value {
 
 #[test]
 fn echo_discover_and_run() {
-    if !privileged("echo_discover_and_run") {
+    if !labkit::privileged("echo_discover_and_run", NEEDS) {
         return;
     }
     let lab = Lab::new();
     let echo = Echo::start(&lab);
-    let echo_mac = lab.mac(&lab.ns_target, &lab.if_target);
+    let echo_mac = labkit::mac(lab.ns_target(), lab.if_target());
 
     // discover lists the echo target, with what IDENTIFY said.
     let out = lab
         .bench(
-            &lab.ns_init,
+            lab.ns_init(),
             &[
                 "discover",
                 "-i",
-                &lab.if_init,
+                lab.if_init(),
                 "--timeout-ms",
                 "500",
                 "--json",
@@ -254,8 +190,8 @@ fn echo_discover_and_run() {
     // The table form too.
     let out = lab
         .bench(
-            &lab.ns_init,
-            &["discover", "-i", &lab.if_init, "--timeout-ms", "300"],
+            lab.ns_init(),
+            &["discover", "-i", lab.if_init(), "--timeout-ms", "300"],
         )
         .output()
         .unwrap();
@@ -269,11 +205,11 @@ fn echo_discover_and_run() {
     // run: random reads for 2 s.
     let out = lab
         .bench(
-            &lab.ns_init,
+            lab.ns_init(),
             &[
                 "run",
                 "-i",
-                &lab.if_init,
+                lab.if_init(),
                 "--target",
                 "e7.3",
                 "--rw",
@@ -305,11 +241,11 @@ fn echo_discover_and_run() {
     // Writes (with the pattern) are acknowledged too; a size limit stops the run.
     let out = lab
         .bench(
-            &lab.ns_init,
+            lab.ns_init(),
             &[
                 "run",
                 "-i",
-                &lab.if_init,
+                lab.if_init(),
                 "-t",
                 "e7.3",
                 "--rw",
@@ -332,11 +268,11 @@ fn echo_discover_and_run() {
     // A target that does not exist: a clear error, non-zero exit, no hang.
     let out = lab
         .bench(
-            &lab.ns_init,
+            lab.ns_init(),
             &[
                 "run",
                 "-i",
-                &lab.if_init,
+                lab.if_init(),
                 "-t",
                 "e9.9",
                 "--discover-timeout-ms",
@@ -366,7 +302,7 @@ fn assert_clean(r: &serde_json::Value) {
 
 #[test]
 fn jumbo_frames_with_echo() {
-    if !privileged("jumbo_frames_with_echo") {
+    if !labkit::privileged("jumbo_frames_with_echo", NEEDS) {
         return;
     }
     let lab = Lab::with_mtu(9000);
@@ -418,8 +354,8 @@ fn jumbo_frames_with_echo() {
     // More than the target accepts is refused up front.
     let out = lab
         .bench(
-            &lab.ns_init,
-            &["run", "-i", &lab.if_init, "-t", "e7.3", "--bs", "17"],
+            lab.ns_init(),
+            &["run", "-i", lab.if_init(), "-t", "e7.3", "--bs", "17"],
         )
         .output()
         .unwrap();
@@ -440,7 +376,7 @@ fn xblade_bin() -> Option<std::path::PathBuf> {
 
 #[test]
 fn jumbo_frames_with_xblade() {
-    if !privileged("jumbo_frames_with_xblade") {
+    if !labkit::privileged("jumbo_frames_with_xblade", NEEDS) {
         return;
     }
     let Some(xblade) = xblade_bin() else {
@@ -462,9 +398,9 @@ fn jumbo_frames_with_xblade() {
         }
     }
     let _rm = Rm(img.clone());
-    let args = ["2", "5", &lab.if_target, &img];
+    let args = ["2", "5", lab.if_target(), &img];
     let target = Echo::spawn(
-        lab.exec(&lab.ns_target, xblade.to_str().unwrap(), &args),
+        lab.exec(lab.ns_target(), xblade.to_str().unwrap(), &args),
         "serving",
     );
 

@@ -10,20 +10,13 @@
 
 use std::{
     fs::File,
-    io::{self, Write as _},
-    os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::fs::MetadataExt as _,
-    },
-    process::Command,
-    sync::{
-        atomic::{AtomicU32, Ordering},
-        Mutex,
-    },
+    io,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     thread,
     time::{Duration, Instant},
 };
 
+use labkit::{in_netns, ip, link_details, Options, RawSocket, VethLab};
 use xblade_ebpf::{xdp_attachment, Counters, Role, SteerError, Steering, XdpMode, XSK_SLOTS};
 
 // ---------------------------------------------------------------------------------------------
@@ -66,12 +59,12 @@ fn initiator_role_auto_mode() {
 /// Attaches, sends a fixed mix of frames, checks the counters, registers and unregisters a
 /// socket, then drops the steering and checks the interface has no XDP program left.
 fn check_counts(test: &str, mode: XdpMode, role: Role) {
-    if !privileged(test) {
+    if !labkit::privileged(test, NEEDS) {
         return;
     }
     let lab = Lab::new(1500);
     lab.in_target(|| {
-        let mut steering = Steering::attach(&lab.target_if, mode, role, false)
+        let mut steering = Steering::attach(lab.target_if(), mode, role, false)
             .unwrap_or_else(|e| panic!("attach in {mode} mode: {e}"));
         // veth supports native XDP, so Auto must pick it.
         let expected_mode = if mode == XdpMode::Skb {
@@ -83,7 +76,7 @@ fn check_counts(test: &str, mode: XdpMode, role: Role) {
         assert!(steering.auto_fallback_reason().is_none());
         assert_eq!(steering.role(), role);
         assert_eq!(steering.replaced(), None);
-        let attached = xdp_attachment(&lab.target_if).unwrap().expect("attached");
+        let attached = xdp_attachment(lab.target_if()).unwrap().expect("attached");
         let id = steering.program_id().unwrap();
         match expected_mode {
             XdpMode::Driver => assert_eq!(attached.driver_prog_id, Some(id)),
@@ -134,7 +127,7 @@ fn check_counts(test: &str, mode: XdpMode, role: Role) {
         expect_counters(&steering, expected);
 
         drop(steering);
-        assert_eq!(xdp_attachment(&lab.target_if).unwrap(), None);
+        assert_eq!(xdp_attachment(lab.target_if()).unwrap(), None);
         let details = lab.ip_details();
         assert!(
             !details.contains("xdp"),
@@ -147,13 +140,13 @@ fn check_counts(test: &str, mode: XdpMode, role: Role) {
 /// non-frags program gets ERANGE on veth above about 3.5 KiB).
 #[test]
 fn jumbo_frames_in_driver_mode() {
-    if !privileged("jumbo_frames_in_driver_mode") {
+    if !labkit::privileged("jumbo_frames_in_driver_mode", NEEDS) {
         return;
     }
     let lab = Lab::new(9000);
     lab.in_target(|| {
         let steering =
-            Steering::attach(&lab.target_if, XdpMode::Driver, Role::Target, false).unwrap();
+            Steering::attach(lab.target_if(), XdpMode::Driver, Role::Target, false).unwrap();
         let mut big_other = aoe(REQUEST, 9000);
         big_other[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
         lab.send(&[aoe(REQUEST, 9000), aoe(RESPONSE, 9000), big_other]);
@@ -172,16 +165,17 @@ fn jumbo_frames_in_driver_mode() {
 /// in the other mode) is detached, and the first `Steering`'s drop leaves the second alone.
 #[test]
 fn second_attach_needs_replace() {
-    if !privileged("second_attach_needs_replace") {
+    if !labkit::privileged("second_attach_needs_replace", NEEDS) {
         return;
     }
     let lab = Lab::new(1500);
     lab.in_target(|| {
-        let first = Steering::attach(&lab.target_if, XdpMode::Driver, Role::Target, false).unwrap();
+        let first =
+            Steering::attach(lab.target_if(), XdpMode::Driver, Role::Target, false).unwrap();
         let first_id = first.program_id().unwrap();
 
         for mode in [XdpMode::Driver, XdpMode::Skb, XdpMode::Auto] {
-            let err = Steering::attach(&lab.target_if, mode, Role::Target, false).unwrap_err();
+            let err = Steering::attach(lab.target_if(), mode, Role::Target, false).unwrap_err();
             assert!(matches!(err, SteerError::AlreadyAttached { .. }), "{err:?}");
             let message = err.to_string();
             assert!(
@@ -195,18 +189,18 @@ fn second_attach_needs_replace() {
             );
         }
         // The refused attempts changed nothing.
-        let attached = xdp_attachment(&lab.target_if).unwrap().unwrap();
+        let attached = xdp_attachment(lab.target_if()).unwrap().unwrap();
         assert_eq!(attached.driver_prog_id, Some(first_id));
 
-        let second = Steering::attach(&lab.target_if, XdpMode::Skb, Role::Target, true).unwrap();
+        let second = Steering::attach(lab.target_if(), XdpMode::Skb, Role::Target, true).unwrap();
         let second_id = second.program_id().unwrap();
         assert_eq!(second.replaced().unwrap().driver_prog_id, Some(first_id));
-        let attached = xdp_attachment(&lab.target_if).unwrap().unwrap();
+        let attached = xdp_attachment(lab.target_if()).unwrap().unwrap();
         assert_eq!(attached.driver_prog_id, None);
         assert_eq!(attached.skb_prog_id, Some(second_id));
 
         drop(first);
-        let attached = xdp_attachment(&lab.target_if).unwrap().unwrap();
+        let attached = xdp_attachment(lab.target_if()).unwrap().unwrap();
         assert_eq!(
             attached.skb_prog_id,
             Some(second_id),
@@ -223,15 +217,18 @@ fn second_attach_needs_replace() {
         );
 
         // Same mode, replacing a bpf_link again.
-        let third = Steering::attach(&lab.target_if, XdpMode::Skb, Role::Initiator, true).unwrap();
+        let third = Steering::attach(lab.target_if(), XdpMode::Skb, Role::Initiator, true).unwrap();
         assert_eq!(third.replaced().unwrap().skb_prog_id, Some(second_id));
         drop(second);
         assert_eq!(
-            xdp_attachment(&lab.target_if).unwrap().unwrap().skb_prog_id,
+            xdp_attachment(lab.target_if())
+                .unwrap()
+                .unwrap()
+                .skb_prog_id,
             Some(third.program_id().unwrap())
         );
         drop(third);
-        assert_eq!(xdp_attachment(&lab.target_if).unwrap(), None);
+        assert_eq!(xdp_attachment(lab.target_if()).unwrap(), None);
     });
 }
 
@@ -239,18 +236,18 @@ fn second_attach_needs_replace() {
 /// refused, then replaced with `replace`.
 #[test]
 fn replaces_a_netlink_attached_program() {
-    if !privileged("replaces_a_netlink_attached_program") {
+    if !labkit::privileged("replaces_a_netlink_attached_program", NEEDS) {
         return;
     }
     let lab = Lab::new(1500);
     let object = concat!(env!("CARGO_MANIFEST_DIR"), "/aoe_steer.o");
     ip(&[
         "-n",
-        &lab.target_ns,
+        lab.target_ns(),
         "link",
         "set",
         "dev",
-        &lab.target_if,
+        lab.target_if(),
         "xdpgeneric",
         "obj",
         object,
@@ -258,29 +255,31 @@ fn replaces_a_netlink_attached_program() {
         "xdp.frags",
     ]);
     lab.in_target(|| {
-        let foreign = xdp_attachment(&lab.target_if).unwrap().unwrap();
+        let foreign = xdp_attachment(lab.target_if()).unwrap().unwrap();
         assert!(foreign.skb_prog_id.is_some());
-        let err = Steering::attach(&lab.target_if, XdpMode::Auto, Role::Target, false).unwrap_err();
+        let err =
+            Steering::attach(lab.target_if(), XdpMode::Auto, Role::Target, false).unwrap_err();
         assert!(matches!(err, SteerError::AlreadyAttached { .. }), "{err:?}");
 
-        let steering = Steering::attach(&lab.target_if, XdpMode::Auto, Role::Target, true).unwrap();
+        let steering =
+            Steering::attach(lab.target_if(), XdpMode::Auto, Role::Target, true).unwrap();
         assert_eq!(steering.mode(), XdpMode::Driver);
         assert_eq!(steering.replaced(), Some(foreign));
-        let attached = xdp_attachment(&lab.target_if).unwrap().unwrap();
+        let attached = xdp_attachment(lab.target_if()).unwrap().unwrap();
         assert_eq!(attached.skb_prog_id, None);
         assert_eq!(
             attached.driver_prog_id,
             Some(steering.program_id().unwrap())
         );
         drop(steering);
-        assert_eq!(xdp_attachment(&lab.target_if).unwrap(), None);
+        assert_eq!(xdp_attachment(lab.target_if()).unwrap(), None);
     });
 }
 
 /// `lo` has no native XDP: driver mode is refused with advice, auto falls back to skb mode.
 #[test]
 fn auto_falls_back_to_skb_without_native_xdp() {
-    if !privileged("auto_falls_back_to_skb_without_native_xdp") {
+    if !labkit::privileged("auto_falls_back_to_skb_without_native_xdp", NEEDS) {
         return;
     }
     let lab = Lab::new(1500);
@@ -311,7 +310,7 @@ fn auto_falls_back_to_skb_without_native_xdp() {
 
 #[test]
 fn errors_say_what_is_wrong() {
-    if !privileged("errors_say_what_is_wrong") {
+    if !labkit::privileged("errors_say_what_is_wrong", NEEDS) {
         return;
     }
     let lab = Lab::new(1500);
@@ -329,7 +328,7 @@ fn errors_say_what_is_wrong() {
         );
 
         let mut steering =
-            Steering::attach(&lab.target_if, XdpMode::Driver, Role::Target, false).unwrap();
+            Steering::attach(lab.target_if(), XdpMode::Driver, Role::Target, false).unwrap();
         let xsk = xdp_socket();
         let err = steering.register(XSK_SLOTS, xsk.as_raw_fd()).unwrap_err();
         assert!(matches!(err, SteerError::QueueOutOfRange { queue_id } if queue_id == XSK_SLOTS));
@@ -423,178 +422,48 @@ fn expect_counters(steering: &Steering, expected: Counters) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The lab: two namespaces and a veth pair, removed on drop (also when a test panics)
+// The lab: two namespaces and a single-queue veth pair with IPv6 off, removed on drop (also when a
+// test panics)
 
-struct Lab {
-    target_ns: String,
-    peer_ns: String,
-    target_if: String,
-    peer_if: String,
-}
+const NEEDS: &str = "loads XDP programs and creates network namespaces";
+
+struct Lab(VethLab);
 
 impl Lab {
     fn new(mtu: u32) -> Self {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let pid = std::process::id();
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let lab = Self {
-            target_ns: format!("xblade-test-{pid}-{n}-t"),
-            peer_ns: format!("xblade-test-{pid}-{n}-p"),
-            // interface names are at most 15 bytes, and live in their own namespaces
-            target_if: format!("xbt{pid}"),
-            peer_if: format!("xbp{pid}"),
+        let opts = Options {
+            mtu,
+            ipv6_off: true,
+            ..Options::default()
         };
-        // `lab` exists before the first namespace: its drop cleans up whatever got created.
-        // Creation is serialised: concurrent first-time `ip netns add` can race on /run/netns.
-        static CREATE: Mutex<()> = Mutex::new(());
-        let _serial = CREATE
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for ns in [&lab.target_ns, &lab.peer_ns] {
-            ip(&["netns", "add", ns]);
-            in_netns(ns, || {
-                for key in ["all", "default"] {
-                    std::fs::write(format!("/proc/sys/net/ipv6/conf/{key}/disable_ipv6"), "1")
-                        .unwrap();
-                }
-            });
-        }
-        let mtu = mtu.to_string();
-        ip(&[
-            "-n",
-            &lab.peer_ns,
-            "link",
-            "add",
-            "name",
-            &lab.peer_if,
-            "mtu",
-            &mtu,
-            "numtxqueues",
-            "1",
-            "numrxqueues",
-            "1",
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &lab.target_if,
-            "netns",
-            &lab.target_ns,
-            "mtu",
-            &mtu,
-            "numtxqueues",
-            "1",
-            "numrxqueues",
-            "1",
-        ]);
-        ip(&["-n", &lab.peer_ns, "link", "set", "dev", &lab.peer_if, "up"]);
-        ip(&[
-            "-n",
-            &lab.target_ns,
-            "link",
-            "set",
-            "dev",
-            &lab.target_if,
-            "up",
-        ]);
-        lab
+        Self(VethLab::new("xbe", opts))
+    }
+
+    fn target_ns(&self) -> &str {
+        self.0.ns_a()
+    }
+
+    fn target_if(&self) -> &str {
+        self.0.if_a()
     }
 
     /// Runs `f` on a thread inside the target namespace.
     fn in_target<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        in_netns(&self.target_ns, f)
+        in_netns(self.target_ns(), f)
     }
 
     /// Sends raw frames out of the peer veth, towards the target.
     fn send(&self, frames: &[Vec<u8>]) {
-        in_netns(&self.peer_ns, || {
-            let ifindex = ifindex(&self.peer_ns, &self.peer_if);
-            let sock = packet_socket();
-            for frame in frames {
-                send_frame(&sock, ifindex, frame).unwrap_or_else(|e| {
-                    panic!(
-                        "sending a {}-byte frame from {}: {e}",
-                        frame.len(),
-                        self.peer_if
-                    )
-                });
-            }
-        });
+        let sock = RawSocket::open(self.0.ns_b(), self.0.if_b(), 0);
+        for frame in frames {
+            sock.send(frame);
+        }
     }
 
     /// `ip -d link show` of the target interface.
     fn ip_details(&self) -> String {
-        ip(&[
-            "-n",
-            &self.target_ns,
-            "-d",
-            "link",
-            "show",
-            "dev",
-            &self.target_if,
-        ])
+        link_details(self.target_ns(), self.target_if())
     }
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for ns in [&self.target_ns, &self.peer_ns] {
-            // Deleting the namespaces deletes the veth pair. Best effort: never panic in drop.
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-/// Runs `ip args`, panicking with its stderr on failure; returns stdout.
-fn ip(args: &[&str]) -> String {
-    let output = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `ip` (install iproute2): {e}"));
-    assert!(
-        output.status.success(),
-        "`ip {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// The interface index, from `ip -o link show` ("7: name@peer: ...").
-fn ifindex(ns: &str, ifname: &str) -> i32 {
-    let line = ip(&["-n", ns, "-o", "link", "show", "dev", ifname]);
-    line.split(':')
-        .next()
-        .and_then(|index| index.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no ifindex in `{line}`"))
-}
-
-/// Runs `f` on a new thread that has joined the named network namespace; only that thread
-/// changes namespace. Panics propagate.
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let file = File::open(format!("/run/netns/{ns}"))
-                    .unwrap_or_else(|e| panic!("opening namespace {ns}: {e}"));
-                // SAFETY: setns(2) takes an open fd (borrowed from `file`, alive for the call) and
-                // a flag; it only changes this thread's network namespace, which this freshly
-                // spawned thread owns for its whole life.
-                let ret = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(ret, 0, "setns({ns}): {}", io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
-fn packet_socket() -> OwnedFd {
-    // SAFETY: socket(2) takes no pointers; the result is checked before use.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-    assert!(fd >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
-    // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
-    unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
 /// An AF_XDP socket, neither bound nor with rings: enough to occupy an XSKMAP slot.
@@ -604,50 +473,4 @@ fn xdp_socket() -> OwnedFd {
     assert!(fd >= 0, "AF_XDP socket: {}", io::Error::last_os_error());
     // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
     unsafe { OwnedFd::from_raw_fd(fd) }
-}
-
-fn send_frame(sock: &OwnedFd, ifindex: i32, frame: &[u8]) -> io::Result<()> {
-    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
-    let addr = libc::sockaddr_ll {
-        sll_family: libc::AF_PACKET as u16,
-        sll_protocol: ethertype.to_be(),
-        sll_ifindex: ifindex,
-        sll_hatype: 0,
-        sll_pkttype: 0,
-        sll_halen: 6,
-        sll_addr: [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0],
-    };
-    // SAFETY: `frame` and `addr` are live for the call and their exact sizes are passed;
-    // the fd is open (borrowed from `sock`).
-    let sent = unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            (&raw const addr).cast(),
-            u32::try_from(size_of::<libc::sockaddr_ll>()).unwrap(),
-        )
-    };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    assert_eq!(usize::try_from(sent).unwrap(), frame.len(), "short send");
-    Ok(())
-}
-
-/// True when the test can run. Otherwise skips loudly, or panics when `CI=true`.
-fn privileged(test: &str) -> bool {
-    // /proc/self belongs to the effective uid.
-    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
-    if root {
-        return true;
-    }
-    let reason = format!("{test}: loading XDP programs and creating network namespaces needs root");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("CI=true but not root, refusing to skip: {reason}");
-    }
-    // Straight to the stderr fd: libtest captures `eprintln!` of passing tests.
-    let _ = writeln!(io::stderr(), "SKIPPED (needs root): {reason}");
-    false
 }

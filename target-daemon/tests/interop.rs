@@ -28,7 +28,7 @@ fn aoetools_are_served() {
     let lab = Lab::new();
     let img = lab.image("disk.img", 8 * MIB);
     let d = lab.xblade(&["1", "0", "{if}", img.to_str().unwrap()]);
-    let ifn = lab.init_if.clone();
+    let ifn = lab.init_if().to_owned();
     let i = ifn.as_str();
 
     // aoeping drops frames shorter than 60 bytes: it hangs against vblade on veth, not here.
@@ -118,7 +118,7 @@ fn toml_config_serves_several_exports() {
             "[daemon]\nxdp_mode = \"skb\"\n\n[[interface]]\nname = \"{}\"\n\n\
              [[export]]\nshelf = 5\nslot = 1\npath = \"{}\"\n\n\
              [[export]]\nshelf = 5\nslot = 2\npath = \"{}\"\nread_only = true\nbufcnt = 32\n",
-            lab.target_if,
+            lab.target_if(),
             a.display(),
             b.display()
         ),
@@ -155,7 +155,7 @@ fn toml_config_serves_several_exports() {
     assert_eq!(file_bytes(&a, 3 * 512, 1024), pattern(1, 3, 2));
 
     // A typo in a key is named.
-    std::fs::write(&conf, format!("[[interface]]\nname = \"{}\"\n[[export]]\nshelf = 1\nslot = 1\npath = \"/x\"\nreadonly = true\n", lab.target_if)).unwrap();
+    std::fs::write(&conf, format!("[[interface]]\nname = \"{}\"\n[[export]]\nshelf = 1\nslot = 1\npath = \"/x\"\nreadonly = true\n", lab.target_if())).unwrap();
     let (status, log) = lab.xblade_fails(&["serve", "--config", conf.to_str().unwrap()]);
     assert!(!status.success());
     assert!(log.contains("readonly"), "{log}");
@@ -171,7 +171,7 @@ fn preflight_errors_say_what_to_do() {
     let img = img.to_str().unwrap();
     let run = |prefix: &[&str], args: &[&str]| {
         let out = Command::new("ip")
-            .args(["netns", "exec", &lab.target_ns])
+            .args(["netns", "exec", lab.target_ns()])
             .args(prefix)
             .arg(env!("CARGO_BIN_EXE_xblade"))
             .args(args)
@@ -182,7 +182,7 @@ fn preflight_errors_say_what_to_do() {
             String::from_utf8_lossy(&out.stderr).to_string(),
         )
     };
-    let ti = lab.target_if.as_str();
+    let ti = lab.target_if();
     // No capabilities at all (an unprivileged user).
     let (ok, err) = run(
         &[

@@ -2,8 +2,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use aoe::initiator::parse_response;
 use common::{pattern, privileged, Client, Lab};
 
@@ -78,7 +76,7 @@ fn two_queues_are_served_by_their_own_workers() {
                 "3",
                 "1",
                 "0",
-                &lab.init_if,
+                lab.init_if(),
             ]);
             assert!(status.success(), "{out}{err}");
         }
@@ -104,33 +102,18 @@ fn two_interfaces_answer_from_their_own_macs() {
         &conf,
         format!(
             "[[interface]]\nname = \"{}\"\n[[interface]]\nname = \"{t2}\"\n[[export]]\nshelf = 9\nslot = 9\npath = \"{}\"\n",
-            lab.target_if,
+            lab.target_if(),
             img.display()
         ),
     )
     .unwrap();
     let d = lab.xblade(&["serve", "--config", conf.to_str().unwrap()]);
-    let mac_of = |dev: &str| {
-        let out = Command::new("ip")
-            .args(["-n", &lab.target_ns, "-o", "link", "show", "dev", dev])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        aoe::wire::parse_mac(
-            text.split("link/ether ")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap(),
-        )
-        .unwrap()
-    };
+    let mac_of = |dev: &str| aoe::wire::parse_mac(&labkit::mac(lab.target_ns(), dev)).unwrap();
     let mut a = lab.client();
-    let mut b = Client::open(&lab.init_ns, &i2);
+    let mut b = Client::open(lab.init_ns(), &i2);
     let ra = a.discover(9, 9);
     let rb = b.discover(9, 9);
-    assert_eq!(parse_response(&ra).unwrap().src, mac_of(&lab.target_if));
+    assert_eq!(parse_response(&ra).unwrap().src, mac_of(lab.target_if()));
     assert_eq!(parse_response(&rb).unwrap().src, mac_of(&t2));
     assert_eq!(a.write(100, &pattern(4, 100, 2)), (0x40, 0));
     assert!(

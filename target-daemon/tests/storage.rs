@@ -8,7 +8,6 @@
 //! to stderr and pass, unless `CI=true`, where they fail instead.
 
 use std::fs::File;
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -126,20 +125,6 @@ impl Drop for LoopDev {
             );
         }
     }
-}
-
-/// True if the test may go on. Not root: skip loudly, or fail under CI.
-fn require_root(what: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{what} needs root, and CI=true says this machine has it");
-    }
-    // Straight to fd 2: libtest captures eprintln! of passing tests.
-    let _ = writeln!(std::io::stderr(), "SKIPPED (needs root): {what}");
-    false
 }
 
 fn fs_type(path: &Path) -> String {
@@ -428,7 +413,10 @@ fn root_filesystem_file_direct() {
 }
 
 fn loop_device(sector_size: u32) {
-    if !require_root(&format!("loop device with --sector-size {sector_size}")) {
+    if !labkit::privileged(
+        &format!("loop_device_{sector_size}"),
+        &format!("sets up a loop device with --sector-size {sector_size}"),
+    ) {
         return;
     }
     let dev = LoopDev::new(8 * MIB as u64, sector_size);
@@ -485,7 +473,7 @@ fn loop_device_4096() {
 
 #[test]
 fn loop_device_sub_range() {
-    if !require_root("loop device sub-range") {
+    if !labkit::privileged("loop_device_sub_range", "sets up a loop device") {
         return;
     }
     let dev = LoopDev::new(4 * MIB as u64, 4096);
@@ -505,7 +493,10 @@ fn loop_device_sub_range() {
 
 #[test]
 fn iopoll_on_loop_device_falls_back_with_a_note() {
-    if !require_root("IOPOLL fallback on a loop device") {
+    if !labkit::privileged(
+        "iopoll_on_loop_device_falls_back_with_a_note",
+        "sets up a loop device",
+    ) {
         return;
     }
     let dev = LoopDev::new(4 * MIB as u64, 512);
@@ -531,7 +522,7 @@ fn iopoll_on_loop_device_falls_back_with_a_note() {
 
 #[test]
 fn sqpoll_ring_moves_data() {
-    if !require_root("SQPOLL ring") {
+    if !labkit::privileged("sqpoll_ring_moves_data", "creates an SQPOLL ring") {
         return;
     }
     let f = tempfile::NamedTempFile::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -561,7 +552,10 @@ fn sqpoll_ring_moves_data() {
 
 #[test]
 fn region_over_1gib_is_split_and_usable() {
-    if !require_root("registering 1 GiB of pinned memory") {
+    if !labkit::privileged(
+        "region_over_1gib_is_split_and_usable",
+        "registers 1 GiB of pinned memory",
+    ) {
         return;
     }
     let f = tempfile::NamedTempFile::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
@@ -608,7 +602,7 @@ const CAP_IPC_LOCK: u32 = 14;
 /// CAP_IPC_LOCK in a thread of its own.
 #[test]
 fn memlock_error_names_the_limit() {
-    if !require_root("dropping CAP_IPC_LOCK") {
+    if !labkit::privileged("memlock_error_names_the_limit", "drops CAP_IPC_LOCK") {
         return;
     }
     let mut lim = libc::rlimit {

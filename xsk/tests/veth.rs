@@ -1,151 +1,18 @@
 //! Privileged: AF_XDP on a veth pair in fresh network namespaces. TX is checked byte for byte
 //! by an AF_PACKET socket on the peer; bind errors are checked for their advice.
 
-use std::fs::File;
-use std::io::{self, Write};
-use std::mem::size_of;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::io;
 use std::time::{Duration, Instant};
 
+use labkit::{in_netns, RawSocket, VethLab, ETH_P_AOE};
 use xsk::{Socket, SocketConfig, Umem, UmemConfig, ZeroCopy};
 
-const ETH_P_AOE: u16 = 0x88A2;
+const NEEDS: &str = "creates netns, veth and AF_XDP sockets";
 
-/// False (after a loud SKIPPED line) when not root; panics instead when CI=true.
-fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let msg = format!("{test}: SKIPPED (needs root): creates netns, veth and AF_XDP sockets");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg}; CI=true requires it to run");
-    }
-    // Straight to fd 2: the test harness captures `eprintln!`, and a skip must be seen.
-    let _ = writeln!(io::stderr(), "{msg}");
-    false
-}
-
-fn ip(args: &[&str]) {
-    let st = Command::new("ip")
-        .args(args)
-        .status()
-        .expect("running `ip`");
-    assert!(st.success(), "ip {args:?} failed: {st}");
-}
-
-/// Two namespaces joined by a veth pair (`if_a` in `ns_a`, `if_b` in `ns_b`), both up.
-/// Deleted on drop, also when a test panics.
-struct VethPair {
-    ns_a: String,
-    ns_b: String,
-    if_a: String,
-    if_b: String,
-}
-
-impl VethPair {
-    fn new() -> VethPair {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let tag = format!(
-            "{}x{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
-        let p = VethPair {
-            ns_a: format!("xsk-a{tag}"),
-            ns_b: format!("xsk-b{tag}"),
-            if_a: format!("xa{tag}"),
-            if_b: format!("xb{tag}"),
-        };
-        ip(&["netns", "add", &p.ns_a]);
-        ip(&["netns", "add", &p.ns_b]);
-        let (a, b) = (p.if_a.as_str(), p.if_b.as_str());
-        ip(&[
-            "link", "add", a, "netns", &p.ns_a, "type", "veth", "peer", "name", b, "netns", &p.ns_b,
-        ]);
-        ip(&["-n", &p.ns_a, "link", "set", a, "up"]);
-        ip(&["-n", &p.ns_b, "link", "set", b, "up"]);
-        p
-    }
-
-    /// Runs `f` on a thread that has entered network namespace `ns`.
-    fn in_ns<T: Send>(&self, ns: &str, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            let h = s.spawn(|| {
-                let file = File::open(format!("/run/netns/{ns}")).expect("netns file");
-                // SAFETY: setns on this thread only, with a valid namespace fd.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {ns}: {}", io::Error::last_os_error());
-                f()
-            });
-            h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))
-        })
-    }
-}
-
-impl Drop for VethPair {
-    fn drop(&mut self) {
-        for ns in [&self.ns_a, &self.ns_b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-/// AF_PACKET socket receiving AoE frames on one interface, with a receive timeout.
-fn packet_socket(ifname: &str) -> OwnedFd {
-    let proto = ETH_P_AOE.to_be();
-    // SAFETY: plain syscall; the result is checked.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            proto.into(),
-        )
-    };
-    assert!(raw >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
-    // SAFETY: `raw` is a fresh fd nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let name = std::ffi::CString::new(ifname).unwrap();
-    // SAFETY: valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    assert_ne!(ifindex, 0, "{ifname}: {}", io::Error::last_os_error());
-    // SAFETY: all-zero is a valid sockaddr_ll.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = proto;
-    sll.sll_ifindex = ifindex as i32;
-    let len = size_of::<libc::sockaddr_ll>() as libc::socklen_t;
-    // SAFETY: `sll` is a valid sockaddr_ll of `len` bytes.
-    let rc = unsafe { libc::bind(raw, std::ptr::from_ref(&sll).cast(), len) };
-    assert_eq!(rc, 0, "bind AF_PACKET: {}", io::Error::last_os_error());
-    let tv = libc::timeval {
-        tv_sec: 5,
-        tv_usec: 0,
-    };
-    let tvlen = size_of::<libc::timeval>() as libc::socklen_t;
-    // SAFETY: `tv` is a valid timeval of `tvlen` bytes.
-    let rc = unsafe {
-        libc::setsockopt(
-            raw,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            std::ptr::from_ref(&tv).cast(),
-            tvlen,
-        )
-    };
-    assert_eq!(rc, 0);
-    fd
-}
-
-fn packet_recv(fd: &OwnedFd) -> Vec<u8> {
-    let mut buf = vec![0u8; 65536];
-    // SAFETY: `buf` is writable for its length.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    assert!(n >= 0, "AF_PACKET recv: {}", io::Error::last_os_error());
-    buf.truncate(n as usize);
-    buf
+/// Two namespaces joined by a veth pair (`if_a` in `ns_a`, `if_b` in `ns_b`), both up; deleted on
+/// drop, also when a test panics.
+fn veth_pair() -> VethLab {
+    VethLab::new("xsk", labkit::Options::default())
 }
 
 /// A broadcast frame with the AoE ethertype and a pattern that differs per `i`.
@@ -178,14 +45,14 @@ fn small_socket() -> SocketConfig {
 
 #[test]
 fn tx_reaches_peer_byte_for_byte() {
-    if !privileged("tx_reaches_peer_byte_for_byte") {
+    if !labkit::privileged("tx_reaches_peer_byte_for_byte", NEEDS) {
         return;
     }
-    let veth = VethPair::new();
-    let pkt = veth.in_ns(&veth.ns_b, || packet_socket(&veth.if_b));
+    let veth = veth_pair();
+    let pkt = RawSocket::open(veth.ns_b(), veth.if_b(), ETH_P_AOE);
     let mut umem = small_umem();
-    let mut sock = veth.in_ns(&veth.ns_a, || {
-        Socket::new(&veth.if_a, 0, &umem, small_socket()).unwrap()
+    let mut sock = in_netns(veth.ns_a(), || {
+        Socket::new(veth.if_a(), 0, &umem, small_socket()).unwrap()
     });
     assert!(
         !sock.zero_copy(),
@@ -240,7 +107,10 @@ fn tx_reaches_peer_byte_for_byte() {
     assert_eq!(sock.tx_free(), 64);
 
     for (i, exp) in expected.iter().enumerate() {
-        assert_eq!(&packet_recv(&pkt), exp, "frame {i} differs");
+        let got = pkt
+            .recv()
+            .unwrap_or_else(|| panic!("frame {i} did not arrive"));
+        assert_eq!(&got, exp, "frame {i} differs");
     }
     let st = sock.statistics().unwrap();
     assert_eq!(
@@ -259,22 +129,22 @@ fn tx_reaches_peer_byte_for_byte() {
 
 #[test]
 fn bind_errors_say_what_to_do() {
-    if !privileged("bind_errors_say_what_to_do") {
+    if !labkit::privileged("bind_errors_say_what_to_do", NEEDS) {
         return;
     }
-    let veth = VethPair::new();
-    let name = veth.if_a.clone();
-    veth.in_ns(&veth.ns_a, || {
+    let veth = veth_pair();
+    let name = veth.if_a();
+    in_netns(veth.ns_a(), || {
         let umem = small_umem();
         let cfg = SocketConfig {
             zero_copy: ZeroCopy::Require,
             ..small_socket()
         };
-        let err = Socket::new(&name, 0, &umem, cfg).unwrap_err().to_string();
+        let err = Socket::new(name, 0, &umem, cfg).unwrap_err().to_string();
         eprintln!("Require on veth: {err}");
-        assert!(err.contains(&name) && err.contains("zero-copy"), "{err}");
+        assert!(err.contains(name) && err.contains("zero-copy"), "{err}");
 
-        let err = Socket::new(&name, 3, &umem, small_socket())
+        let err = Socket::new(name, 3, &umem, small_socket())
             .unwrap_err()
             .to_string();
         eprintln!("queue 3 on veth: {err}");
@@ -287,16 +157,16 @@ fn bind_errors_say_what_to_do() {
         assert_eq!(err.kind(), io::ErrorKind::NotFound, "{err}");
 
         // Failed binds released the UMEM, so it can be registered now.
-        let sock = Socket::new(&name, 0, &umem, small_socket()).unwrap();
+        let sock = Socket::new(name, 0, &umem, small_socket()).unwrap();
         let cfg = SocketConfig {
             zero_copy: ZeroCopy::Off,
             ..small_socket()
         };
-        let err = Socket::new(&name, 0, &umem, cfg).unwrap_err();
+        let err = Socket::new(name, 0, &umem, cfg).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::Unsupported, "{err}");
 
         let other = small_umem();
-        let err = Socket::new(&name, 0, &other, small_socket())
+        let err = Socket::new(name, 0, &other, small_socket())
             .unwrap_err()
             .to_string();
         eprintln!("second socket on the queue: {err}");
@@ -308,7 +178,7 @@ fn bind_errors_say_what_to_do() {
         let mut tries = 0;
         let _sock = loop {
             tries += 1;
-            match Socket::new(&name, 0, &umem, small_socket()) {
+            match Socket::new(name, 0, &umem, small_socket()) {
                 Ok(s) => break s,
                 Err(e) if e.kind() == io::ErrorKind::ResourceBusy && t0.elapsed().as_secs() < 5 => {
                     std::thread::sleep(Duration::from_millis(1))
@@ -352,7 +222,7 @@ fn drop_ipc_lock_on_this_thread() {
 
 #[test]
 fn memlock_enobufs_is_explained() {
-    if !privileged("memlock_enobufs_is_explained") {
+    if !labkit::privileged("memlock_enobufs_is_explained", NEEDS) {
         return;
     }
     let mut lim = libc::rlimit {
@@ -366,9 +236,9 @@ fn memlock_enobufs_is_explained() {
         eprintln!("memlock_enobufs_is_explained: RLIMIT_MEMLOCK is unlimited; nothing to check");
         return;
     }
-    let veth = VethPair::new();
-    let name = veth.if_a.clone();
-    let err = veth.in_ns(&veth.ns_a, || {
+    let veth = veth_pair();
+    let name = veth.if_a();
+    let err = in_netns(veth.ns_a(), || {
         drop_ipc_lock_on_this_thread();
         let frames = u32::try_from(lim.rlim_cur / 4096 + 16).unwrap();
         let cfg = UmemConfig {
@@ -376,7 +246,7 @@ fn memlock_enobufs_is_explained() {
             ..UmemConfig::default()
         };
         let umem = Umem::new(cfg).unwrap();
-        Socket::new(&name, 0, &umem, small_socket())
+        Socket::new(name, 0, &umem, small_socket())
             .unwrap_err()
             .to_string()
     });

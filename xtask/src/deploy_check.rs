@@ -10,7 +10,7 @@ use std::{
     process::{Command, Output},
 };
 
-use crate::lab::tests::privileged;
+use labkit::{ip, privileged, Netns};
 
 fn deploy() -> PathBuf {
     crate::project_root().join("deploy")
@@ -391,6 +391,7 @@ fn tune_nic_plans_the_right_commands_for_a_multiqueue_nic() {
     // For real (root only: the script refuses changes otherwise). Only the fake ethtool runs.
     if !privileged(
         "deploy_check::tune_nic_plans_the_right_commands_for_a_multiqueue_nic (real run)",
+        "tune-nic.sh refuses to change anything otherwise",
     ) {
         return;
     }
@@ -408,7 +409,10 @@ fn tune_nic_plans_the_right_commands_for_a_multiqueue_nic() {
 /// `--dry-run` on a real veth in a throwaway namespace plans and changes nothing.
 #[test]
 fn tune_nic_dry_run_on_a_veth_changes_nothing() {
-    if !privileged("deploy_check::tune_nic_dry_run_on_a_veth_changes_nothing") {
+    if !privileged(
+        "deploy_check::tune_nic_dry_run_on_a_veth_changes_nothing",
+        "a veth in a throwaway network namespace",
+    ) {
         return;
     }
     if which("ethtool").is_none() {
@@ -418,29 +422,12 @@ fn tune_nic_dry_run_on_a_veth_changes_nothing() {
         return;
     }
     let id = std::process::id() % 100_000;
-    let (ns, a, b) = (
-        format!("xbltn{id}"),
-        format!("xbltn{id}a"),
-        format!("xbltn{id}b"),
-    );
-    struct Ns(String);
-    impl Drop for Ns {
-        fn drop(&mut self) {
-            let _ = Command::new("ip")
-                .args(["netns", "delete", &self.0])
-                .status();
-        }
-    }
-    let run = |args: &[&str]| {
-        let out = Command::new("ip").args(args).output().unwrap();
-        assert!(out.status.success(), "ip {args:?}: {}", text(&out).1);
-        text(&out).0
-    };
-    run(&["netns", "add", &ns]);
-    let _ns = Ns(ns.clone());
-    run(&[
+    let (a, b) = (format!("xbltn{id}a"), format!("xbltn{id}b"));
+    let netns = Netns::add(format!("xbltn{id}"));
+    let ns = netns.name();
+    ip(&[
         "-n",
-        &ns,
+        ns,
         "link",
         "add",
         &a,
@@ -454,11 +441,11 @@ fn tune_nic_dry_run_on_a_veth_changes_nothing() {
         "name",
         &b,
     ]);
-    let before = run(&["-n", &ns, "-d", "-o", "link", "show", "dev", &a]);
+    let before = ip(&["-n", ns, "-d", "-o", "link", "show", "dev", &a]);
 
     let in_ns = |args: &[&str]| {
         let out = Command::new("ip")
-            .args(["netns", "exec", &ns, "bash"])
+            .args(["netns", "exec", ns, "bash"])
             .arg(script())
             .args(args)
             .output()
@@ -499,7 +486,7 @@ fn tune_nic_dry_run_on_a_veth_changes_nothing() {
     assert!(commands(&stdout).is_empty(), "{stdout}");
 
     assert_eq!(
-        run(&["-n", &ns, "-d", "-o", "link", "show", "dev", &a]),
+        ip(&["-n", ns, "-d", "-o", "link", "show", "dev", &a]),
         before,
         "--dry-run changed the veth"
     );

@@ -1336,7 +1336,7 @@ fn checked(argv: &[String]) -> Result<String> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use std::io::Write as _;
 
     use super::*;
@@ -1472,26 +1472,13 @@ pub(crate) mod tests {
         );
     }
 
-    /// True if the test may run as root; otherwise says loudly why it is skipped (fails under CI).
-    pub(crate) fn privileged(test: &str) -> bool {
-        if is_root() {
-            return true;
-        }
-        let msg = format!(
-            "SKIPPED (needs root): {test}: network namespaces, veth and loop devices need root"
-        );
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{msg}; CI=true forbids skipping");
-        }
-        // Straight to the stderr fd: libtest captures `eprintln!` of passing tests.
-        let _ = writeln!(std::io::stderr(), "\n*** {msg} ***");
-        false
-    }
-
     /// The whole life cycle on a lab with its own names (`xbltst-*`), so a lab in use is safe.
     #[test]
     fn up_status_up_reconfigure_down() {
-        if !privileged("lab::tests::up_status_up_reconfigure_down") {
+        if !labkit::privileged(
+            "lab::tests::up_status_up_reconfigure_down",
+            "network namespaces, veth and loop devices need root",
+        ) {
             return;
         }
         let layout = Layout::named(

@@ -6,8 +6,7 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,41 +14,19 @@ use std::time::{Duration, Instant};
 
 use aoe::initiator::{self, parse_response, Addr, AtaRequest, Body};
 use aoe::wire::{ccmd, Mac, BROADCAST};
+use labkit::{ip, Options, RawSocket, VethLab};
 
 /// True if the test may run; otherwise prints why it is skipped (or panics under CI=true).
 pub fn privileged(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    let msg = format!("SKIPPED (needs root): {test}: network namespaces, veth and XDP need root");
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg}; CI=true forbids skipping");
-    }
-    // The test harness captures eprintln!; write to fd 2 directly so the skip is seen.
-    let _ = std::io::stderr()
-        .lock()
-        .write_all(format!("\n*** {msg} ***\n").as_bytes());
-    false
-}
-
-fn run(cmd: &str, args: &[&str]) {
-    let out = Command::new(cmd).args(args).output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    labkit::privileged(test, "network namespaces, veth and XDP need root")
 }
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-/// Two namespaces, `target` and `initiator`, joined by a veth pair.
+/// Two namespaces, `target` and `initiator`, joined by a veth pair, with `lo` up in both; and a
+/// tmpfs directory for images and logs. All removed on drop, also on panic.
 pub struct Lab {
-    pub target_ns: String,
-    pub init_ns: String,
-    pub target_if: String,
-    pub init_if: String,
+    veth: VethLab,
     pub dir: PathBuf,
 }
 
@@ -68,84 +45,54 @@ impl Lab {
     }
 
     fn build(mtu: u32, queues: u32) -> Lab {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{}{}", std::process::id() % 100_000, n);
-        let lab = Lab {
-            target_ns: format!("xbt{id}"),
-            init_ns: format!("xbi{id}"),
-            target_if: format!("xt{id}"),
-            init_if: format!("xi{id}"),
-            dir: PathBuf::from(format!("/dev/shm/xblade-test-{id}")),
+        let opts = Options {
+            mtu,
+            queues,
+            lo_up: true,
+            ..Options::default()
         };
-        let _ = std::fs::remove_dir_all(&lab.dir);
-        std::fs::create_dir_all(&lab.dir).unwrap();
-        run("ip", &["netns", "add", &lab.target_ns]);
-        run("ip", &["netns", "add", &lab.init_ns]);
-        let q = queues.to_string();
-        let (t, i) = (&lab.target_if, &lab.init_if);
-        let (tn, inn) = (&lab.target_ns, &lab.init_ns);
-        let qs = ["numrxqueues", &q, "numtxqueues", &q];
-        let mut args = vec!["link", "add", t, "netns", tn];
-        args.extend(qs);
-        args.extend(["type", "veth", "peer", "name", i, "netns", inn]);
-        args.extend(qs);
-        run("ip", &args);
-        let mtu = mtu.to_string();
-        for (ns, dev) in [
-            (&lab.target_ns, &lab.target_if),
-            (&lab.init_ns, &lab.init_if),
-        ] {
-            run("ip", &["-n", ns, "link", "set", dev, "mtu", &mtu, "up"]);
-            run("ip", &["-n", ns, "link", "set", "lo", "up"]);
-        }
-        lab
+        let veth = VethLab::new("xb", opts);
+        let dir = PathBuf::from(format!("/dev/shm/xblade-test-{}", veth.ns_a()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Lab { veth, dir }
+    }
+
+    pub fn target_ns(&self) -> &str {
+        self.veth.ns_a()
+    }
+
+    pub fn target_if(&self) -> &str {
+        self.veth.if_a()
+    }
+
+    pub fn init_ns(&self) -> &str {
+        self.veth.ns_b()
+    }
+
+    pub fn init_if(&self) -> &str {
+        self.veth.if_b()
     }
 
     /// Add a second veth pair between the namespaces; returns (target side, initiator side).
     pub fn add_link(&self, suffix: &str) -> (String, String) {
-        let (t, i) = (
-            format!("{}{suffix}", self.target_if),
-            format!("{}{suffix}", self.init_if),
-        );
-        run(
-            "ip",
-            &[
-                "link",
-                "add",
-                &t,
-                "netns",
-                &self.target_ns,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                &i,
-                "netns",
-                &self.init_ns,
-            ],
-        );
-        run("ip", &["-n", &self.target_ns, "link", "set", &t, "up"]);
-        run("ip", &["-n", &self.init_ns, "link", "set", &i, "up"]);
-        (t, i)
+        self.veth.add_link(suffix)
     }
 
     /// Steer the initiator side's transmissions by CPU (XPS): a sender pinned to CPU `c`
     /// transmits on TX queue `c`, which the veth delivers to the target's RX queue `c`.
     pub fn steer_by_cpu(&self, queues: u32) {
         for q in 0..queues {
-            let path = format!("/sys/class/net/{}/queues/tx-{q}/xps_cpus", self.init_if);
+            let path = format!("/sys/class/net/{}/queues/tx-{q}/xps_cpus", self.init_if());
             let mask = format!("{:x}", 1u64 << q);
-            run(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &self.init_ns,
-                    "sh",
-                    "-c",
-                    &format!("echo {mask} > {path}"),
-                ],
-            );
+            ip(&[
+                "netns",
+                "exec",
+                self.init_ns(),
+                "sh",
+                "-c",
+                &format!("echo {mask} > {path}"),
+            ]);
         }
     }
 
@@ -159,7 +106,7 @@ impl Lab {
     /// Run a command in the initiator namespace; returns (status, stdout, stderr).
     pub fn init_exec(&self, cmd: &[&str]) -> (ExitStatus, String, String) {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.init_ns])
+            .args(["netns", "exec", self.init_ns()])
             .args(cmd)
             .output()
             .unwrap();
@@ -172,11 +119,7 @@ impl Lab {
 
     /// Whether an XDP program is attached to the target interface.
     pub fn xdp_attached(&self) -> bool {
-        let out = Command::new("ip")
-            .args(["-n", &self.target_ns, "-d", "link", "show", &self.target_if])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+        labkit::link_details(self.target_ns(), self.target_if()).contains("prog/xdp")
     }
 
     /// Start xblade in the target namespace with `args` (NETIF is the lab's target interface,
@@ -203,13 +146,13 @@ impl Lab {
     fn spawn(&self, args: &[&str], log: &Path) -> Child {
         let args: Vec<String> = args
             .iter()
-            .map(|a| a.replace("{if}", &self.target_if))
+            .map(|a| a.replace("{if}", self.target_if()))
             .collect();
         Command::new("ip")
             .args([
                 "netns",
                 "exec",
-                &self.target_ns,
+                self.target_ns(),
                 env!("CARGO_BIN_EXE_xblade"),
             ])
             .args(&args)
@@ -223,26 +166,13 @@ impl Lab {
 
     /// An AoE client on the initiator side.
     pub fn client(&self) -> Client {
-        Client::open(&self.init_ns, &self.init_if)
+        Client::open(self.init_ns(), self.init_if())
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "pids", &self.target_ns])
-            .output()
-            .map(|o| {
-                for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
-                }
-            });
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.target_ns])
-            .status();
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.init_ns])
-            .status();
+        // The namespaces (and what still runs in them) go when `veth` drops, after this.
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -309,23 +239,9 @@ impl Daemon {
     }
 }
 
-/// Run `f` on a thread that has entered network namespace `ns`.
-pub fn in_netns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let nsf = File::open(&path).expect("netns file");
-        // SAFETY: setns on a valid namespace fd; it changes only this (new, short-lived) thread.
-        let rc = unsafe { libc::setns(nsf.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-        f()
-    })
-    .join()
-    .unwrap()
-}
-
 /// A raw AF_PACKET AoE initiator bound to one interface.
 pub struct Client {
-    fd: OwnedFd,
+    sock: RawSocket,
     pub mac: Mac,
     pub target: Mac,
     pub shelf: u16,
@@ -335,102 +251,28 @@ pub struct Client {
 
 impl Client {
     pub fn open(ns: &str, ifname: &str) -> Client {
-        // /sys shows the mounting namespace, so ask `ip` for the peer's index and MAC.
-        let out = Command::new("ip")
-            .args(["-n", ns, "-o", "link", "show", "dev", ifname])
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let idx: i32 = text
-            .split(':')
-            .next()
-            .unwrap()
-            .trim()
-            .parse()
-            .expect("ifindex");
-        let mac = text
-            .split("link/ether ")
-            .nth(1)
-            .expect("MAC")
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string();
-        let (fd, mac) = in_netns(ns, move || {
-            let proto = 0x88a2u16.to_be();
-            // SAFETY: plain socket(2) call.
-            let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-            assert!(raw >= 0, "socket: {}", std::io::Error::last_os_error());
-            // SAFETY: `raw` is a fresh fd we own.
-            let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-            // SAFETY: zeroed sockaddr_ll is a valid value of the plain-data struct.
-            let mut sa: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-            sa.sll_family = libc::AF_PACKET as u16;
-            sa.sll_protocol = proto;
-            sa.sll_ifindex = idx;
-            let len = std::mem::size_of::<libc::sockaddr_ll>() as u32;
-            // SAFETY: `sa` is a valid sockaddr_ll of `len` bytes.
-            let rc = unsafe { libc::bind(raw, (&sa as *const libc::sockaddr_ll).cast(), len) };
-            assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-            (fd, aoe::wire::parse_mac(mac.trim()).unwrap())
-        });
-        let mut c = Client {
-            fd,
-            mac,
+        let sock = RawSocket::open(ns, ifname, labkit::ETH_P_AOE);
+        sock.set_timeout(Duration::from_millis(200));
+        Client {
+            sock,
+            mac: aoe::wire::parse_mac(&labkit::mac(ns, ifname)).unwrap(),
             target: BROADCAST,
             shelf: 0xffff,
             slot: 0xff,
             tag: 1,
-        };
-        c.set_timeout(Duration::from_millis(200));
-        c
-    }
-
-    fn set_timeout(&mut self, d: Duration) {
-        let tv = libc::timeval {
-            tv_sec: d.as_secs() as i64,
-            tv_usec: i64::from(d.subsec_micros()),
-        };
-        // SAFETY: SO_RCVTIMEO takes a timeval; `tv` is valid for the call.
-        unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
-    }
-
-    pub fn raw_fd(&self) -> RawFd {
-        self.fd.as_raw_fd()
+        }
     }
 
     pub fn send(&self, frame: &[u8]) {
-        // SAFETY: sending from a valid buffer of frame.len() bytes on our bound socket.
-        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
-        assert_eq!(
-            n as usize,
-            frame.len(),
-            "send: {}",
-            std::io::Error::last_os_error()
-        );
+        self.sock.send(frame);
     }
 
     /// Next AoE response (R=1) within the socket timeout, or None.
     pub fn recv(&self) -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; 9100];
         loop {
-            // SAFETY: receiving into a valid, exclusively borrowed buffer.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return None;
-            }
-            let f = &buf[..n as usize];
+            let f = self.sock.recv()?;
             if f.len() >= 24 && f[14] & aoe::wire::FLAG_R != 0 {
-                return Some(f.to_vec());
+                return Some(f);
             }
         }
     }

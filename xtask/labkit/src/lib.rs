@@ -51,14 +51,21 @@ pub fn ip(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `ip -d link show dev {ifname}` in namespace `ns`: MTU, queues, the XDP program, the address.
+#[track_caller]
+pub fn link_details(ns: &str, ifname: &str) -> String {
+    ip(&["-n", ns, "-d", "link", "show", "dev", ifname])
+}
+
 /// The Ethernet address of `ifname` in namespace `ns` as `ip` prints it (`02:ab:…`).
 #[track_caller]
 pub fn mac(ns: &str, ifname: &str) -> String {
-    let line = ip(&["-n", ns, "-o", "link", "show", "dev", ifname]);
-    line.split("link/ether ")
+    let details = link_details(ns, ifname);
+    details
+        .split("link/ether ")
         .nth(1)
         .and_then(|rest| rest.split_whitespace().next())
-        .unwrap_or_else(|| panic!("no Ethernet address in `{line}`"))
+        .unwrap_or_else(|| panic!("no Ethernet address in `{details}`"))
         .to_owned()
 }
 
