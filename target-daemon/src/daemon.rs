@@ -143,12 +143,23 @@ fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
             in_memory = backing.in_memory(),
             "export ready{}",
             if backing.in_memory() {
-                " (in memory: synchronous page-cache I/O, cheaper than io_uring's worker threads here)"
+                " (in memory: mapped, one copy per request, no system call)"
             } else {
                 ""
             }
         );
-        out.push(Arc::new(Export::new(st, backing)));
+        let export = Export::new(st, backing).with_context(|| {
+            format!(
+                "export e{}.{}: mapping the in-memory store {}",
+                e.shelf,
+                e.slot,
+                e.path.display()
+            )
+        })?;
+        if export.map.is_some() {
+            sys::explain_sigbus();
+        }
+        out.push(Arc::new(export));
     }
     Ok(out)
 }

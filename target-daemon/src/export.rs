@@ -16,6 +16,8 @@ pub struct Export {
     pub name: String,
     /// The backing store.
     pub backing: Backing,
+    /// For an in-memory store: its export range, mapped (see [`crate::sys::FileMap`]).
+    pub map: Option<crate::sys::FileMap>,
     shelf: u16,
     slot: u8,
     state: RwLock<ExportState>,
@@ -23,14 +25,26 @@ pub struct Export {
 
 impl Export {
     /// A new export over an opened backing store.
-    pub fn new(state: ExportState, backing: Backing) -> Self {
-        Export {
+    pub fn new(state: ExportState, backing: Backing) -> std::io::Result<Self> {
+        let map = if backing.in_memory() {
+            let len = state.sectors * aoe::wire::SECTOR as u64;
+            Some(crate::sys::FileMap::new(
+                backing.fd(),
+                backing.byte_offset(),
+                len,
+                !backing.read_only(),
+            )?)
+        } else {
+            None
+        };
+        Ok(Export {
             name: format!("e{}.{}", state.shelf, state.slot),
+            map,
             backing,
             shelf: state.shelf,
             slot: state.slot,
             state: RwLock::new(state),
-        }
+        })
     }
 
     /// Read the protocol state.

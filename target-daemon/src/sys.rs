@@ -129,44 +129,6 @@ pub fn fs_magic(fd: RawFd) -> Option<i64> {
     (rc == 0).then_some(st.f_type as i64)
 }
 
-/// `pread` into `ptr..ptr + len`; returns bytes read or the errno.
-///
-/// # Safety
-/// `ptr..ptr + len` must be valid for writes and not otherwise referenced during the call.
-pub unsafe fn pread(fd: RawFd, ptr: *mut u8, len: u32, offset: u64) -> i32 {
-    // SAFETY: the caller guarantees the buffer; pread writes at most `len` bytes into it.
-    let n = unsafe { libc::pread(fd, ptr.cast(), len as usize, offset as libc::off_t) };
-    if n < 0 {
-        -io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    } else {
-        n as i32
-    }
-}
-
-/// `pwritev2` of `ptr..ptr + len` (with `RWF_DSYNC` if `dsync`); returns bytes written or the
-/// negated errno.
-///
-/// # Safety
-/// `ptr..ptr + len` must be valid for reads during the call.
-pub unsafe fn pwrite(fd: RawFd, ptr: *const u8, len: u32, offset: u64, dsync: bool) -> i32 {
-    let iov = libc::iovec {
-        iov_base: ptr as *mut libc::c_void,
-        iov_len: len as usize,
-    };
-    let flags = if dsync { libc::RWF_DSYNC } else { 0 };
-    // SAFETY: one iovec describing memory the caller guarantees readable.
-    let n = unsafe { libc::pwritev2(fd, &iov, 1, offset as libc::off_t, flags) };
-    if n < 0 {
-        -io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EIO)
-    } else {
-        n as i32
-    }
-}
-
 /// `fdatasync`; 0 or the negated errno.
 pub fn fdatasync(fd: RawFd) -> i32 {
     // SAFETY: fdatasync has no memory arguments.
@@ -284,6 +246,136 @@ pub fn default_cpus(workers: usize, online: usize, avoid: &[usize]) -> Vec<usize
         pool = (0..online).collect();
     }
     (0..workers).map(|i| pool[i % pool.len()]).collect()
+}
+
+/// A shared mapping of an in-memory store's export range (tmpfs, ramfs): reads and writes are
+/// one copy between the packet buffer and the store's pages, with no system call.
+///
+/// The memory is shared with other workers and processes, like a disk: it is only ever accessed
+/// through raw-pointer copies, never through Rust references.
+pub struct FileMap {
+    base: std::ptr::NonNull<u8>,
+    map_len: usize,
+    /// Offset of the export's first byte inside the mapping (page alignment).
+    delta: usize,
+    /// Export length in bytes.
+    len: u64,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; all access is by raw-pointer
+// copies whose callers guarantee their own buffers (see `read_into`/`write_from`).
+unsafe impl Send for FileMap {}
+// SAFETY: as above; concurrent copies into the same bytes race like concurrent writes to a disk
+// block, which AoE leaves to the initiators, and no Rust reference to the memory ever exists.
+unsafe impl Sync for FileMap {}
+
+impl FileMap {
+    /// Map `len` bytes of `fd` starting at byte `offset`.
+    pub fn new(fd: RawFd, offset: u64, len: u64, writable: bool) -> io::Result<FileMap> {
+        let page = 4096u64;
+        let start = offset & !(page - 1);
+        let delta = (offset - start) as usize;
+        let map_len = usize::try_from(len).map_err(io::Error::other)? + delta;
+        let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
+        // SAFETY: a new shared mapping of a file we hold open, at a page-aligned offset; the
+        // result is checked below and unmapped in Drop.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                prot,
+                libc::MAP_SHARED,
+                fd,
+                start as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base = std::ptr::NonNull::new(p.cast::<u8>())
+            .ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(FileMap {
+            base,
+            map_len,
+            delta,
+            len,
+        })
+    }
+
+    fn at(&self, offset: u64, len: usize) -> *mut u8 {
+        assert!(
+            offset
+                .checked_add(len as u64)
+                .is_some_and(|end| end <= self.len),
+            "mapped store access out of range"
+        );
+        self.base
+            .as_ptr()
+            .wrapping_add(self.delta + offset as usize)
+    }
+
+    /// Ask the CPU to start loading `offset..offset + len` into its caches (and to walk the page
+    /// tables), so that a copy issued a little later does not stall on memory: a random 1 KiB
+    /// read of a large store otherwise costs a TLB miss and 16 cache misses in a row.
+    pub fn prefetch(&self, offset: u64, len: usize) {
+        let p = self.at(offset, len);
+        #[cfg(target_arch = "x86_64")]
+        for line in (0..len).step_by(64) {
+            let addr = p.wrapping_add(line).cast::<i8>();
+            // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a hint: it
+            // never faults and has no effect on memory contents.
+            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr) };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = p;
+    }
+
+    /// Copy `len` bytes at export byte `offset` to `dst`.
+    ///
+    /// # Safety
+    /// `dst..dst + len` must be valid for writes and not referenced elsewhere during the call.
+    pub unsafe fn read_into(&self, offset: u64, dst: *mut u8, len: usize) {
+        let src = self.at(offset, len);
+        // SAFETY: `src..src + len` is inside the mapping (checked by `at`), `dst` is the caller's
+        // guarantee, and a packet buffer never overlaps the store's mapping.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
+    }
+
+    /// Copy `len` bytes from `src` to export byte `offset`.
+    ///
+    /// # Safety
+    /// `src..src + len` must be valid for reads during the call; the mapping must be writable.
+    pub unsafe fn write_from(&self, offset: u64, src: *const u8, len: usize) {
+        let dst = self.at(offset, len);
+        // SAFETY: as in `read_into`, with the roles swapped.
+        unsafe { std::ptr::copy_nonoverlapping(src, dst, len) };
+    }
+}
+
+impl Drop for FileMap {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping created in `new`, once.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.map_len) };
+    }
+}
+
+/// Make SIGBUS (a mapped store that shrank under us: someone truncated the backing file) end
+/// the process with a message instead of a bare crash.
+pub fn explain_sigbus() {
+    extern "C" fn on_sigbus(_: libc::c_int) {
+        const MSG: &[u8] = b"xblade: fatal: a memory-backed export's file shrank while it was being served \
+(SIGBUS on its mapping): someone truncated the backing file. Restore its size and restart xblade.\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe; MSG is a static buffer.
+        unsafe {
+            libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            libc::_exit(70);
+        }
+    }
+    // SAFETY: zeroed sigaction is a valid value of the plain-data struct.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int) as usize;
+    // SAFETY: installing a handler that only calls async-signal-safe functions.
+    unsafe { libc::sigaction(libc::SIGBUS, &sa, std::ptr::null_mut()) };
 }
 
 #[cfg(test)]

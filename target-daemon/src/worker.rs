@@ -162,8 +162,9 @@ pub struct Worker {
     /// Per export: the store is in memory, so I/O is done synchronously (see
     /// [`crate::backing::Backing::in_memory`]).
     inline: Vec<bool>,
-    /// Completions of synchronous I/O, handled like io_uring's.
-    inline_done: Vec<Completion>,
+    /// Operations on mapped in-memory stores, prefetched when issued and copied (then completed
+    /// like io_uring's) once the whole RX batch is decided: (export, operation, user data).
+    inline_ops: Vec<(usize, Op, u64)>,
     stats: WorkerStats,
 }
 
@@ -183,6 +184,10 @@ enum Op {
     },
     Fsync,
 }
+
+// SAFETY: an `Op`'s pointers refer to the UMEM or bounce region owned by the same worker that
+// holds the `Op` (its in-flight table keeps the memory parked), so they move with the worker.
+unsafe impl Send for Op {}
 
 impl Worker {
     /// Drive RX by busy polling (`recvfrom` every idle loop, never sleep) instead of
@@ -227,7 +232,7 @@ impl Worker {
             tx_outstanding: 0,
             busy_poll: false,
             inline,
-            inline_done: Vec::new(),
+            inline_ops: Vec::new(),
             stats: WorkerStats::default(),
         }
     }
@@ -297,13 +302,9 @@ impl Worker {
                     }
                 }
             }
-            if !self.inline_done.is_empty() {
+            if !self.inline_ops.is_empty() {
                 work = true;
-                let mut done = std::mem::take(&mut self.inline_done);
-                for c in done.drain(..) {
-                    self.finish(c);
-                }
-                self.inline_done = done;
+                self.run_inline_ops();
             }
             if self.uring.queued() > 0 {
                 self.uring.submit()?;
@@ -312,9 +313,8 @@ impl Worker {
             if stopping {
                 let deadline =
                     *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
-                let idle_io = self.uring.in_flight() == 0
-                    && self.tx.is_empty()
-                    && self.inline_done.is_empty();
+                let idle_io =
+                    self.uring.in_flight() == 0 && self.tx.is_empty() && self.inline_ops.is_empty();
                 if idle_io && (self.tx_outstanding == 0 || Instant::now() > deadline) {
                     break;
                 }
@@ -670,8 +670,8 @@ impl Worker {
         self.slots[slot as usize] = Some(p);
     }
 
-    /// Start one storage operation on export `ei`'s file: queued on io_uring, or done at once
-    /// for in-memory stores (its completion is handled on the next loop, like io_uring's).
+    /// Start one storage operation on export `ei`'s file: queued on io_uring, or, for a mapped
+    /// in-memory store, prefetched and queued for [`Worker::run_inline_ops`].
     ///
     /// The memory an `Op` names must be a frame chunk or bounce slot parked in the in-flight
     /// table under `user_data`'s slot, so nothing else touches it until its completion is
@@ -679,25 +679,15 @@ impl Worker {
     fn issue(&mut self, ei: usize, op: Op, user_data: u64) -> Result<(), crate::uring::SqFull> {
         let file = ei as u32;
         if self.inline[ei] {
-            let fd = self.exports[ei].backing.fd();
-            let result = match op {
-                Op::Read { ptr, len, offset } => {
-                    // SAFETY: see above: the range is a parked chunk or bounce slot, valid for
-                    // writes, referenced by nothing else during the call.
-                    unsafe { sys::pread(fd, ptr, len, offset) }
-                }
-                Op::Write {
-                    ptr,
-                    len,
-                    offset,
-                    dsync,
-                } => {
-                    // SAFETY: as for the read; the range is only read.
-                    unsafe { sys::pwrite(fd, ptr, len, offset, dsync) }
-                }
-                Op::Fsync => sys::fdatasync(fd),
-            };
-            self.inline_done.push(Completion { user_data, result });
+            let export = &self.exports[ei];
+            let map = export.map.as_ref().expect("in-memory exports are mapped");
+            let base = export.backing.byte_offset();
+            match op {
+                Op::Read { len, offset, .. } => map.prefetch(offset - base, len as usize),
+                Op::Write { len, offset, .. } => map.prefetch(offset - base, len as usize),
+                Op::Fsync => {}
+            }
+            self.inline_ops.push((ei, op, user_data));
             return Ok(());
         }
         match op {
@@ -720,6 +710,38 @@ impl Worker {
             }
             Op::Fsync => self.uring.push_fsync(file, true, user_data),
         }
+    }
+
+    /// Carry out the queued operations on mapped in-memory stores (their sources were
+    /// prefetched when they were issued) and complete them.
+    fn run_inline_ops(&mut self) {
+        let mut ops = std::mem::take(&mut self.inline_ops);
+        for (ei, op, user_data) in ops.drain(..) {
+            let export = &self.exports[ei];
+            let map = export.map.as_ref().expect("in-memory exports are mapped");
+            let base = export.backing.byte_offset();
+            let result = match op {
+                Op::Read { ptr, len, offset } => {
+                    // SAFETY: `issue` only queues ranges of a chunk or bounce slot parked in the
+                    // in-flight table under `user_data`, so it is valid for writes and
+                    // referenced by nothing else until `finish` below.
+                    unsafe { map.read_into(offset - base, ptr, len as usize) };
+                    len as i32
+                }
+                Op::Write {
+                    ptr, len, offset, ..
+                } => {
+                    // SAFETY: as for the read; the range is only read. A read-only export never
+                    // decides a write, so the mapping is writable. The page cache is the store:
+                    // the data survives the daemon being killed once it is copied.
+                    unsafe { map.write_from(offset - base, ptr, len as usize) };
+                    len as i32
+                }
+                Op::Fsync => sys::fdatasync(export.backing.fd()),
+            };
+            self.finish(Completion { user_data, result });
+        }
+        self.inline_ops = ops;
     }
 
     /// Answer a request with ABRT without touching storage (no resources for it).

@@ -423,3 +423,34 @@ fn config_mask_and_reserve_change_the_running_export() {
         "state changes are logged:\n{log}"
     );
 }
+
+/// An in-memory store is mapped; if someone truncates it under a running export, the daemon
+/// stops with a message saying so instead of crashing on SIGBUS.
+#[test]
+fn a_truncated_in_memory_store_stops_the_daemon_with_a_message() {
+    if !privileged("a_truncated_in_memory_store_stops_the_daemon_with_a_message") {
+        return;
+    }
+    let lab = Lab::new();
+    let img = lab.image("disk.img", MIB);
+    let d = lab.xblade(&["1", "0", "{if}", img.to_str().unwrap()]);
+    let mut c = lab.client();
+    c.discover(1, 0);
+    assert_eq!(c.read(1000, 2).0, ata::STATUS_OK);
+    std::fs::File::options()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let a = c.addr();
+    let mut f = vec![0u8; 100];
+    let n = aoe::initiator::ata_request(&mut f, &a, &AtaRequest::read(1000, 2));
+    assert!(
+        c.transact(&f[..n], a.tag).is_none(),
+        "no answer from a store that is gone"
+    );
+    let (status, log) = d.wait_exit();
+    assert_eq!(status.code(), Some(70), "{log}");
+    assert!(log.contains("shrank") && log.contains("truncated"), "{log}");
+}

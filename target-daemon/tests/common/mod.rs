@@ -233,6 +233,22 @@ impl Daemon {
         }
     }
 
+    /// Wait (at most 10 s) for the daemon to exit on its own.
+    pub fn wait_exit(mut self) -> (ExitStatus, String) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return (s, self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "xblade did not exit:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
