@@ -314,22 +314,6 @@ impl FileMap {
             .wrapping_add(self.delta + offset as usize)
     }
 
-    /// Ask the CPU to start loading `offset..offset + len` into its caches (and to walk the page
-    /// tables), so that a copy issued a little later does not stall on memory: a random 1 KiB
-    /// read of a large store otherwise costs a TLB miss and 16 cache misses in a row.
-    pub fn prefetch(&self, offset: u64, len: usize) {
-        let p = self.at(offset, len);
-        #[cfg(target_arch = "x86_64")]
-        for line in (0..len).step_by(64) {
-            let addr = p.wrapping_add(line).cast::<i8>();
-            // SAFETY: SSE is part of the x86_64 baseline, and a prefetch is only a hint: it
-            // never faults and has no effect on memory contents.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(addr) };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = p;
-    }
-
     /// Copy `len` bytes at export byte `offset` to `dst`.
     ///
     /// # Safety

@@ -162,8 +162,8 @@ pub struct Worker {
     /// Per export: the store is in memory, so I/O is done synchronously (see
     /// [`crate::backing::Backing::in_memory`]).
     inline: Vec<bool>,
-    /// Operations on mapped in-memory stores, prefetched when issued and copied (then completed
-    /// like io_uring's) once the whole RX batch is decided: (export, operation, user data).
+    /// Operations on mapped in-memory stores, copied (then completed like io_uring's) once the
+    /// whole RX batch is decided, so the copies run back to back: (export, operation, user data).
     inline_ops: Vec<(usize, Op, u64)>,
     stats: WorkerStats,
 }
@@ -671,7 +671,7 @@ impl Worker {
     }
 
     /// Start one storage operation on export `ei`'s file: queued on io_uring, or, for a mapped
-    /// in-memory store, prefetched and queued for [`Worker::run_inline_ops`].
+    /// in-memory store, queued for [`Worker::run_inline_ops`].
     ///
     /// The memory an `Op` names must be a frame chunk or bounce slot parked in the in-flight
     /// table under `user_data`'s slot, so nothing else touches it until its completion is
@@ -679,14 +679,6 @@ impl Worker {
     fn issue(&mut self, ei: usize, op: Op, user_data: u64) -> Result<(), crate::uring::SqFull> {
         let file = ei as u32;
         if self.inline[ei] {
-            let export = &self.exports[ei];
-            let map = export.map.as_ref().expect("in-memory exports are mapped");
-            let base = export.backing.byte_offset();
-            match op {
-                Op::Read { len, offset, .. } => map.prefetch(offset - base, len as usize),
-                Op::Write { len, offset, .. } => map.prefetch(offset - base, len as usize),
-                Op::Fsync => {}
-            }
             self.inline_ops.push((ei, op, user_data));
             return Ok(());
         }
@@ -712,8 +704,7 @@ impl Worker {
         }
     }
 
-    /// Carry out the queued operations on mapped in-memory stores (their sources were
-    /// prefetched when they were issued) and complete them.
+    /// Carry out the queued operations on mapped in-memory stores and complete them.
     fn run_inline_ops(&mut self) {
         let mut ops = std::mem::take(&mut self.inline_ops);
         for (ei, op, user_data) in ops.drain(..) {
