@@ -64,9 +64,8 @@ fn bpf(cmd: Command<'_>) -> io::Result<i64> {
             BPF_LINK_DETACH
         }
     };
-    // SAFETY: `attr` is a live, zero-initialised buffer of the size passed. The only
-    // pointer inside it (for LinkInfo) refers to a `&mut LinkInfo` borrowed for this call, and the
-    // kernel writes at most the `info_len` bytes announced. The fds are borrowed, so open.
+    // SAFETY: `attr` is a live, zeroed buffer of the size passed; its only pointer is a `&mut
+    // LinkInfo` borrowed for this call (kernel writes ≤ `info_len` bytes); the fds are borrowed.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_bpf,

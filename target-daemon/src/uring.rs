@@ -701,10 +701,8 @@ fn register(ring: &IoUring, files: &[RawFd], regions: &[Region]) -> io::Result<(
         })
         .collect();
     let bytes: usize = regions.iter().map(|r| r.len).sum();
-    // SAFETY: the kernel pins the pages behind each iovec at registration and
-    // holds them until the ring is destroyed, so they cannot be freed under
-    // it; any later access goes through push_read/push_write, whose contracts
-    // cover the memory.
+    // SAFETY: the kernel pins each iovec's pages until the ring is destroyed; later access goes
+    // through push_read/push_write, whose contracts cover the memory.
     unsafe { submitter.register_buffers(&iovecs) }.map_err(|e| {
         let hint = match e.raw_os_error() {
             Some(libc::ENOMEM) => format!(
@@ -758,9 +756,8 @@ fn probe_iopoll(ring: &IoUring, files: &[RawFd]) -> io::Result<()> {
             .offset(0)
             .build()
             .user_data(u64::from(index));
-        // SAFETY: `block` is valid for writes of PROBE_BYTES and nothing else
-        // touches it; it is freed only after the completion is seen below, and
-        // leaked if the completion never comes.
+        // SAFETY: `block` is valid for PROBE_BYTES of writes and untouched; it is freed only after
+        // its completion is seen below (leaked if that never comes).
         let pushed = unsafe { ring.submission_shared().push(&entry) };
         assert!(pushed.is_ok(), "fresh ring has an empty SQ");
         let mut result = None;

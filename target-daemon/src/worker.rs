@@ -713,18 +713,16 @@ impl Worker {
             let base = export.backing.byte_offset();
             let result = match op {
                 Op::Read { ptr, len, offset } => {
-                    // SAFETY: `issue` only queues ranges of a chunk or bounce slot parked in the
-                    // in-flight table under `user_data`, so it is valid for writes and
-                    // referenced by nothing else until `finish` below.
+                    // SAFETY: `issue` only queues a chunk or bounce-slot range parked in the
+                    // in-flight table under `user_data`: writable, untouched until `finish`.
                     unsafe { map.read_into(offset - base, ptr, len as usize) };
                     len as i32
                 }
                 Op::Write {
                     ptr, len, offset, ..
                 } => {
-                    // SAFETY: as for the read; the range is only read. A read-only export never
-                    // decides a write, so the mapping is writable. The page cache is the store:
-                    // the data survives the daemon being killed once it is copied.
+                    // SAFETY: as for the read, only read; a read-only export never decides a
+                    // write, so the mapping is writable (the page cache is the durable store).
                     unsafe { map.write_from(offset - base, ptr, len as usize) };
                     len as i32
                 }

@@ -298,10 +298,8 @@ impl Umem {
     /// If the frame belongs to another UMEM or its data overruns the chunk.
     pub fn data<'a>(&'a self, frame: &'a Frame) -> &'a [u8] {
         let start = self.start(frame);
-        // SAFETY: `start` checked that the frame is ours and `offset + len <= chunk_size`;
-        // `frame.addr` is a chunk base inside the area (Frame invariant), so the range is in
-        // the mapping. The frame is borrowed for 'a, so it cannot reach a ring (the kernel
-        // does not write this chunk) and no `&mut` to the chunk exists.
+        // SAFETY: `start` checked the frame is ours and in its chunk (a chunk of the mapping); the
+        // frame is borrowed for 'a, so it is on no ring and no `&mut` to the chunk exists.
         unsafe { slice::from_raw_parts(self.map.ptr().add(start), frame.len as usize) }
     }
 
@@ -320,9 +318,8 @@ impl Umem {
     pub fn chunk_mut<'a>(&'a self, frame: &'a mut Frame) -> &'a mut [u8] {
         assert_eq!(frame.umem, self.layout.id, "Frame belongs to another Umem");
         let chunk = self.cfg.chunk_size as usize;
-        // SAFETY: the frame is ours, so `addr` is a chunk base in the area (Frame invariant)
-        // and the chunk is in the mapping; the exclusive borrow of the frame makes this the
-        // only reference to the chunk, and the kernel does not own it.
+        // SAFETY: the frame is ours, so `addr` is a chunk base in the mapping; its exclusive borrow
+        // makes this the only reference to the chunk, which the kernel does not own.
         unsafe { slice::from_raw_parts_mut(self.map.ptr().add(frame.addr as usize), chunk) }
     }
 
