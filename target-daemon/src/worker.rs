@@ -159,9 +159,6 @@ pub struct Worker {
     tx: Vec<Frame>,
     tx_outstanding: u64,
     busy_poll: bool,
-    /// Per export: the store is in memory, so I/O is done synchronously (see
-    /// [`crate::backing::Backing::in_memory`]).
-    inline: Vec<bool>,
     /// Operations on mapped in-memory stores, copied (then completed like io_uring's) once the
     /// whole RX batch is decided, so the copies run back to back: (export, operation, user data).
     inline_ops: Vec<(usize, Op, u64)>,
@@ -212,7 +209,6 @@ impl Worker {
         } = setup;
         let rx_offset = umem.config().rx_offset() as usize;
         let chunk = umem.config().chunk_size as usize;
-        let inline = exports.iter().map(|e| e.backing.in_memory()).collect();
         Worker {
             ifname,
             queue,
@@ -231,7 +227,6 @@ impl Worker {
             tx: Vec::new(),
             tx_outstanding: 0,
             busy_poll: false,
-            inline,
             inline_ops: Vec::new(),
             stats: WorkerStats::default(),
         }
@@ -598,9 +593,9 @@ impl Worker {
                 return self.fail_now(p, "no free UMEM frame for a jumbo read response");
             }
         }
-        if !self.inline[ei] && self.uring.sq_space() < p.ops_left as usize {
+        if self.exports[ei].map.is_none() && self.uring.sq_space() < p.ops_left as usize {
             let _ = self.uring.submit();
-            if !self.inline[ei] && self.uring.sq_space() < p.ops_left as usize {
+            if self.exports[ei].map.is_none() && self.uring.sq_space() < p.ops_left as usize {
                 return self.fail_now(p, "io_uring submission queue full");
             }
         }
@@ -678,7 +673,7 @@ impl Worker {
     /// handled in `finish`; `submit` only builds such `Op`s.
     fn issue(&mut self, ei: usize, op: Op, user_data: u64) -> Result<(), crate::uring::SqFull> {
         let file = ei as u32;
-        if self.inline[ei] {
+        if self.exports[ei].map.is_some() {
             self.inline_ops.push((ei, op, user_data));
             return Ok(());
         }
