@@ -1,9 +1,12 @@
 //! An export at run time: its backing store and its protocol state.
 //!
 //! The protocol state (config string, mask and reserve lists) is read by every worker for every
-//! frame and changed rarely, by config/mask/reserve commands: a `RwLock` whose read side is
-//! uncontended on the hot path.
+//! frame and changed rarely, by config/mask/reserve commands. The `Export` owns it behind a lock
+//! with a version number; each worker keeps its own copy and only loads the version per frame (a
+//! plain atomic load: the cache line stays shared, nothing bounces between workers), copying the
+//! state again when the version moved.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard};
 
 use aoe::target::{ExportState, StateChange};
@@ -21,6 +24,8 @@ pub struct Export {
     shelf: u16,
     slot: u8,
     state: RwLock<ExportState>,
+    /// Bumped (under the write lock) by every change of `state`.
+    version: AtomicU64,
 }
 
 impl Export {
@@ -44,6 +49,7 @@ impl Export {
             shelf: state.shelf,
             slot: state.slot,
             state: RwLock::new(state),
+            version: AtomicU64::new(0),
         })
     }
 
@@ -52,13 +58,24 @@ impl Export {
         self.state.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Apply a change decided by the protocol layer.
+    /// The version of the state: it changes whenever the state does.
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// A copy of the state and its version, taken consistently.
+    pub fn snapshot(&self) -> (u64, ExportState) {
+        let state = self.state();
+        (self.version(), state.clone())
+    }
+
+    /// Apply a change decided by the protocol layer. (Changes are whole new lists or strings,
+    /// so two initiators editing at once on different queues may each see their own edit win.)
     pub fn apply(&self, change: StateChange) {
         tracing::info!(export = %self.name, ?change, "export state changed by an initiator");
-        self.state
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply(change);
+        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+        state.apply(change);
+        self.version.fetch_add(1, Ordering::Release);
     }
 
     /// Whether writes must be durable before they are acknowledged (RWF_DSYNC).

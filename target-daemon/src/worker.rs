@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aoe::target::{self, Decision, Iface, IoOutcome};
+use aoe::target::{self, Decision, ExportState, Iface, IoOutcome};
 use aoe::wire::{Header, ATA_HLEN, BROADCAST, ETHERTYPE_AOE, SECTOR};
 use xsk::if_xdp::XDP_PKT_CONTD;
 use xsk::{Frame, Socket, Umem};
@@ -144,6 +144,8 @@ pub struct Worker {
     pub queue: u32,
     iface: Iface,
     exports: Vec<Arc<Export>>,
+    /// This worker's copy of each export's protocol state, with its version.
+    snaps: Vec<(u64, ExportState)>,
     umem: Umem,
     sock: Socket,
     uring: Uring,
@@ -209,11 +211,13 @@ impl Worker {
         } = setup;
         let rx_offset = umem.config().rx_offset() as usize;
         let chunk = umem.config().chunk_size as usize;
+        let snaps = exports.iter().map(|e| e.snapshot()).collect();
         Worker {
             ifname,
             queue,
             iface,
             exports,
+            snaps,
             umem,
             sock,
             uring,
@@ -340,7 +344,8 @@ impl Worker {
     /// the export's mask list.
     fn announce(&mut self) {
         for i in 0..self.exports.len() {
-            let state = self.exports[i].state().clone();
+            self.refresh(i);
+            let state = self.snaps[i].1.clone();
             let dsts = if state.mask.is_empty() {
                 vec![BROADCAST]
             } else {
@@ -377,6 +382,14 @@ impl Worker {
     /// A free chunk for a TX descriptor: from the UMEM's free list, else from the spares.
     fn alloc_frame(&mut self) -> Option<Frame> {
         self.umem.alloc().or_else(|| self.spare.pop())
+    }
+
+    /// Bring this worker's copy of export `ei`'s state up to date (one atomic load when nothing
+    /// changed).
+    fn refresh(&mut self, ei: usize) {
+        if self.exports[ei].version() != self.snaps[ei].0 {
+            self.snaps[ei] = self.exports[ei].snapshot();
+        }
     }
 
     /// One RX descriptor: a whole frame, or a fragment of a multi-buffer frame.
@@ -509,17 +522,18 @@ impl Worker {
     fn decide(&mut self, mut frame: Frame, ei: usize, gathered: Option<(u32, usize)>) {
         let off = frame.offset() as usize;
         let len = frame.len() as usize;
+        self.refresh(ei);
         let export = &self.exports[ei];
         let out = {
-            let state = export.state();
+            let state = &self.snaps[ei].1;
             match (gathered, self.bounce.as_mut()) {
                 (Some((slot, total)), Some(b)) => {
                     let base = slot as usize * b.slot_size + self.rx_offset;
                     let buf = b.region.slice_mut(base, b.slot_size - self.rx_offset);
-                    target::decide(&state, &self.iface, buf, total)
+                    target::decide(state, &self.iface, buf, total)
                 }
                 _ => target::decide(
-                    &state,
+                    state,
                     &self.iface,
                     &mut self.umem.chunk_mut(&mut frame)[off..],
                     len,
@@ -797,10 +811,11 @@ impl Worker {
             ..
         } = p;
         let off = frame.offset() as usize;
+        self.refresh(export);
         let n = {
-            let state = self.exports[export].state();
+            let state = &self.snaps[export].1;
             target::complete(
-                &state,
+                state,
                 &self.iface,
                 &mut self.umem.chunk_mut(&mut frame)[off..],
                 &decision,

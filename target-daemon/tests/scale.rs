@@ -222,3 +222,51 @@ fn polling_options_work_or_explain() {
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
 }
+
+/// A config string set through one queue's worker is what another queue's worker answers with:
+/// workers keep their own copy of an export's state and refresh it when its version moves.
+#[test]
+fn a_state_change_on_one_queue_is_seen_on_the_other() {
+    if !privileged("a_state_change_on_one_queue_is_seen_on_the_other") {
+        return;
+    }
+    let lab = Lab::with_queues(2);
+    lab.steer_by_cpu(2);
+    let img = lab.image("disk.img", MIB);
+    let d = lab.xblade(&[
+        "--queues",
+        "0,1",
+        "--cpus",
+        "0,1",
+        "1",
+        "0",
+        "{if}",
+        img.to_str().unwrap(),
+    ]);
+    let ifn = lab.init_if().to_string();
+    let cfg = |cpu: &str, args: &[&str]| {
+        let mut cmd = vec!["taskset", "-c", cpu, "aoecfg"];
+        cmd.extend_from_slice(args);
+        cmd.extend_from_slice(&["-t", "2", "1", "0", &ifn]);
+        let (status, out, err) = lab.init_exec(&cmd);
+        assert!(status.success(), "{err}");
+        out
+    };
+    assert_eq!(
+        cfg("1", &["-c", "set", "-s", "via-queue-1"]),
+        "via-queue-1\n"
+    );
+    assert_eq!(
+        cfg("0", &[]),
+        "via-queue-1\n",
+        "queue 0's worker must see queue 1's change"
+    );
+    assert_eq!(
+        cfg("0", &["-c", "fset", "-s", "via-queue-0"]),
+        "via-queue-0\n"
+    );
+    assert_eq!(cfg("1", &[]), "via-queue-0\n");
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(rx_per_queue(&log), vec![(0, 2), (1, 2)], "{log}");
+}
