@@ -158,6 +158,8 @@ pub struct Worker {
     spare: Vec<Frame>,
     /// Fragments of a multi-buffer frame still arriving.
     partial: Vec<Frame>,
+    /// Empty chunk lists for jumbo reads, reused so a jumbo read allocates nothing.
+    chunk_lists: Vec<Vec<Frame>>,
     tx: Vec<Frame>,
     tx_outstanding: u64,
     busy_poll: bool,
@@ -228,6 +230,7 @@ impl Worker {
             free_slots: (0..capacity as u32).rev().collect(),
             spare: Vec::new(),
             partial: Vec::new(),
+            chunk_lists: Vec::new(),
             tx: Vec::new(),
             tx_outstanding: 0,
             busy_poll: false,
@@ -400,50 +403,49 @@ impl Worker {
         let last = !f.is_contd();
         self.partial.push(f);
         if last {
-            let frags = std::mem::take(&mut self.partial);
-            self.receive_fragments(frags);
+            self.receive_fragments();
         }
     }
 
-    /// A frame that arrived in several chunks. Only a write carries meaning beyond the first
-    /// chunk (every other request fits in it; the rest is padding or junk), so a write is
-    /// gathered into a bounce slot and everything else is decided on its first chunk.
-    fn receive_fragments(&mut self, mut frags: Vec<Frame>) {
+    /// A frame that arrived in several chunks (in `self.partial`). Only a write carries meaning
+    /// beyond the first chunk (every other request fits in it; the rest is padding or junk), so
+    /// a write is gathered into a bounce slot and everything else is decided on its first chunk.
+    fn receive_fragments(&mut self) {
+        // Taken and given back below, so the buffer's capacity is reused frame after frame.
+        let mut frags = std::mem::take(&mut self.partial);
         let first = self.umem.data(&frags[0]);
         let total: usize = frags.iter().map(|f| f.len() as usize).sum();
         let is_write = first.len() >= ATA_HLEN
             && first[12..14] == ETHERTYPE_AOE.to_be_bytes()
             && first[19] == aoe::wire::cmd::ATA
             && matches!(first[27], aoe::ata::WRITE | aoe::ata::WRITE_EXT);
-        let rest: Vec<Frame> = frags.drain(1..).collect();
-        let head = frags.pop().expect("at least one fragment");
-        let bounce = match (is_write, self.bounce.as_mut().and_then(|b| b.free.pop())) {
-            (true, Some(b)) => Some(b),
-            (true, None) => {
-                self.stats.no_frame += 1;
-                None
-            }
-            (false, slot) => {
-                if let (Some(s), Some(b)) = (slot, self.bounce.as_mut()) {
-                    b.free.push(s);
-                }
-                None
-            }
+        let slot = if is_write {
+            self.bounce.as_mut().and_then(|b| b.free.pop())
+        } else {
+            None
         };
-        if let (Some(slot), Some(b)) = (bounce, self.bounce.as_mut()) {
+        if is_write && slot.is_none() {
+            // RX is limited to the free bounce slots, so this is not expected; the write is
+            // then decided on its first chunk alone and answered ABRT (short payload).
+            self.stats.no_frame += 1;
+        }
+        if let (Some(slot), Some(b)) = (slot, self.bounce.as_mut()) {
             let mut at = slot as usize * b.slot_size + self.rx_offset;
-            for f in std::iter::once(&head).chain(rest.iter()) {
+            let end = b.slot_size * (slot as usize + 1);
+            for f in &frags {
                 let piece = self.umem.data(f);
-                let n = piece.len().min(b.slot_size * (slot as usize + 1) - at);
+                let n = piece.len().min(end - at);
                 b.region.slice_mut(at, n).copy_from_slice(&piece[..n]);
                 at += n;
             }
             self.stats.copied_bytes += total as u64;
         }
-        for f in rest {
+        for f in frags.drain(1..) {
             self.recycle(f);
         }
-        self.handle(head, bounce.map(|b| (b, total)))
+        let head = frags.pop().expect("at least one fragment");
+        self.partial = frags;
+        self.handle(head, slot.map(|s| (s, total)))
     }
 
     /// One received frame (with its gathered copy, for a jumbo write): find the exports it
@@ -592,6 +594,7 @@ impl Worker {
         let jumbo_read = matches!(p.decision, Decision::Read { .. })
             && ATA_HLEN + p.bytes as usize > self.chunk - off;
         if jumbo_read {
+            p.chunks = self.chunk_lists.pop().unwrap_or_default();
             let n = (p.bytes as usize).div_ceil(self.chunk);
             for i in 0..n {
                 match self.alloc_frame() {
@@ -744,8 +747,13 @@ impl Worker {
 
     /// Answer a request with ABRT without touching storage (no resources for it).
     fn fail_now(&mut self, p: Pending, why: &str) {
-        tracing::error!("{why}; failing the request with ABRT");
         self.stats.no_frame += 1;
+        if self.stats.no_frame.is_power_of_two() {
+            tracing::error!(
+                times = self.stats.no_frame,
+                "{why}; failing the request with ABRT"
+            );
+        }
         self.free_bounce(p.bounce.map(|b| (b, 0)));
         self.reply_io(p, IoOutcome::Err(libc::EBUSY));
     }
@@ -779,7 +787,10 @@ impl Worker {
         let outcome = match p.error {
             Some(e) => {
                 self.stats.io_errors += 1;
-                tracing::warn!(export = %self.exports[p.export].name, errno = e, decision = ?p.decision, "storage I/O failed; answering with an ATA error");
+                // Logged at the 1st, 2nd, 4th, 8th, … failure: never once per frame.
+                if self.stats.io_errors.is_power_of_two() {
+                    tracing::warn!(export = %self.exports[p.export].name, errno = e, decision = ?p.decision, failures = self.stats.io_errors, "storage I/O failed; answering with an ATA error");
+                }
                 IoOutcome::Err(e)
             }
             None => {
@@ -807,7 +818,7 @@ impl Worker {
             mut frame,
             export,
             decision,
-            chunks,
+            mut chunks,
             ..
         } = p;
         let off = frame.offset() as usize;
@@ -823,9 +834,10 @@ impl Worker {
             )
         };
         if chunks.is_empty() || outcome != IoOutcome::Ok {
-            for c in chunks {
+            for c in chunks.drain(..) {
                 self.recycle(c);
             }
+            self.chunk_lists.push(chunks);
             frame.set(off as u32, n.min(self.chunk - off) as u32);
             frame.set_options(0);
             self.tx.push(frame);
@@ -837,10 +849,11 @@ impl Worker {
         frame.set_options(XDP_PKT_CONTD);
         self.tx.push(frame);
         let last = chunks.len() - 1;
-        for (i, mut c) in chunks.into_iter().enumerate() {
+        for (i, mut c) in chunks.drain(..).enumerate() {
             c.set_options(if i == last { 0 } else { XDP_PKT_CONTD });
             self.tx.push(c);
         }
+        self.chunk_lists.push(chunks);
     }
 }
 
