@@ -579,24 +579,6 @@ fn region_over_1gib_is_split_and_usable() {
     assert!(umem.slice_mut(second, 4096) == &data[..]);
 }
 
-/// Linux capability ABI, `linux/capability.h`.
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: libc::c_int,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
-
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-const CAP_IPC_LOCK: u32 = 14;
-
 /// Without CAP_IPC_LOCK, registered buffers are charged to RLIMIT_MEMLOCK,
 /// and the error says so. Capabilities are per thread, so the test drops
 /// CAP_IPC_LOCK in a thread of its own.
@@ -628,18 +610,7 @@ fn memlock_error_names_the_limit() {
     };
     let len = (limit + 16 * MIB).next_multiple_of(4096);
     let err = std::thread::spawn(move || {
-        let mut header = CapHeader {
-            version: LINUX_CAPABILITY_VERSION_3,
-            pid: 0,
-        };
-        let mut data = [CapData::default(); 2];
-        // SAFETY: capget fills two CapData for version 3; both live here.
-        let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
-        assert_eq!(rc, 0);
-        data[0].effective &= !(1 << CAP_IPC_LOCK);
-        // SAFETY: capset reads the header and two CapData; this thread only.
-        let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
-        assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+        labkit::drop_capability_on_this_thread(labkit::CAP_IPC_LOCK);
         let umem = Mapping::with_flags(len, libc::MAP_NORESERVE);
         let result = Uring::new(4, &[], &[umem.region()]);
         result.unwrap_err()

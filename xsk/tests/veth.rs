@@ -190,36 +190,6 @@ fn bind_errors_say_what_to_do() {
     });
 }
 
-/// Drops CAP_IPC_LOCK from this thread's effective set (capabilities are per thread).
-fn drop_ipc_lock_on_this_thread() {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: i32,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy, Default)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-    const CAP_IPC_LOCK: u32 = 14;
-    let mut hdr = Header {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [Data::default(); 2];
-    // SAFETY: header and a 2-element data array, as capget expects for version 3.
-    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut hdr, data.as_mut_ptr()) };
-    assert_eq!(rc, 0, "capget: {}", io::Error::last_os_error());
-    data[0].effective &= !(1 << CAP_IPC_LOCK);
-    // SAFETY: as above; pid 0 means the calling thread only.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut hdr, data.as_ptr()) };
-    assert_eq!(rc, 0, "capset: {}", io::Error::last_os_error());
-}
-
 #[test]
 fn memlock_enobufs_is_explained() {
     if !labkit::privileged("memlock_enobufs_is_explained", NEEDS) {
@@ -239,7 +209,7 @@ fn memlock_enobufs_is_explained() {
     let veth = veth_pair();
     let name = veth.if_a();
     let err = in_netns(veth.ns_a(), || {
-        drop_ipc_lock_on_this_thread();
+        labkit::drop_capability_on_this_thread(labkit::CAP_IPC_LOCK);
         let frames = u32::try_from(lim.rlim_cur / 4096 + 16).unwrap();
         let cfg = UmemConfig {
             frame_count: frames,

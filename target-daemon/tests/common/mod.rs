@@ -214,23 +214,12 @@ impl Daemon {
     }
 
     /// SIGTERM and wait (at most 10 s); returns the exit status.
-    pub fn stop(mut self) -> (ExitStatus, String) {
+    pub fn stop(self) -> (ExitStatus, String) {
         // `ip netns exec` execs xblade, so the child's pid is xblade's.
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return (s, self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "xblade ignored SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit()
     }
 
     /// Wait (at most 10 s) for the daemon to exit on its own.
@@ -242,7 +231,7 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "xblade did not exit:\n{}",
+                "xblade did not exit (or ignored SIGTERM):\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));

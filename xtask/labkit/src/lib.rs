@@ -417,3 +417,41 @@ fn sockaddr(proto: u16, ifindex: i32) -> libc::sockaddr_ll {
         sll_addr: [0; 8],
     }
 }
+
+/// Linux capability ABI, `linux/capability.h` (version 3: two data words).
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// `CAP_IPC_LOCK`, for [`drop_capability_on_this_thread`].
+pub const CAP_IPC_LOCK: u32 = 14;
+
+/// Drop capability `cap` (< 32) from the calling thread's effective set. Capabilities are per
+/// thread, so a test can run one thread without, e.g., CAP_IPC_LOCK and leave the rest alone.
+pub fn drop_capability_on_this_thread(cap: u32) {
+    assert!(cap < 32, "only the first capability word is handled");
+    let mut header = CapHeader {
+        version: LINUX_CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget fills two CapData for version 3; both live here.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+    data[0].effective &= !(1 << cap);
+    // SAFETY: capset reads the header and two CapData; pid 0 is the calling thread only.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+}
