@@ -22,7 +22,8 @@ pub struct Addr {
 }
 
 impl Addr {
-    fn header(&self, command: u8) -> HeaderFields {
+    /// The common header of a request with this addressing and `command`.
+    pub fn header(&self, command: u8) -> HeaderFields {
         HeaderFields {
             dst: self.dst,
             src: self.src,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use aoe::initiator::{self, Body};
-use aoe::wire::{aflags, cmd, mac_to_string, AtaFields, HeaderFields, ATA_HLEN, SECTOR};
+use aoe::wire::{aflags, cmd, mac_to_string, AtaFields, ATA_HLEN, SECTOR};
 use aoe::Mac;
 use serde::Serialize;
 use xblade_ebpf::Role;
@@ -382,17 +382,14 @@ impl Engine {
     fn send(&self, port: &mut Port, tag: u32, req: &Req) {
         let mut f = port.alloc().expect("caller checked has_frames");
         let buf = port.chunk(&mut f);
-        HeaderFields {
-            dst: self.dst,
+        let addr = initiator::Addr {
             src: self.src,
-            flags: 0,
-            error: 0,
+            dst: self.dst,
             shelf: self.shelf,
             slot: self.slot,
-            command: cmd::ATA,
             tag,
-        }
-        .write(buf);
+        };
+        addr.header(cmd::ATA).write(buf);
         let (opcode, wflag) = if req.write {
             (aoe::ata::WRITE_EXT, aflags::WRITE)
         } else {
