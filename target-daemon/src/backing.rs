@@ -484,11 +484,33 @@ fn io_error(path: &Path, step: &'static str, source: io::Error) -> BackingError 
 
 /// stat, decide the flags from the kind, open, and check that what was opened
 /// is what was stat'ed (the path may be swapped in between).
+/// How long an `O_EXCL` open of a block device keeps retrying EBUSY. A holder that just closed
+/// the device may still own the claim for a moment: io_uring drops registered files from a
+/// kernel work item after the ring (or the whole process) is gone, so a daemon restarted at once,
+/// or a device reopened right after a ring was dropped, would otherwise see a busy device.
+const EXCL_SETTLE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// [`open_store`], retrying a block device's EBUSY for up to [`EXCL_SETTLE`].
+fn open_exclusive_settled(cfg: &BackingConfig, kind: BackingKind) -> io::Result<File> {
+    let deadline = std::time::Instant::now() + EXCL_SETTLE;
+    loop {
+        match open_store(cfg, kind) {
+            Err(e) if kind == BackingKind::BlockDevice && e.raw_os_error() == Some(libc::EBUSY) => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(e);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn open_checked(cfg: &BackingConfig) -> Result<(File, BackingKind), BackingError> {
     let path = cfg.path.as_path();
     let meta = std::fs::metadata(path).map_err(|e| open_error(cfg, e))?;
     let kind = kind_of(path, &meta)?;
-    let file = open_store(cfg, kind).map_err(|e| open_error(cfg, e))?;
+    let file = open_exclusive_settled(cfg, kind).map_err(|e| open_error(cfg, e))?;
     let meta_open = file.metadata().map_err(|e| io_error(path, "stat", e))?;
     if meta_open.dev() != meta.dev()
         || meta_open.ino() != meta.ino()
