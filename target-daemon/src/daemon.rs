@@ -156,12 +156,29 @@ fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
                 e.path.display()
             )
         })?;
-        if export.map.is_some() {
+        if let Some(map) = &export.map {
             sys::explain_sigbus();
+            let len = st_len(&export);
+            tracing::info!(
+                export = %export.name,
+                huge_mib = map.huge_bytes() >> 20,
+                mib = len >> 20,
+                "in-memory store mapped{}",
+                if map.huge_bytes() == 0 && len >= 2 << 20 {
+                    " with 4 KiB pages only (2 MiB pages refused: shmem_enabled is deny, the \
+                     kernel predates 6.1, or memory is fragmented): random reads will be slower"
+                } else {
+                    ""
+                }
+            );
         }
         out.push(Arc::new(export));
     }
     Ok(out)
+}
+
+fn st_len(export: &Export) -> u64 {
+    export.state().sectors * aoe::wire::SECTOR as u64
 }
 
 /// Run the daemon until `stop` is set. Returns the workers' counters.

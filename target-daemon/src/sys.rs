@@ -260,6 +260,8 @@ pub struct FileMap {
     delta: usize,
     /// Export length in bytes.
     len: u64,
+    /// Bytes made huge by MADV_COLLAPSE.
+    huge: u64,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; all access is by raw-pointer
@@ -269,37 +271,131 @@ unsafe impl Send for FileMap {}
 // block, which AoE leaves to the initiators, and no Rust reference to the memory ever exists.
 unsafe impl Sync for FileMap {}
 
+/// The PMD size on x86-64 and arm64 (4 KiB base pages): what a huge page maps.
+const HUGE: u64 = 2 << 20;
+/// `MADV_COLLAPSE` (Linux 6.1): make the range's pages huge now, whatever the tmpfs mount's
+/// `huge=` option says (it only refuses when the admin wrote `deny` to `shmem_enabled`).
+const MADV_COLLAPSE: libc::c_int = 25;
+
 impl FileMap {
-    /// Map `len` bytes of `fd` starting at byte `offset`.
+    /// Map `len` bytes of `fd` starting at byte `offset`, with 2 MiB pages where the file's
+    /// memory allows (see [`FileMap::huge_bytes`]).
+    ///
+    /// Why: a random 1 KiB read from a store mapped with 4 KiB pages misses the TLB almost every
+    /// time, and under nested paging that walk costs more than the copy (measured: 27% of the
+    /// worker's CPU in the copy, against 8% for a store that fits the TLB). The mapping is
+    /// placed so that virtual addresses and file offsets agree modulo 2 MiB, which is what lets
+    /// the kernel map a huge folio with one PMD entry.
     pub fn new(fd: RawFd, offset: u64, len: u64, writable: bool) -> io::Result<FileMap> {
         let page = 4096u64;
         let start = offset & !(page - 1);
         let delta = (offset - start) as usize;
         let map_len = usize::try_from(len).map_err(io::Error::other)? + delta;
         let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
-        // SAFETY: a new shared mapping of a file we hold open, at a page-aligned offset; the
-        // result is checked below and unmapped in Drop.
-        let p = unsafe {
+        let slack = HUGE as usize;
+        // SAFETY: reserving address space only (no access, no memory); checked below, and every
+        // byte of it is either replaced by the file mapping or unmapped before returning.
+        let hole = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
+                map_len + slack,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if hole == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let hole_at = hole as usize;
+        // The first address >= hole_at that is congruent to `start` modulo 2 MiB.
+        let want = (start % HUGE) as usize;
+        let at = hole_at + (want + slack - hole_at % slack) % slack;
+        // SAFETY: `at..at + map_len` lies inside the reservation made above (at - hole_at <
+        // slack), which this function owns; MAP_FIXED replaces exactly that part of it.
+        let p = unsafe {
+            libc::mmap(
+                at as *mut libc::c_void,
                 map_len,
                 prot,
-                libc::MAP_SHARED,
+                libc::MAP_SHARED | libc::MAP_FIXED,
                 fd,
                 start as libc::off_t,
             )
         };
         if p == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            // SAFETY: releasing the whole reservation made above; nothing else refers to it.
+            unsafe { libc::munmap(hole, map_len + slack) };
+            return Err(e);
+        }
+        // SAFETY: giving back the reservation's parts before and after the file mapping; both
+        // lie inside the reservation and outside `at..at + map_len`.
+        unsafe {
+            if at > hole_at {
+                libc::munmap(hole, at - hole_at);
+            }
+            let end = at + map_len;
+            let hole_end = hole_at + map_len + slack;
+            if hole_end > end {
+                libc::munmap(end as *mut libc::c_void, hole_end - end);
+            }
         }
         let base = std::ptr::NonNull::new(p.cast::<u8>())
             .ok_or_else(|| io::Error::other("mmap returned null"))?;
-        Ok(FileMap {
+        let mut map = FileMap {
             base,
             map_len,
             delta,
             len,
-        })
+            huge: 0,
+        };
+        map.collapse(fd, start);
+        Ok(map)
+    }
+
+    /// Make huge every 2 MiB-aligned part of the mapping whose file bytes are all allocated
+    /// (never a hole: collapsing one would allocate memory a sparse store never used). Best
+    /// effort: a refusal (old kernel, `shmem_enabled` = deny, no free 2 MiB page) leaves 4 KiB
+    /// pages, which are only slower.
+    fn collapse(&mut self, fd: RawFd, file_start: u64) {
+        let file_end = file_start + self.map_len as u64;
+        let mut pos = file_start;
+        while pos < file_end {
+            // SAFETY: lseek on a descriptor the caller holds open; no memory is involved.
+            let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
+            if data < 0 || data as u64 >= file_end {
+                break;
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
+            let hole = if hole < 0 {
+                file_end
+            } else {
+                (hole as u64).min(file_end)
+            };
+            let first = (data as u64).div_ceil(HUGE) * HUGE;
+            let last = hole / HUGE * HUGE;
+            if last > first {
+                let addr = self.base.as_ptr() as usize + (first - file_start) as usize;
+                let n = (last - first) as usize;
+                // SAFETY: advice on part of our own mapping (first..last lies inside the
+                // file range it maps); MADV_COLLAPSE changes how pages are mapped, not the data.
+                let r = unsafe { libc::madvise(addr as *mut libc::c_void, n, MADV_COLLAPSE) };
+                if r == 0 {
+                    self.huge += n as u64;
+                } else if io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+                    return; // not supported here: do not try the other extents
+                }
+            }
+            pos = hole.max(pos + 1);
+        }
+    }
+
+    /// How many bytes of the mapping use 2 MiB pages (0: none could).
+    pub fn huge_bytes(&self) -> u64 {
+        self.huge
     }
 
     fn at(&self, offset: u64, len: usize) -> *mut u8 {
@@ -312,6 +408,12 @@ impl FileMap {
         self.base
             .as_ptr()
             .wrapping_add(self.delta + offset as usize)
+    }
+
+    /// Hint the CPU to start loading the cache lines of export bytes `offset..offset + len`.
+    /// A hint only: no memory is accessed, and a bad address is ignored by the hardware.
+    pub fn prefetch(&self, offset: u64, len: usize) {
+        prefetch(self.at(offset, len), len);
     }
 
     /// Copy `len` bytes at export byte `offset` to `dst`.
@@ -341,6 +443,27 @@ impl Drop for FileMap {
         // SAFETY: unmapping exactly the mapping created in `new`, once.
         unsafe { libc::munmap(self.base.as_ptr().cast(), self.map_len) };
     }
+}
+
+/// Hint the CPU to start loading the cache lines of `p..p + len`. A hint only: no memory is
+/// accessed, and a bad address is ignored by the hardware.
+fn prefetch(p: *const u8, len: usize) {
+    let mut i = 0;
+    while i < len {
+        prefetch_line(p.wrapping_add(i));
+        i += 64;
+    }
+}
+
+#[inline(always)]
+fn prefetch_line(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is a hint: it never faults and never changes memory, whatever `p` is.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// Make SIGBUS (a mapped store that shrank under us: someone truncated the backing file) end
@@ -376,6 +499,70 @@ mod tests {
         assert_eq!(parse_irq_cpus(text, "eth1"), vec![1, 3]);
         assert_eq!(parse_irq_cpus(text, "eth10"), vec![0]);
         assert!(parse_irq_cpus(text, "veth0").is_empty());
+    }
+
+    /// A file on /dev/shm (tmpfs) holding `len` bytes: a pattern where `written`, else a hole.
+    fn shm_file(name: &str, len: u64, written: u64) -> std::fs::File {
+        use std::io::Write;
+        let path = format!("/dev/shm/xblade-sys-test-{}-{name}", std::process::id());
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("create a file on /dev/shm");
+        std::fs::remove_file(&path).unwrap();
+        let pattern: Vec<u8> = (0..written).map(|i| (i % 251) as u8).collect();
+        f.write_all(&pattern).unwrap();
+        f.set_len(len).unwrap();
+        f
+    }
+
+    fn shmem_huge_denied() -> bool {
+        std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/shmem_enabled")
+            .map_or(true, |s| s.contains("[deny]"))
+    }
+
+    #[test]
+    fn file_map_reads_the_right_bytes_and_uses_huge_pages_where_allocated() {
+        use std::os::fd::AsRawFd;
+        const MIB: u64 = 1 << 20;
+        let f = shm_file("full", 6 * MIB, 6 * MIB);
+        // An export starting 512 bytes into the second MiB, 4 MiB long: only file bytes
+        // 2..4 MiB form a whole aligned huge page inside it.
+        let off = MIB + 512;
+        let map = FileMap::new(f.as_raw_fd(), off, 4 * MIB, false).unwrap();
+        for at in [0, 511, 4096, MIB - 100, 3 * MIB, 4 * MIB - 1024] {
+            let mut buf = [0u8; 1024];
+            let n = buf.len().min((4 * MIB - at) as usize);
+            // SAFETY: `buf` is ours and large enough.
+            unsafe { map.read_into(at, buf.as_mut_ptr(), n) };
+            for (i, b) in buf[..n].iter().enumerate() {
+                assert_eq!(*b, ((off + at + i as u64) % 251) as u8, "byte {at}+{i}");
+            }
+        }
+        if shmem_huge_denied() {
+            eprintln!("shmem_enabled is deny here: checking only that nothing was made huge");
+            assert_eq!(map.huge_bytes(), 0);
+        } else {
+            assert_eq!(map.huge_bytes(), 2 * MIB);
+        }
+    }
+
+    #[test]
+    fn file_map_never_fills_a_sparse_store() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        const MIB: u64 = 1 << 20;
+        let f = shm_file("sparse", 16 * MIB, 4096);
+        let map = FileMap::new(f.as_raw_fd(), 0, 16 * MIB, true).unwrap();
+        assert_eq!(map.huge_bytes(), 0, "a hole was collapsed");
+        let allocated = f.metadata().unwrap().blocks() * 512;
+        assert!(
+            allocated <= MIB,
+            "the sparse store grew to {allocated} bytes"
+        );
     }
 
     #[test]
