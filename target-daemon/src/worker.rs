@@ -849,7 +849,12 @@ impl Worker {
             for c in chunks.drain(..) {
                 self.recycle(c);
             }
-            self.chunk_lists.push(chunks);
+            // Only a list that came from `chunk_lists` goes back: the empty one of a
+            // single-chunk request never allocated, and keeping it would grow the pool by one
+            // entry per request.
+            if chunks.capacity() > 0 {
+                self.chunk_lists.push(chunks);
+            }
             frame.set(off as u32, n.min(self.chunk - off) as u32);
             frame.set_options(0);
             self.tx.push(frame);
