@@ -445,9 +445,17 @@ impl Drop for FileMap {
     }
 }
 
-/// Hint the CPU to start loading the cache lines of `p..p + len`. A hint only: no memory is
-/// accessed, and a bad address is ignored by the hardware.
+/// How much of one range [`prefetch`] asks for.
+const PREFETCH_MAX: usize = 512;
+
+/// Hint the CPU to start loading the cache lines of `p..p + len` (at most [`PREFETCH_MAX`]).
+/// A hint only: no memory is accessed, and a bad address is ignored by the hardware.
 fn prefetch(p: *const u8, len: usize) {
+    // The first 512 bytes: enough for the CPU's stream prefetcher to fetch the rest of a
+    // larger range, and a batch of 8 KiB reads prefetched whole would overflow the caches
+    // before the copies run. Measured on 1 KiB and 8 KiB random reads from a 256 MiB store:
+    // 512 was as good as the whole range for 1 KiB and 7% better for 8 KiB.
+    let len = len.min(PREFETCH_MAX);
     let mut i = 0;
     while i < len {
         prefetch_line(p.wrapping_add(i));
