@@ -355,41 +355,58 @@ impl FileMap {
         Ok(map)
     }
 
-    /// Make huge every 2 MiB-aligned part of the mapping whose file bytes are all allocated
-    /// (never a hole: collapsing one would allocate memory a sparse store never used). Best
-    /// effort: a refusal (old kernel, `shmem_enabled` = deny, no free 2 MiB page) leaves 4 KiB
-    /// pages, which are only slower.
+    /// Make huge every 2 MiB-aligned part of the mapping whose memory the store already has:
+    /// all of it when the file is fully allocated (written or `fallocate`d), else the parts
+    /// whose pages are all resident. Never a hole: collapsing one would allocate memory a sparse
+    /// store never used. Best effort: a refusal (old kernel, `shmem_enabled` = deny, no free
+    /// 2 MiB page) leaves 4 KiB pages, which are only slower.
     fn collapse(&mut self, fd: RawFd, file_start: u64) {
-        let file_end = file_start + self.map_len as u64;
-        let mut pos = file_start;
-        while pos < file_end {
-            // SAFETY: lseek on a descriptor the caller holds open; no memory is involved.
-            let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-            if data < 0 || data as u64 >= file_end {
-                break;
-            }
-            // SAFETY: as above.
-            let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-            let hole = if hole < 0 {
-                file_end
-            } else {
-                (hole as u64).min(file_end)
+        let page = 4096usize;
+        let pages = self.map_len.div_ceil(page);
+        let mut resident = vec![0u8; pages];
+        // SAFETY: a zeroed stat is a valid value of the plain-data struct, filled by fstat.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat on a descriptor the caller holds open, into `st`.
+        let allocated = unsafe { libc::fstat(fd, &mut st) } == 0
+            && (st.st_blocks as u64) * 512 >= st.st_size as u64;
+        if allocated {
+            // mincore calls an fallocated page absent (it is not "up to date" until written),
+            // yet its memory is taken: collapse it all.
+            resident.fill(1);
+        } else {
+            // SAFETY: mincore on our own mapping (base..base + map_len), writing one byte per
+            // page into `resident`, which has exactly that many.
+            let r = unsafe {
+                libc::mincore(
+                    self.base.as_ptr().cast(),
+                    self.map_len,
+                    resident.as_mut_ptr().cast(),
+                )
             };
-            let first = (data as u64).div_ceil(HUGE) * HUGE;
-            let last = hole / HUGE * HUGE;
-            if last > first {
-                let addr = self.base.as_ptr() as usize + (first - file_start) as usize;
-                let n = (last - first) as usize;
-                // SAFETY: advice on part of our own mapping (first..last lies inside the
-                // file range it maps); MADV_COLLAPSE changes how pages are mapped, not the data.
-                let r = unsafe { libc::madvise(addr as *mut libc::c_void, n, MADV_COLLAPSE) };
+            if r != 0 {
+                return;
+            }
+        }
+        let huge = HUGE as usize;
+        // The first 2 MiB boundary of the file at or after the mapping's start, as a mapping
+        // offset; the mapping's addresses agree with file offsets modulo 2 MiB.
+        let mut at = ((file_start.div_ceil(HUGE) * HUGE) - file_start) as usize;
+        while at + huge <= self.map_len {
+            let all_in = resident[at / page..(at + huge) / page]
+                .iter()
+                .all(|b| b & 1 == 1);
+            if all_in {
+                let addr = self.base.as_ptr().wrapping_add(at);
+                // SAFETY: advice on 2 MiB of our own mapping (at + huge <= map_len);
+                // MADV_COLLAPSE changes how pages are mapped, never the data.
+                let r = unsafe { libc::madvise(addr.cast(), huge, MADV_COLLAPSE) };
                 if r == 0 {
-                    self.huge += n as u64;
+                    self.huge += HUGE;
                 } else if io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
-                    return; // not supported here: do not try the other extents
+                    return; // not supported here: do not try the rest
                 }
             }
-            pos = hole.max(pos + 1);
+            at += huge;
         }
     }
 
@@ -559,16 +576,35 @@ mod tests {
     }
 
     #[test]
+    fn file_map_makes_a_fallocated_store_huge() {
+        use std::os::fd::AsRawFd;
+        const MIB: u64 = 1 << 20;
+        let f = shm_file("falloc", 0, 0);
+        // SAFETY: fallocate on a file we own; no memory is involved.
+        let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, 4 * MIB as libc::off_t) };
+        assert_eq!(r, 0, "fallocate on tmpfs");
+        let map = FileMap::new(f.as_raw_fd(), 0, 4 * MIB, true).unwrap();
+        let want = if shmem_huge_denied() { 0 } else { 4 * MIB };
+        assert_eq!(map.huge_bytes(), want);
+        let mut buf = [1u8; 512];
+        // SAFETY: `buf` is ours and large enough.
+        unsafe { map.read_into(3 * MIB, buf.as_mut_ptr(), 512) };
+        assert_eq!(buf, [0u8; 512], "a fallocated store reads as zeros");
+    }
+
+    #[test]
     fn file_map_never_fills_a_sparse_store() {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::MetadataExt;
         const MIB: u64 = 1 << 20;
-        let f = shm_file("sparse", 16 * MIB, 4096);
+        // 4 MiB written, then 12 MiB of hole: only the written part may become huge.
+        let f = shm_file("sparse", 16 * MIB, 4 * MIB);
         let map = FileMap::new(f.as_raw_fd(), 0, 16 * MIB, true).unwrap();
-        assert_eq!(map.huge_bytes(), 0, "a hole was collapsed");
+        let want = if shmem_huge_denied() { 0 } else { 4 * MIB };
+        assert_eq!(map.huge_bytes(), want);
         let allocated = f.metadata().unwrap().blocks() * 512;
         assert!(
-            allocated <= MIB,
+            allocated <= 4 * MIB,
             "the sparse store grew to {allocated} bytes"
         );
     }
