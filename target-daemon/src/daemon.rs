@@ -158,7 +158,7 @@ fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
         })?;
         if let Some(map) = &export.map {
             sys::explain_sigbus();
-            let len = st_len(&export);
+            let len = map.bytes();
             tracing::info!(
                 export = %export.name,
                 huge_mib = map.huge_bytes() >> 20,
@@ -175,10 +175,6 @@ fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
         out.push(Arc::new(export));
     }
     Ok(out)
-}
-
-fn st_len(export: &Export) -> u64 {
-    export.state().sectors * aoe::wire::SECTOR as u64
 }
 
 /// Run the daemon until `stop` is set. Returns the workers' counters.

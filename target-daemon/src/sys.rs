@@ -410,6 +410,11 @@ impl FileMap {
         }
     }
 
+    /// The export's length in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.len
+    }
+
     /// How many bytes of the mapping use 2 MiB pages (0: none could).
     pub fn huge_bytes(&self) -> u64 {
         self.huge

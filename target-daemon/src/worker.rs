@@ -30,6 +30,7 @@ use crate::uring::{Completion, Uring};
 const RX_BATCH: usize = 64;
 /// Queued io_uring entries that trigger a submission before the RX batch ends (see `issue`).
 const SUBMIT_EVERY: u64 = 4;
+/// Idle loops before the worker sleeps in `poll`.
 const IDLE_SPINS: u32 = 256;
 /// Longest sleep, so the stop flag is seen promptly.
 const POLL_MS: i32 = 20;
