@@ -164,9 +164,13 @@ fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
                 huge_mib = map.huge_bytes() >> 20,
                 mib = len >> 20,
                 "in-memory store mapped{}",
-                if map.huge_bytes() == 0 && len >= 2 << 20 {
-                    " with 4 KiB pages only (2 MiB pages refused: shmem_enabled is deny, the \
-                     kernel predates 6.1, or memory is fragmented): random reads will be slower"
+                if map.huge_tried() > map.huge_bytes() {
+                    " partly or wholly with 4 KiB pages: 2 MiB pages were refused (shmem_enabled \
+                     is deny, the kernel predates 6.1, or no free 2 MiB pages): random reads \
+                     will be slower"
+                } else if map.huge_bytes() < len && len >= 2 << 20 {
+                    " with 4 KiB pages where the file is sparse (memory not allocated yet): \
+                     `fallocate` the image before serving it to get 2 MiB pages there"
                 } else {
                     ""
                 }

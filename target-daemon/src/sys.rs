@@ -262,6 +262,8 @@ pub struct FileMap {
     len: u64,
     /// Bytes made huge by MADV_COLLAPSE.
     huge: u64,
+    /// Bytes whose memory the store already had, so that making them huge was tried.
+    huge_tried: u64,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; all access is by raw-pointer
@@ -350,6 +352,7 @@ impl FileMap {
             delta,
             len,
             huge: 0,
+            huge_tried: 0,
         };
         map.collapse(fd, start);
         Ok(map)
@@ -396,6 +399,7 @@ impl FileMap {
                 .iter()
                 .all(|b| b & 1 == 1);
             if all_in {
+                self.huge_tried += HUGE;
                 let addr = self.base.as_ptr().wrapping_add(at);
                 // SAFETY: advice on 2 MiB of our own mapping (at + huge <= map_len);
                 // MADV_COLLAPSE changes how pages are mapped, never the data.
@@ -418,6 +422,12 @@ impl FileMap {
     /// How many bytes of the mapping use 2 MiB pages (0: none could).
     pub fn huge_bytes(&self) -> u64 {
         self.huge
+    }
+
+    /// How many bytes were candidates for 2 MiB pages: whole aligned 2 MiB extents whose
+    /// memory the store already had (0 for a sparse, never written store).
+    pub fn huge_tried(&self) -> u64 {
+        self.huge_tried
     }
 
     fn at(&self, offset: u64, len: usize) -> *mut u8 {
@@ -607,6 +617,11 @@ mod tests {
         let map = FileMap::new(f.as_raw_fd(), 0, 16 * MIB, true).unwrap();
         let want = if shmem_huge_denied() { 0 } else { 4 * MIB };
         assert_eq!(map.huge_bytes(), want);
+        assert_eq!(
+            map.huge_tried(),
+            4 * MIB,
+            "only the written part is a candidate"
+        );
         let allocated = f.metadata().unwrap().blocks() * 512;
         assert!(
             allocated <= 4 * MIB,

@@ -240,6 +240,13 @@ pub fn run(args: &[String]) -> Result<()> {
                 .console
                 .with_extension(format!("initiator-stall-{}.log", kept_logs.len() + 1));
             let _ = std::fs::rename(&result.console, &kept);
+            // The target's log of the stalled run too: its counters show every frame answered.
+            let _ = std::fs::rename(
+                &result.target_log,
+                result
+                    .target_log
+                    .with_extension(format!("initiator-stall-{}.log", kept_logs.len() + 1)),
+            );
             eprintln!(
                 "vm-test: {test}: RETRY ({} of at most {STALL_RETRIES}): {why} (console kept in {})",
                 kept_logs.len() + 1,
@@ -392,6 +399,8 @@ fn initiator_stall_in(failures: &[String], console: &str) -> Option<String> {
 struct TestResult {
     name: String,
     console: PathBuf,
+    /// The target's log (its counters at exit tell whether it answered every frame).
+    target_log: PathBuf,
     failures: Vec<String>,
     /// From qemu's start: guest init running, device ready, verdict, qemu gone.
     booted: Option<Duration>,
@@ -462,6 +471,7 @@ impl TestContext<'_> {
         let mut result = TestResult {
             name: test.to_owned(),
             console: console.clone(),
+            target_log: self.out.join(format!("target-{label}-{test}.log")),
             failures: Vec::new(),
             booted: None,
             ready: None,
@@ -494,7 +504,6 @@ impl TestContext<'_> {
         file.set_len(size)?;
         drop(file);
 
-        let label = self.options.label();
         let mut target = Target::start(TargetCommand {
             bin: self.target_bin.to_owned(),
             args: self.options.target_args.clone(),
@@ -502,7 +511,7 @@ impl TestContext<'_> {
             slot: SLOT,
             netif: self.tap.name.clone(),
             backing: backing.to_owned(),
-            log: self.out.join(format!("target-{label}-{test}.log")),
+            log: result.target_log.clone(),
         })?;
 
         let append = format!(
