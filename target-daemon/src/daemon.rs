@@ -170,7 +170,7 @@ fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
                      will be slower"
                 } else if map.huge_bytes() < len && len >= 2 << 20 {
                     " with 4 KiB pages where the file is sparse (memory not allocated yet): \
-                     `fallocate` the image before serving it to get 2 MiB pages there"
+                     `fallocate` the image before starting xblade to get 2 MiB pages there"
                 } else {
                     ""
                 }
