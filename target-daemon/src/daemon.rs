@@ -333,6 +333,7 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
         })?;
         handles.push((ifname, queue, h));
     }
+    // "serving workers=N" is the readiness line the tests, the bench and scripts wait for.
     tracing::info!(workers = handles.len(), "serving");
     let mut summary = Summary::default();
     let mut failed = None;

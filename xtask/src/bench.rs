@@ -1057,7 +1057,7 @@ impl Bench {
                 a.extend(self.xblade_extra.iter().cloned());
                 a.extend(addr);
                 a.push(file);
-                (a, "serving")
+                (a, "serving workers=")
             }
             Thing::Vblade => {
                 a.extend([

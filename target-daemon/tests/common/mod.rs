@@ -191,7 +191,7 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("serving") {
+            if text.contains("serving workers=") {
                 return Ok(Daemon { child, log });
             }
             if let Some(status) = child.try_wait().unwrap() {
