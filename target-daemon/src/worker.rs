@@ -720,7 +720,7 @@ impl Worker {
         // the first requests of a batch do not wait for the rest to be decided, and a
         // virtualised disk serves a steady trickle faster than bursts (fio on this lab's
         // virtio disk: 160k IOPS submitting one by one, 122k in batches of 16). Measured,
-        // 1 KiB random reads from a file at QD 64: +8 to +14% (median of 5) over one
+        // 1 KiB random reads from a file at QD 64: +6 to +14% (medians of 5) over one
         // submission per batch. A failure is not lost: the entries stay queued, and the
         // submission at the end of the batch returns it.
         if self.uring.queued() >= SUBMIT_EVERY {
@@ -734,9 +734,9 @@ impl Worker {
         let mut ops = std::mem::take(&mut self.inline_ops);
         // Start loading the store bytes of the whole batch before copying any of them, so the
         // batch's cache misses overlap instead of each copy waiting for its own (a random
-        // 1 KiB read is 16 misses). Measured, 1 KiB random reads from a 256 MiB store: +12%
-        // over no prefetch, and better than prefetching a few operations ahead or at decide
-        // time.
+        // 1 KiB read is 16 misses). Measured, 1 KiB random reads from a 256 MiB store: +9 to
+        // +16% over no prefetch, and better than prefetching a few operations ahead or at
+        // decide time.
         for &(ei, op, _) in &ops {
             let export = &self.exports[ei];
             if let (Some(map), Op::Read { len, offset, .. } | Op::Write { len, offset, .. }) =
