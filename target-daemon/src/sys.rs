@@ -365,39 +365,40 @@ impl FileMap {
     /// 2 MiB page) leaves 4 KiB pages, which are only slower.
     fn collapse(&mut self, fd: RawFd, file_start: u64) {
         let page = 4096usize;
-        let pages = self.map_len.div_ceil(page);
-        let mut resident = vec![0u8; pages];
         // SAFETY: a zeroed stat is a valid value of the plain-data struct, filled by fstat.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: fstat on a descriptor the caller holds open, into `st`.
         let allocated = unsafe { libc::fstat(fd, &mut st) } == 0
             && (st.st_blocks as u64) * 512 >= st.st_size as u64;
-        if allocated {
-            // mincore calls an fallocated page absent (it is not "up to date" until written),
-            // yet its memory is taken: collapse it all.
-            resident.fill(1);
+        // Which pages are in memory: None when all are. mincore calls an fallocated page absent
+        // (it is not "up to date" until written), yet its memory is taken, so a fully allocated
+        // file is not asked.
+        let resident = if allocated {
+            None
         } else {
+            let mut v = vec![0u8; self.map_len.div_ceil(page)];
             // SAFETY: mincore on our own mapping (base..base + map_len), writing one byte per
-            // page into `resident`, which has exactly that many.
+            // page into `v`, which has exactly that many.
             let r = unsafe {
                 libc::mincore(
                     self.base.as_ptr().cast(),
                     self.map_len,
-                    resident.as_mut_ptr().cast(),
+                    v.as_mut_ptr().cast(),
                 )
             };
             if r != 0 {
                 return;
             }
-        }
+            Some(v)
+        };
         let huge = HUGE as usize;
         // The first 2 MiB boundary of the file at or after the mapping's start, as a mapping
         // offset; the mapping's addresses agree with file offsets modulo 2 MiB.
         let mut at = ((file_start.div_ceil(HUGE) * HUGE) - file_start) as usize;
         while at + huge <= self.map_len {
-            let all_in = resident[at / page..(at + huge) / page]
-                .iter()
-                .all(|b| b & 1 == 1);
+            let all_in = resident
+                .as_ref()
+                .is_none_or(|r| r[at / page..(at + huge) / page].iter().all(|b| b & 1 == 1));
             if all_in {
                 self.huge_tried += HUGE;
                 let addr = self.base.as_ptr().wrapping_add(at);

@@ -230,7 +230,7 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut result = context.run(test);
         host::check_interrupted()?;
         let mut kept_logs = Vec::new();
-        while let Some(why) = initiator_stall(&result) {
+        while let Some(why) = initiator_stall(&result, options.target) {
             if kept_logs.len() == STALL_RETRIES {
                 break;
             }
@@ -373,14 +373,19 @@ const STALL_RETRIES: usize = 3;
 /// outstanding to the target (its watchdog prints `DIAG e1.0: <mac>:<nout>:<maxout>:<nframes>`
 /// with nout 0), say why: the 6.1 driver's blk-mq queue was not kicked, a known initiator bug
 /// (OpenAoE/aoe#13 family) that no target behaviour can cause or cure.
-fn initiator_stall(result: &TestResult) -> Option<String> {
+fn initiator_stall(result: &TestResult, target: TargetKind) -> Option<String> {
     let console = std::fs::read_to_string(&result.console).ok()?;
-    let target_log = std::fs::read_to_string(&result.target_log).unwrap_or_default();
-    initiator_stall_in(&result.failures, &console, &target_log)
+    // Only xblade prints the counters that show it answered everything; vblade is judged on the
+    // guest's state alone.
+    let target_log = match target {
+        TargetKind::Xblade => Some(std::fs::read_to_string(&result.target_log).unwrap_or_default()),
+        TargetKind::Vblade => None,
+    };
+    initiator_stall_in(&result.failures, &console, target_log.as_deref())
 }
 
 /// Whether xblade's exit counters (in its log) say it answered every frame it received and its
-/// XDP program dropped none. A target that prints no counters (vblade) is not judged here.
+/// XDP program dropped none. No counters at all (it crashed or was killed) is a no.
 fn target_answered_all(target_log: &str) -> bool {
     let number_after = |line: &str, key: &str| -> Option<u64> {
         let rest = &line[line.find(key)? + key.len()..];
@@ -411,11 +416,17 @@ fn target_answered_all(target_log: &str) -> bool {
             }
         }
     }
-    judged || !target_log.contains("xblade")
+    judged
 }
 
-fn initiator_stall_in(failures: &[String], console: &str, target_log: &str) -> Option<String> {
-    if !failures.iter().any(|f| f.contains("stalled")) || !target_answered_all(target_log) {
+fn initiator_stall_in(
+    failures: &[String],
+    console: &str,
+    xblade_log: Option<&str>,
+) -> Option<String> {
+    if !failures.iter().any(|f| f.contains("stalled"))
+        || xblade_log.is_some_and(|log| !target_answered_all(log))
+    {
         return None;
     }
     let line = console.lines().find(|l| {
@@ -849,27 +860,27 @@ mod stall_tests {
     #[test]
     fn a_stall_with_no_frame_outstanding_is_the_initiators() {
         let stalled = vec!["guest: FAIL restart stalled: no I/O completed for 30s".to_string()];
-        assert!(initiator_stall_in(&stalled, LOG, TARGET)
+        assert!(initiator_stall_in(&stalled, LOG, Some(TARGET))
             .unwrap()
             .contains("aa823cefc5d4:0:64:64"));
         // vblade prints no counters: judged on the guest's state alone.
-        assert!(initiator_stall_in(&stalled, LOG, "").is_some());
+        assert!(initiator_stall_in(&stalled, LOG, None).is_some());
         // A frame outstanding means the target owes an answer: a real failure, no retry.
         assert_eq!(
-            initiator_stall_in(&stalled, &LOG.replace(":0:64:64", ":1:64:64"), TARGET),
+            initiator_stall_in(&stalled, &LOG.replace(":0:64:64", ":1:64:64"), Some(TARGET)),
             None
         );
         // So does a frame the target received and never answered, or one its XDP dropped.
         let unanswered = TARGET.replace("tx_frames: 696941", "tx_frames: 696939");
-        assert_eq!(initiator_stall_in(&stalled, LOG, &unanswered), None);
+        assert_eq!(initiator_stall_in(&stalled, LOG, Some(&unanswered)), None);
         let dropped = TARGET.replace("redirected=696940 dropped=0", "redirected=696940 dropped=2");
-        assert_eq!(initiator_stall_in(&stalled, LOG, &dropped), None);
+        assert_eq!(initiator_stall_in(&stalled, LOG, Some(&dropped)), None);
         // A target that printed no counters (it crashed or was killed) is not cleared.
         let crashed = "== vm-test: start #1: \"/x/release/xblade\" \"1\" \"0\"\n";
-        assert_eq!(initiator_stall_in(&stalled, LOG, crashed), None);
+        assert_eq!(initiator_stall_in(&stalled, LOG, Some(crashed)), None);
         // Other failures are never retried.
         assert_eq!(
-            initiator_stall_in(&["guest: FAIL io cmp".to_string()], LOG, TARGET),
+            initiator_stall_in(&["guest: FAIL io cmp".to_string()], LOG, Some(TARGET)),
             None
         );
     }
