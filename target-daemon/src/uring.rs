@@ -433,10 +433,11 @@ impl Uring {
         self.after_submit(result)
     }
 
-    /// Append every ready completion to `out`; returns how many.
-    pub fn reap(&mut self, out: &mut Vec<Completion>) -> usize {
+    /// Append up to `max` ready completions to `out` (the rest stay for the next call); returns
+    /// how many.
+    pub fn reap(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
         let before = out.len();
-        out.extend(self.ring.completion().map(|cqe| Completion {
+        out.extend(self.ring.completion().take(max).map(|cqe| Completion {
             user_data: cqe.user_data(),
             result: cqe.result(),
         }));
@@ -901,7 +902,7 @@ mod tests {
         assert!(ring.fd() >= 0);
         assert_eq!(ring.submit().unwrap(), 0);
         let mut out = Vec::new();
-        assert_eq!(ring.reap(&mut out), 0);
+        assert_eq!(ring.reap(&mut out, usize::MAX), 0);
     }
 
     #[test]
@@ -925,10 +926,30 @@ mod tests {
         while out.len() < pushed as usize {
             let want = pushed as usize - out.len();
             ring.submit_and_wait(want).unwrap();
-            ring.reap(&mut out);
+            ring.reap(&mut out, usize::MAX);
         }
         assert!(out.iter().all(|c| c.result == 0), "{out:?}");
         assert_eq!(ring.in_flight(), 0);
         assert_eq!(ring.sq_space(), 4);
+    }
+
+    #[test]
+    fn reap_takes_at_most_max_and_leaves_the_rest() {
+        let f = tempfile::tempfile().unwrap();
+        use std::os::fd::AsRawFd;
+        let mut ring = Uring::new(8, &[f.as_raw_fd()], &[]).unwrap();
+        for ud in 0..3 {
+            ring.push_fsync(0, true, ud).unwrap();
+        }
+        ring.submit().unwrap();
+        ring.submit_and_wait(3).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(ring.reap(&mut out, 1), 1);
+        assert_eq!(ring.in_flight(), 2);
+        assert_eq!(ring.reap(&mut out, 5), 2);
+        assert_eq!(ring.in_flight(), 0);
+        let mut uds: Vec<u64> = out.iter().map(|c| c.user_data).collect();
+        uds.sort();
+        assert_eq!(uds, vec![0, 1, 2]);
     }
 }

@@ -177,6 +177,7 @@ pub struct Worker {
     tx_outstanding: u64,
     busy_poll: bool,
     spin: IdleSpin,
+    reap: ReapBatch,
     /// Operations on mapped in-memory stores, copied (then completed like io_uring's) once the
     /// whole RX batch is decided, so the copies run back to back: (export, operation, user data).
     inline_ops: Vec<(usize, Op, u64)>,
@@ -248,6 +249,66 @@ impl IdleSpin {
     }
 }
 
+/// How many io_uring completions one loop turns into replies before it sends them and takes
+/// new requests: one while the worker has time to spare, a whole batch while it has none.
+///
+/// A disk completes in bursts (this lab's virtio disk hands back most of 64 reads at once).
+/// Replying to the whole burst before taking the next requests puts the requests the initiator
+/// sends in answer behind that whole loop, so the disk idles between bursts; replying one by one
+/// and taking requests in between keeps it fed like fio's submit-on-completion loop (1 KiB random
+/// reads at QD 64: 115k → 138k IOPS against fio's 150k). That costs a `sendto` and an
+/// `io_uring_enter` per request, which only a worker with slack can afford: over every
+/// `REAP_WINDOW` loops, a worker that was idle in at least 1 loop in `REAP_SLACK_ONE_IN` replies
+/// one by one, otherwise a batch at a time.
+#[derive(Debug)]
+struct ReapBatch {
+    loops: u32,
+    idle_loops: u32,
+    slept: bool,
+    cap: usize,
+}
+
+/// Loops judged together by `ReapBatch`.
+const REAP_WINDOW: u32 = 256;
+/// A worker idle in at least 1 loop in this many has slack.
+const REAP_SLACK_ONE_IN: u32 = 16;
+
+impl Default for ReapBatch {
+    fn default() -> Self {
+        ReapBatch {
+            loops: 0,
+            idle_loops: 0,
+            slept: false,
+            cap: 1,
+        }
+    }
+}
+
+impl ReapBatch {
+    /// Completions to reap in this loop.
+    fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// The worker is about to sleep in `poll`: it has slack.
+    fn slept(&mut self) {
+        self.slept = true;
+    }
+
+    /// A loop ended, `idle` if it found no work.
+    fn record(&mut self, idle: bool) {
+        self.loops += 1;
+        self.idle_loops += u32::from(idle);
+        if self.loops == REAP_WINDOW {
+            let slack = std::mem::take(&mut self.slept)
+                || self.idle_loops * REAP_SLACK_ONE_IN >= self.loops;
+            self.cap = if slack { 1 } else { RX_BATCH };
+            self.loops = 0;
+            self.idle_loops = 0;
+        }
+    }
+}
+
 /// One storage operation.
 #[derive(Clone, Copy)]
 enum Op {
@@ -314,6 +375,7 @@ impl Worker {
             tx_outstanding: 0,
             busy_poll: false,
             spin: IdleSpin::default(),
+            reap: ReapBatch::default(),
             inline_ops: Vec::new(),
             stats: WorkerStats::default(),
         }
@@ -345,7 +407,8 @@ impl Worker {
             let mut work = false;
 
             // Storage completions become replies.
-            if self.uring.in_flight() > 0 && self.uring.reap(&mut completions) > 0 {
+            if self.uring.in_flight() > 0 && self.uring.reap(&mut completions, self.reap.cap()) > 0
+            {
                 work = true;
                 for c in completions.drain(..) {
                     self.finish(c);
@@ -402,6 +465,7 @@ impl Worker {
                     break;
                 }
             }
+            self.reap.record(!work);
             if work {
                 if idle > 0 && self.spin.end(true) {
                     self.stats.spin_hits += 1;
@@ -420,6 +484,7 @@ impl Worker {
             }
             if idle > spins {
                 self.spin.end(false);
+                self.reap.slept();
                 self.stats.sleeps += 1;
                 if self.sock.needs_wakeup_fill() {
                     self.sock.wake_rx()?;
@@ -984,7 +1049,44 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
-    use super::{op_len, IdleSpin, IDLE_SPINS, SPIN_PROBE_EVERY, SPIN_WINDOW};
+    use super::{
+        op_len, IdleSpin, ReapBatch, IDLE_SPINS, REAP_SLACK_ONE_IN, REAP_WINDOW, RX_BATCH,
+        SPIN_PROBE_EVERY, SPIN_WINDOW,
+    };
+
+    #[test]
+    fn replies_go_one_by_one_while_the_worker_has_slack_and_in_batches_when_it_has_none() {
+        let mut r = ReapBatch::default();
+        assert_eq!(r.cap(), 1);
+        // Saturated: every loop found work.
+        for _ in 0..REAP_WINDOW {
+            r.record(false);
+        }
+        assert_eq!(r.cap(), RX_BATCH);
+        // Idle in 1 loop in REAP_SLACK_ONE_IN: slack.
+        for i in 0..REAP_WINDOW {
+            r.record(i % REAP_SLACK_ONE_IN == 0);
+        }
+        assert_eq!(r.cap(), 1);
+        // Idle in fewer loops: no slack...
+        for i in 0..REAP_WINDOW {
+            r.record(i % (2 * REAP_SLACK_ONE_IN) == 0);
+        }
+        assert_eq!(r.cap(), RX_BATCH);
+        // ...unless the worker slept in that window (a sleep is one idle loop, however long).
+        for i in 0..REAP_WINDOW {
+            if i == 7 {
+                r.slept();
+            }
+            r.record(i == 7);
+        }
+        assert_eq!(r.cap(), 1);
+        // A sleep counts for its own window only.
+        for _ in 0..REAP_WINDOW {
+            r.record(false);
+        }
+        assert_eq!(r.cap(), RX_BATCH);
+    }
 
     /// Runs `episodes` idle episodes where a spinning one finds work when `pays` says so;
     /// returns how many of them spun.
