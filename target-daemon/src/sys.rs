@@ -496,6 +496,29 @@ fn prefetch(p: *const u8, len: usize) {
     }
 }
 
+/// Hint the CPU to start taking ownership of the cache lines of `p..p + len` (at most
+/// [`PREFETCH_MAX`]) for writing. A hint only, like [`prefetch`].
+pub fn prefetch_for_write(p: *mut u8, len: usize) {
+    let len = len.min(PREFETCH_MAX);
+    let mut i = 0;
+    while i < len {
+        prefetchw_line(p.wrapping_add(i));
+        i += 64;
+    }
+}
+
+#[inline(always)]
+fn prefetchw_line(p: *mut u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHW is a hint: it never faults and never changes memory, whatever `p` is
+    // (a CPU without it executes it as a NOP).
+    unsafe {
+        std::arch::asm!("prefetchw [{p}]", p = in(reg) p, options(nostack, preserves_flags))
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 #[inline(always)]
 fn prefetch_line(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
