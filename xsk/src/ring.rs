@@ -92,6 +92,12 @@ impl Producer {
         let cons = self.consumer().load(Ordering::Acquire);
         cons.wrapping_add(size).wrapping_sub(self.cached_prod)
     }
+
+    /// Entries submitted and not yet taken by the consumer (reads the consumer index).
+    pub fn pending(&self) -> u32 {
+        let cons = self.consumer().load(Ordering::Acquire);
+        self.cached_prod.wrapping_sub(cons)
+    }
 }
 
 /// Consumer side of a single-producer single-consumer ring.
@@ -286,6 +292,7 @@ mod tests {
             match *op {
                 Op::Produce(want) => {
                     assert_eq!(p.free(), size - model.len() as u32);
+                    assert_eq!(p.pending(), model.len() as u32);
                     let n = p.reserve(want);
                     assert_eq!(n, want.min(size - model.len() as u32));
                     for i in 0..n {

@@ -310,6 +310,13 @@ impl Socket {
         self.tx_cur.free()
     }
 
+    /// Descriptors on the TX ring that the kernel has not taken yet: what a
+    /// [`kick_tx`](Self::kick_tx) would make it send. Frames it took but has not completed
+    /// need no kick.
+    pub fn tx_unsent(&self) -> u32 {
+        self.tx_cur.pending()
+    }
+
     /// Moves up to `max` transmitted frames back onto the end of `out`, reset to the full
     /// chunk (offset 0, len `chunk_size`, no options).
     pub fn complete(&mut self, out: &mut Vec<Frame>, max: usize) -> usize {
