@@ -224,7 +224,7 @@ impl IdleSpin {
     /// An idle episode starts: how many idle loops to spin before `poll`.
     fn begin(&mut self) -> u32 {
         self.episodes = self.episodes.wrapping_add(1);
-        self.probing = self.on || self.episodes % SPIN_PROBE_EVERY == 0;
+        self.probing = self.on || self.episodes.is_multiple_of(SPIN_PROBE_EVERY);
         if self.probing {
             IDLE_SPINS
         } else {

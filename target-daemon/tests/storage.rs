@@ -159,7 +159,7 @@ fn wait_all(ring: &mut Uring, n: usize) -> Vec<Completion> {
     ring.submit().unwrap();
     while out.len() < n {
         ring.submit_and_wait(n - out.len()).unwrap();
-        ring.reap(&mut out);
+        ring.reap(&mut out, usize::MAX);
     }
     assert_eq!(out.len(), n);
     assert_eq!(ring.in_flight(), 0);
