@@ -385,6 +385,49 @@ mod tests {
         Umem::new(cfg).unwrap()
     }
 
+    /// `AnonHugePages` of the smaps entry that starts at `addr`, in KiB.
+    fn anon_huge_kib(addr: usize) -> Option<u64> {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ').filter(|(r, _)| r.contains('-')) {
+                let start = range.split('-').next().unwrap();
+                inside = usize::from_str_radix(start, 16).is_ok_and(|s| s == addr);
+            } else if inside {
+                if let Some(v) = line.strip_prefix("AnonHugePages:") {
+                    return v.trim().trim_end_matches("kB").trim().parse().ok();
+                }
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_large_umem_is_2mib_aligned_zeroed_and_asks_for_huge_pages() {
+        let cfg = UmemConfig {
+            frame_count: 1024,
+            chunk_size: 4096,
+            ..UmemConfig::default()
+        };
+        let mut u = Umem::new(cfg).unwrap();
+        let (base, len) = u.area();
+        assert_eq!((base as usize % (2 << 20), len), (0, 4 << 20));
+        let mut f = u.alloc().unwrap();
+        assert!(u.chunk_mut(&mut f).iter().all(|&b| b == 0));
+        u.chunk_mut(&mut f).fill(0xa5);
+        let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+            .unwrap_or_default();
+        if thp.contains("[never]") || thp.is_empty() {
+            eprintln!("transparent huge pages are off here ({thp:?}): not checking for them");
+            return;
+        }
+        let huge = anon_huge_kib(base as usize).expect("the UMEM has an smaps entry");
+        assert!(
+            huge >= 2048,
+            "UMEM got {huge} KiB of huge pages (THP: {thp:?})"
+        );
+    }
+
     #[test]
     fn alloc_free_and_data() {
         let mut u = small();
