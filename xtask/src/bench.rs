@@ -15,6 +15,12 @@
 //!      rows), and fio (`--ioengine=io_uring --direct=1`, same block size, pattern and depth,
 //!      `--sync=dsync` for writes, pinned to CPU 1) on the same file (disk rows).
 //!
+//!    fio has no network and no generator in its loop; the disk rows' xblade/fio ratio does.
+//!    The lab's virtio disk completes in bursts, and between bursts the generator (spinning
+//!    50 µs, then sleeping) lets CPU 0 halt, so every burst's replies first wake a halted vCPU:
+//!    1 KiB randread QD 64 measured 0.76–0.84 of fio that way and 0.93–0.94 with
+//!    `aoe-bench run --spin-us 2000` (the generator never sleeps). The bench keeps the default.
+//!
 //!    The generator is `aoe-bench run --cpu 0`. Cases: 1 KiB (MTU 1500) sequential and random
 //!    reads and writes at QD 1, 16, 64 on RAM and disk; 8 KiB reads at MTU 9000 (a cell is
 //!    "n/a: reason" when aoe-bench or a target cannot do 8 KiB requests); `--verify` write then
