@@ -488,21 +488,22 @@ fn prefetch(p: *const u8, len: usize) {
     // larger range, and a batch of 8 KiB reads prefetched whole would overflow the caches
     // before the copies run. Measured on 1 KiB and 8 KiB random reads from a 256 MiB store:
     // 512 was as good as the whole range for 1 KiB and 7% better for 8 KiB.
-    let len = len.min(PREFETCH_MAX);
-    let mut i = 0;
-    while i < len {
-        prefetch_line(p.wrapping_add(i));
-        i += 64;
-    }
+    each_line(p.cast_mut(), len, |l| prefetch_line(l));
 }
 
 /// Hint the CPU to start taking ownership of the cache lines of `p..p + len` (at most
 /// [`PREFETCH_MAX`]) for writing. A hint only, like [`prefetch`].
 pub fn prefetch_for_write(p: *mut u8, len: usize) {
+    each_line(p, len, prefetchw_line);
+}
+
+/// Calls `hint` on every 64-byte line of `p..p + min(len, PREFETCH_MAX)`.
+#[inline(always)]
+fn each_line(p: *mut u8, len: usize, hint: impl Fn(*mut u8)) {
     let len = len.min(PREFETCH_MAX);
     let mut i = 0;
     while i < len {
-        prefetchw_line(p.wrapping_add(i));
+        hint(p.wrapping_add(i));
         i += 64;
     }
 }
