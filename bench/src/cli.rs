@@ -52,7 +52,8 @@ pub struct PortArgs {
     /// Pin the packet thread to this CPU.
     #[arg(long, value_name = "CPU")]
     pub cpu: Option<usize>,
-    /// When idle, spin on the rings this long before sleeping in poll(2).
+    /// When idle, spin on the rings this long before waiting (`run`: see --wait; `echo`:
+    /// sleeps in poll(2)).
     #[arg(long, default_value_t = 50, value_name = "US")]
     pub spin_us: u64,
 }
@@ -164,6 +165,24 @@ pub struct RunArgs {
     /// Never print the progress line (it is shown only when stderr is a terminal).
     #[arg(long)]
     pub no_progress: bool,
+    /// How to wait, after --spin-us, while requests are outstanding: `yield` keeps the
+    /// thread runnable and gives the CPU to whatever else is runnable on it (a target
+    /// sharing the core), `sleep` sleeps in poll(2) until the kernel wakes it.
+    #[arg(long, value_enum, default_value_t = Wait::Yield)]
+    pub wait: Wait,
+}
+
+/// How `run` waits for responses (with nothing outstanding it always sleeps in poll(2)).
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wait {
+    /// sched_yield(2) between looks at the rings: never sleeps with requests in flight, so
+    /// a response never waits for the generator's CPU to wake up (on a VM, to come out of
+    /// halt) and the target's transmit never pays to wake the generator.
+    Yield,
+    /// Sleep in poll(2): the generator costs no CPU while it waits, but each response
+    /// burst first wakes it (a cost charged to whoever transmits the burst).
+    Sleep,
 }
 
 /// `aoe-bench echo`.

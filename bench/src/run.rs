@@ -3,7 +3,14 @@
 //! One thread drives one AF_XDP socket: each loop iteration takes every response the RX ring
 //! holds, runs the retransmit timer scan (at most every [`SCAN`]), fills the window with
 //! retransmissions first and new requests second, and hands the whole batch to the kernel with
-//! one kick. It sleeps in `poll` only after `--spin-us` of finding nothing to do.
+//! one kick. After `--spin-us` of finding nothing to do it waits: with requests outstanding
+//! it yields the CPU between looks (`--wait yield`, the default) or sleeps in `poll`
+//! (`--wait sleep`); with none outstanding it sleeps in `poll`.
+//!
+//! Why yield: a generator that sleeps makes every response burst wake it. The target pays
+//! for that wake-up when it shares the generator's core (the 2-queue lab), and on a VM the
+//! burst first waits for the generator's halted vCPU to come back. A remote initiator
+//! costs the target neither, so a generator that sleeps is the bottleneck being measured.
 
 use std::collections::HashSet;
 use std::io::{IsTerminal, Write as _};
@@ -17,7 +24,7 @@ use aoe::Mac;
 use serde::Serialize;
 use xblade_ebpf::Role;
 
-use crate::cli::{RunArgs, Rw};
+use crate::cli::{RunArgs, Rw, Wait};
 use crate::discover::{self, TargetInfo};
 use crate::flow::{ms, Answer, Done, Nanos, RttEstimator, Tracker};
 use crate::hist::Histogram;
@@ -201,6 +208,8 @@ pub struct Plan {
     pub max_rto_ms: f64,
     /// No-progress limit.
     pub stall_s: f64,
+    /// How to wait for responses after spinning.
+    pub wait: Wait,
     #[serde(skip)]
     progress: bool,
 }
@@ -688,7 +697,11 @@ impl Engine {
             } else {
                 let since = *idle_since.get_or_insert(now);
                 if now - since > self.spin {
-                    port.wait(MAX_SLEEP)?;
+                    if self.plan.wait == Wait::Yield && self.tracker.outstanding() > 0 {
+                        std::thread::yield_now();
+                    } else {
+                        port.wait(MAX_SLEEP)?;
+                    }
                 }
             }
         }
@@ -808,6 +821,7 @@ fn plan(args: &RunArgs, target: &TargetInfo, port: &Port) -> Result<Plan> {
         min_rto_ms: args.min_rto_ms,
         max_rto_ms: args.max_rto_ms,
         stall_s: args.stall_secs,
+        wait: args.wait,
         progress: !args.no_progress && std::io::stderr().is_terminal(),
     })
 }

@@ -238,6 +238,28 @@ fn echo_discover_and_run() {
     let secs = r["duration_s"].as_f64().unwrap();
     assert!((2.0..10.0).contains(&secs), "ran {secs} s");
 
+    // How the generator waits: by default it never sleeps with requests outstanding (it
+    // yields the CPU between looks); `--wait sleep` sleeps in poll(2). QD 1 and no spin make
+    // every response a wait.
+    let mut polls = Vec::new();
+    for wait in ["yield", "sleep"] {
+        let mut args = vec![
+            "run", "-i", lab.if_init(), "-t", "e7.3", "--qd", "1", "--spin-us", "0", "--time",
+            "0.5", "--json",
+        ];
+        if wait == "sleep" {
+            args.extend(["--wait", "sleep"]);
+        }
+        let out = lab.bench(lab.ns_init(), &args).output().unwrap();
+        let r = check(&out, &format!("run --wait {wait}"));
+        assert_eq!(r["ok"], true, "{r:#}");
+        assert_eq!(r["config"]["wait"], wait, "{r:#}");
+        assert!(r["ios"]["total"].as_u64().unwrap() > 100, "{r:#}");
+        polls.push(r["frames"]["polls"].as_u64().unwrap());
+    }
+    assert_eq!(polls[0], 0, "--wait yield slept in poll(2)");
+    assert!(polls[1] > 100, "--wait sleep polled only {} times", polls[1]);
+
     // Writes (with the pattern) are acknowledged too; a size limit stops the run.
     let out = lab
         .bench(

@@ -16,10 +16,13 @@
 //!      `--sync=dsync` for writes, pinned to CPU 1) on the same file (disk rows).
 //!
 //!    fio has no network and no generator in its loop; the disk rows' xblade/fio ratio does.
-//!    The lab's virtio disk completes in bursts, and between bursts the generator (spinning
-//!    50 µs, then sleeping) lets CPU 0 halt, so every burst's replies first wake a halted vCPU:
-//!    1 KiB randread QD 64 measured 0.76–0.84 of fio that way and 0.93–0.94 with
-//!    `aoe-bench run --spin-us 2000` (the generator never sleeps). The bench keeps the default.
+//!    The generator waits for responses the way a remote initiator looks to the target: it
+//!    never sleeps with requests outstanding (`aoe-bench run --wait yield`, its default). A
+//!    generator that sleeps is measured instead of the target: the lab's virtio disk completes
+//!    in bursts, and each burst's replies first woke the generator's halted vCPU (1 KiB
+//!    randread QD 16–64: 0.62–0.84 of fio with `--wait sleep`, 0.93–0.98 with `yield`); on the
+//!    2-queue lab, where generator and worker share each core, xblade's transmit paid for
+//!    waking it (11% of the worker's time in `sock_def_readable`).
 //!
 //!    The generator is `aoe-bench run --cpu 0`. Cases: 1 KiB (MTU 1500) sequential and random
 //!    reads and writes at QD 1, 16, 64 on RAM and disk; 8 KiB reads at MTU 9000 (a cell is
