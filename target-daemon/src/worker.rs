@@ -952,7 +952,13 @@ impl Worker {
             );
         }
         self.free_bounce(p.bounce.map(|b| (b, 0)));
-        self.reply_io(p, IoOutcome::Err(libc::EBUSY));
+        self.reply_io(
+            p.frame,
+            p.export,
+            &p.decision,
+            p.chunks,
+            IoOutcome::Err(libc::EBUSY),
+        );
     }
 
     /// A storage completion: when the request's last operation is done, build the response in
@@ -978,51 +984,64 @@ impl Worker {
             p.ops_left -= 1;
             return;
         }
-        // The last operation: `ops_left` is not written first, because `take` below copies the
-        // whole `Pending` and a load overlapping a just-made narrower store cannot be forwarded
-        // from the store buffer; it waits for every earlier store to drain, and right after an
-        // inline copy those are the copy's own stores to the chunk (perf put 9% of a 1 KiB
-        // random-read worker's time on that load).
-        let p = self.slots[slot].take().expect("checked above");
+        // The last operation. `ops_left` is not written first, and the outcome is worked out
+        // from the slot in place before the `Pending` moves, once, straight into `reply_io`:
+        // a load that overlaps a just-made store it cannot be forwarded from (narrower, or
+        // straddling two) waits for every earlier store to drain, and right after an inline copy
+        // those are the copy's own stores to the chunk. Moving the `Pending` to a local first and
+        // then into `reply_io` made such loads (perf put 9% of a 1 KiB random-read worker's time
+        // on one, then 4%).
+        let (export, error, bounce, bytes) = (p.export, p.error, p.bounce, p.bytes);
         self.free_slots.push(slot as u32);
-        self.free_bounce(p.bounce.map(|b| (b, 0)));
-        let outcome = match p.error {
+        self.free_bounce(bounce.map(|b| (b, 0)));
+        let outcome = match error {
             Some(e) => {
                 self.stats.io_errors += 1;
                 // Logged at the 1st, 2nd, 4th, 8th, … failure: never once per frame.
                 if self.stats.io_errors.is_power_of_two() {
-                    tracing::warn!(export = %self.exports[p.export].name, errno = e, decision = ?p.decision, failures = self.stats.io_errors, "storage I/O failed; answering with an ATA error");
+                    let decision = self.slots[slot].as_ref().map(|p| &p.decision);
+                    tracing::warn!(export = %self.exports[export].name, errno = e, ?decision, failures = self.stats.io_errors, "storage I/O failed; answering with an ATA error");
                 }
                 IoOutcome::Err(e)
             }
             None => {
-                match p.decision {
-                    Decision::Read { .. } => {
+                match self.slots[slot].as_ref().map(|p| &p.decision) {
+                    Some(Decision::Read { .. }) => {
                         self.stats.reads += 1;
-                        self.stats.read_bytes += u64::from(p.bytes);
+                        self.stats.read_bytes += u64::from(bytes);
                     }
-                    Decision::Write { .. } => {
+                    Some(Decision::Write { .. }) => {
                         self.stats.writes += 1;
-                        self.stats.write_bytes += u64::from(p.bytes);
-                        self.stats.gathered_writes += u64::from(p.bounce.is_some());
+                        self.stats.write_bytes += u64::from(bytes);
+                        self.stats.gathered_writes += u64::from(bounce.is_some());
                     }
                     _ => self.stats.flushes += 1,
                 }
                 IoOutcome::Ok
             }
         };
-        self.reply_io(p, outcome);
+        let Some(Pending {
+            frame,
+            export,
+            decision,
+            chunks,
+            ..
+        }) = self.slots[slot].take()
+        else {
+            unreachable!("checked above")
+        };
+        self.reply_io(frame, export, &decision, chunks, outcome);
     }
 
     /// Build the response to a finished request and queue its descriptor(s).
-    fn reply_io(&mut self, p: Pending, outcome: IoOutcome) {
-        let Pending {
-            mut frame,
-            export,
-            decision,
-            mut chunks,
-            ..
-        } = p;
+    fn reply_io(
+        &mut self,
+        mut frame: Frame,
+        export: usize,
+        decision: &Decision,
+        mut chunks: Vec<Frame>,
+        outcome: IoOutcome,
+    ) {
         let off = frame.offset() as usize;
         self.refresh(export);
         let n = {
@@ -1031,7 +1050,7 @@ impl Worker {
                 state,
                 &self.iface,
                 &mut self.umem.chunk_mut(&mut frame)[off..],
-                &decision,
+                decision,
                 outcome,
             )
         };
@@ -1045,20 +1064,19 @@ impl Worker {
             if chunks.capacity() > 0 {
                 self.chunk_lists.push(chunks);
             }
-            frame.set(off as u32, n.min(self.chunk - off) as u32);
-            frame.set_options(0);
-            self.tx.push(frame);
+            let len = n.min(self.chunk - off) as u32;
+            self.tx.push(frame.with_packet(off as u32, len, 0));
             return;
         }
         // Jumbo read: the header alone, then the data chunks, one packet of several descriptors.
         self.stats.multi_desc_reads += 1;
-        frame.set(off as u32, ATA_HLEN as u32);
-        frame.set_options(XDP_PKT_CONTD);
-        self.tx.push(frame);
+        self.tx
+            .push(frame.with_packet(off as u32, ATA_HLEN as u32, XDP_PKT_CONTD));
         let last = chunks.len() - 1;
-        for (i, mut c) in chunks.drain(..).enumerate() {
-            c.set_options(if i == last { 0 } else { XDP_PKT_CONTD });
-            self.tx.push(c);
+        for (i, c) in chunks.drain(..).enumerate() {
+            let (off, len) = (c.offset(), c.len());
+            let options = if i == last { 0 } else { XDP_PKT_CONTD };
+            self.tx.push(c.with_packet(off, len, options));
         }
         self.chunk_lists.push(chunks);
     }

@@ -121,6 +121,21 @@ impl Frame {
     pub fn set_options(&mut self, options: u32) {
         self.options = options;
     }
+    /// The same chunk with its packet at `offset..offset + len` and descriptor `options`, as a
+    /// new value: what [`set`](Self::set) and [`set_options`](Self::set_options) do, without
+    /// narrow stores into a `Frame` that is then moved whole. Such a move loads the stored
+    /// fields back in wider pieces, which the CPU cannot forward from its store buffer: the
+    /// load waits for every earlier store to drain (on a worker that just copied a sector
+    /// range into a chunk, 3% of its time).
+    #[inline]
+    pub fn with_packet(self, offset: u32, len: u32, options: u32) -> Frame {
+        Frame {
+            offset,
+            len,
+            options,
+            ..self
+        }
+    }
 }
 
 /// What a socket needs to turn descriptors into frames and back.
@@ -449,6 +464,31 @@ mod tests {
         u.free(b);
         v.drain(..).for_each(|f| u.free(f));
         assert_eq!(u.free_count(), 8);
+    }
+
+    #[test]
+    fn with_packet_places_the_packet_and_keeps_the_chunk() {
+        let mut u = small();
+        let mut a = u.alloc().unwrap();
+        u.chunk_mut(&mut a)[300..304].copy_from_slice(b"aoe!");
+        let addr = a.addr();
+        let a = a.with_packet(300, 4, XDP_PKT_CONTD);
+        assert_eq!((a.addr(), a.offset(), a.len()), (addr, 300, 4));
+        assert!(a.is_contd());
+        assert_eq!(u.data(&a), b"aoe!");
+        let a = a.with_packet(301, 2, 0);
+        assert!(!a.is_contd());
+        assert_eq!(u.data(&a), b"oe");
+        u.free(a);
+        assert_eq!(u.free_count(), 8);
+    }
+
+    #[test]
+    #[should_panic(expected = "overruns")]
+    fn with_packet_is_checked_on_use() {
+        let mut u = small();
+        let f = u.alloc().unwrap().with_packet(2047, 2, 0);
+        let _ = u.data(&f);
     }
 
     #[test]
