@@ -244,8 +244,18 @@ fn echo_discover_and_run() {
     let mut polls = Vec::new();
     for wait in ["yield", "sleep"] {
         let mut args = vec![
-            "run", "-i", lab.if_init(), "-t", "e7.3", "--qd", "1", "--spin-us", "0", "--time",
-            "0.5", "--json",
+            "run",
+            "-i",
+            lab.if_init(),
+            "-t",
+            "e7.3",
+            "--qd",
+            "1",
+            "--spin-us",
+            "0",
+            "--time",
+            "0.5",
+            "--json",
         ];
         if wait == "sleep" {
             args.extend(["--wait", "sleep"]);
@@ -258,7 +268,11 @@ fn echo_discover_and_run() {
         polls.push(r["frames"]["polls"].as_u64().unwrap());
     }
     assert_eq!(polls[0], 0, "--wait yield slept in poll(2)");
-    assert!(polls[1] > 100, "--wait sleep polled only {} times", polls[1]);
+    assert!(
+        polls[1] > 100,
+        "--wait sleep polled only {} times",
+        polls[1]
+    );
 
     // Writes (with the pattern) are acknowledged too; a size limit stops the run.
     let out = lab
