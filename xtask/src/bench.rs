@@ -41,7 +41,12 @@
 //!    (`/sys/class/net/xbl-iv/queues/tx-Q/xps_cpus`) sends what CPU Q transmits out of veth
 //!    queue Q, so generator Q pinned to CPU Q loads xblade's queue Q. The 1-queue baseline uses
 //!    the same path with one generator. Failures here make the comparison "n/a", not the bench.
-//! 5. Prints the table, writes `target/bench/bench-<UTC time>.json` (everything, including each
+//! 5. The RAM read rows' memory bound ([`mem`]): one core copying random blocks of each read
+//!    size out of the RAM image, pipelined. Echo reads no storage, and a RAM target must also
+//!    move every read's data from memory, so the report shows `1 / (1/echo IOPS + copy time)`
+//!    next to echo: what a RAM target can reach on this machine at best. (On this lab's VM an
+//!    8 KiB copy from a 256 MiB image takes about 0.6 µs, a quarter of echo's time per frame.)
+//! 6. Prints the table, writes `target/bench/bench-<UTC time>.json` (everything, including each
 //!    tool's own JSON) and `.svg` (throughput and p99 latency against QD, one line per target),
 //!    copies them to `latest.json`/`latest.svg`, and takes the lab down (also after an error or
 //!    Ctrl-C; `--keep-lab` leaves it up). Target logs are in `target/bench/logs/`.
@@ -51,6 +56,7 @@
 //! smoke test) runs fewer cases for 1 s each and finishes in under a minute.
 
 mod json;
+mod mem;
 mod procs;
 mod report;
 mod svg;
@@ -573,6 +579,7 @@ pub fn run(args: &[String]) -> Result<()> {
         total: 0,
         t0: Instant::now(),
         ram_sectors: opts.image_mib() * 2048,
+        mem: Vec::new(),
     };
     bench.total = bench.count_measurements(&groups);
     eprintln!(
@@ -732,6 +739,8 @@ struct Bench {
     total: usize,
     t0: Instant,
     ram_sectors: u64,
+    /// One core's copies out of the RAM image, per RAM read size.
+    mem: Vec<mem::MemCopy>,
 }
 
 /// How a generator run went.
@@ -865,7 +874,49 @@ impl Bench {
         if matches!(self.queues, QueueCmp::Pending) {
             self.run_queue_comparison()?;
         }
+        self.run_memory();
         Ok(())
+    }
+
+    /// The RAM read rows' memory bound ([`mem`]): one core copying each read size out of the
+    /// RAM image, three times in turn (the median is kept). A failure is a note, not an error.
+    fn run_memory(&mut self) {
+        let Some(image) = self.lab.as_ref().and_then(|l| l.ram_image.clone()) else {
+            return;
+        };
+        let mut sizes: Vec<usize> = self
+            .rows
+            .iter()
+            .filter(|r| r.backend == Backend::Ram && r.rw.ends_with("read"))
+            .map(|r| usize::from(r.bs) * 512)
+            .collect();
+        sizes.sort_unstable();
+        sizes.dedup();
+        let time = Duration::from_secs_f64(if self.opts.quick { 0.2 } else { 0.5 });
+        let mut runs: Vec<Vec<mem::MemCopy>> = vec![Vec::new(); sizes.len()];
+        for _ in 0..3 {
+            for (i, &bytes) in sizes.iter().enumerate() {
+                match mem::measure(&image, bytes, TARGET_CPU, time) {
+                    Ok(m) => runs[i].push(m),
+                    Err(e) => {
+                        self.notes
+                            .push(format!("memory copy of {bytes} bytes not measured: {e:#}"));
+                        return;
+                    }
+                }
+            }
+        }
+        for mut r in runs {
+            r.sort_by(|a, b| a.ns_per_copy.total_cmp(&b.ns_per_copy));
+            let m = r.swap_remove(r.len() / 2);
+            eprintln!(
+                "bench: memory: random {} B copies from the RAM image on CPU {TARGET_CPU}: {:.3} µs each ({:.1} GB/s)",
+                m.bytes,
+                m.ns_per_copy / 1e3,
+                m.gb_per_s()
+            );
+            self.mem.push(m);
+        }
     }
 
     /// Order of the things in group `gi`: rotated, so none is always first or last.

@@ -223,6 +223,7 @@ pub fn table(bench: &Bench) -> (String, Vec<String>) {
             }
         }
     }
+    memory_block(bench, &mut out);
     for note in &bench.notes {
         let _ = writeln!(out, "note: {note}");
     }
@@ -242,6 +243,86 @@ pub fn table(bench: &Bench) -> (String, Vec<String>) {
         }
     }
     (out, problems)
+}
+
+/// The RAM read rows against echo plus one core's copy of their data out of the image.
+fn memory_block(bench: &Bench, out: &mut String) {
+    if bench.mem.is_empty() {
+        return;
+    }
+    let copies: Vec<String> = bench
+        .mem
+        .iter()
+        .map(|m| {
+            format!(
+                "{} KiB {:.3} µs ({:.1} GB/s)",
+                m.bytes / 1024,
+                m.ns_per_copy / 1e3,
+                m.gb_per_s()
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "\nRAM reads against memory: one core (CPU {TARGET_CPU}) copying random blocks out of the \
+         RAM image, pipelined, takes {} each.\nEcho reads no storage; a RAM target also moves \
+         each read's data out of memory, so here it can answer about 1 / (1/echo IOPS + copy \
+         time) at best (a guide, not a hard limit: a target can overlap some misses with its \
+         packet work):",
+        copies.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "  {:<19} {:>3} | {:>8} {:>8} | {:>8} {:>6} {:>6}",
+        "case", "QD", "echo", "bound", "xblade", "/echo", "/bound"
+    );
+    for row in &bench.rows {
+        if row.backend != Backend::Ram || row.section == Section::Verify {
+            continue;
+        }
+        let bytes = usize::from(row.bs) * 512;
+        let (Some(m), Some(echo)) = (
+            bench
+                .mem
+                .iter()
+                .find(|m| m.bytes == bytes && row.rw.ends_with("read")),
+            row.cell(Thing::Echo).iops(),
+        ) else {
+            continue;
+        };
+        let bound = m.bound(echo);
+        let x = row.cell(Thing::Xblade).iops();
+        let f = |r: Option<f64>| r.map_or("-".into(), |r| format!("{r:.2}"));
+        let _ = writeln!(
+            out,
+            "  {:<19} {:>3} | {:>8} {:>8} | {:>8} {:>6} {:>6}",
+            row.case(),
+            row.qd,
+            si(echo),
+            si(bound),
+            x.map_or("-".into(), si),
+            f(ratio(x, Some(echo))),
+            f(ratio(x, Some(bound)))
+        );
+    }
+}
+
+fn memory_json(bench: &Bench) -> Json {
+    Json::Arr(
+        bench
+            .mem
+            .iter()
+            .map(|m| {
+                obj([
+                    ("bytes", (m.bytes as u64).into()),
+                    ("ns_per_copy", m.ns_per_copy.into()),
+                    ("gb_per_s", m.gb_per_s().into()),
+                    ("copies", m.copies.into()),
+                    ("cpu", (TARGET_CPU as u64).into()),
+                ])
+            })
+            .collect(),
+    )
 }
 
 /// The first few of `problems`, and how many more there are.
@@ -439,6 +520,7 @@ pub fn write_all(
         ),
         ("rows", Json::Arr(bench.rows.iter().map(row_json).collect())),
         ("queues", queues_json(&bench.queues)),
+        ("memory_copies", memory_json(bench)),
     ]);
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = dir.join(format!("bench-{stamp}.json"));
