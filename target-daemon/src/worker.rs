@@ -998,9 +998,11 @@ impl Worker {
             Some(e) => {
                 self.stats.io_errors += 1;
                 // Logged at the 1st, 2nd, 4th, 8th, … failure: never once per frame.
-                if self.stats.io_errors.is_power_of_two() {
-                    let decision = self.slots[slot].as_ref().map(|p| &p.decision);
-                    tracing::warn!(export = %self.exports[export].name, errno = e, ?decision, failures = self.stats.io_errors, "storage I/O failed; answering with an ATA error");
+                if let Some(p) = self.slots[slot]
+                    .as_ref()
+                    .filter(|_| self.stats.io_errors.is_power_of_two())
+                {
+                    tracing::warn!(export = %self.exports[export].name, errno = e, decision = ?p.decision, failures = self.stats.io_errors, "storage I/O failed; answering with an ATA error");
                 }
                 IoOutcome::Err(e)
             }
