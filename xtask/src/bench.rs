@@ -243,6 +243,11 @@ impl Row {
         }
     }
 
+    /// Whether every request of the row is a read.
+    fn reads_only(&self) -> bool {
+        self.rw.ends_with("read")
+    }
+
     fn cell(&self, t: Thing) -> &Cell {
         &self.cells[t as usize]
     }
@@ -887,35 +892,27 @@ impl Bench {
         let mut sizes: Vec<usize> = self
             .rows
             .iter()
-            .filter(|r| r.backend == Backend::Ram && r.rw.ends_with("read"))
+            .filter(|r| r.backend == Backend::Ram && r.reads_only())
             .map(|r| usize::from(r.bs) * 512)
             .collect();
         sizes.sort_unstable();
         sizes.dedup();
         let time = Duration::from_secs_f64(if self.opts.quick { 0.2 } else { 0.5 });
-        let mut runs: Vec<Vec<mem::MemCopy>> = vec![Vec::new(); sizes.len()];
-        for _ in 0..3 {
-            for (i, &bytes) in sizes.iter().enumerate() {
-                match mem::measure(&image, bytes, TARGET_CPU, time) {
-                    Ok(m) => runs[i].push(m),
-                    Err(e) => {
-                        self.notes
-                            .push(format!("memory copy of {bytes} bytes not measured: {e:#}"));
-                        return;
-                    }
+        match mem::measure(&image, &sizes, 3, TARGET_CPU, time) {
+            Ok(copies) => {
+                for m in &copies {
+                    eprintln!(
+                        "bench: memory: random {} B copies from the RAM image on CPU {TARGET_CPU}: {:.3} µs each ({:.1} GB/s)",
+                        m.bytes,
+                        m.ns_per_copy / 1e3,
+                        m.gb_per_s()
+                    );
                 }
+                self.mem = copies;
             }
-        }
-        for mut r in runs {
-            r.sort_by(|a, b| a.ns_per_copy.total_cmp(&b.ns_per_copy));
-            let m = r.swap_remove(r.len() / 2);
-            eprintln!(
-                "bench: memory: random {} B copies from the RAM image on CPU {TARGET_CPU}: {:.3} µs each ({:.1} GB/s)",
-                m.bytes,
-                m.ns_per_copy / 1e3,
-                m.gb_per_s()
-            );
-            self.mem.push(m);
+            Err(e) => self
+                .notes
+                .push(format!("memory copies not measured: {e:#}")),
         }
     }
 

@@ -40,32 +40,55 @@ impl MemCopy {
     }
 }
 
-/// Copies `bytes` from random sector-aligned places of `image` into a ring of 64 buffers (a
-/// target's packet buffers), on CPU `cpu`, for `time`.
-pub fn measure(image: &Path, bytes: usize, cpu: usize, time: Duration) -> Result<MemCopy> {
+/// For each of `sizes` (bytes), the median of `rounds` runs of [`copy_loop`] of `time` each,
+/// the sizes taken in turn so that drift spreads over all of them. One thread, pinned to
+/// `cpu`, loads the image into memory once and runs them all.
+pub fn measure(
+    image: &Path,
+    sizes: &[usize],
+    rounds: usize,
+    cpu: usize,
+    time: Duration,
+) -> Result<Vec<MemCopy>> {
     let file = File::open(image).with_context(|| format!("opening {}", image.display()))?;
     let len = usize::try_from(file.metadata()?.len())?;
-    if bytes == 0 || len < 2 * bytes {
+    if let Some(&bytes) = sizes.iter().find(|&&b| b == 0 || len < 2 * b) {
         bail!(
             "{} ({len} bytes) is too small to copy {bytes}-byte blocks from",
             image.display()
         );
     }
     std::thread::scope(|s| {
-        s.spawn(|| copy_loop(&file, len, bytes, cpu, time))
-            .join()
-            .unwrap_or_else(|_| bail!("the memory copy thread panicked"))
+        s.spawn(|| -> Result<Vec<MemCopy>> {
+            pin(cpu)?;
+            let map = Map::new(&file, len)
+                .with_context(|| format!("copying the {len}-byte image to memory"))?;
+            let mut runs: Vec<Vec<MemCopy>> = vec![Vec::new(); sizes.len()];
+            for _ in 0..rounds.max(1) {
+                for (i, &bytes) in sizes.iter().enumerate() {
+                    runs[i].push(copy_loop(&map, bytes, time));
+                }
+            }
+            Ok(runs
+                .into_iter()
+                .map(|mut r| {
+                    r.sort_by(|a, b| a.ns_per_copy.total_cmp(&b.ns_per_copy));
+                    r.swap_remove(r.len() / 2)
+                })
+                .collect())
+        })
+        .join()
+        .unwrap_or_else(|_| bail!("the memory copy thread panicked"))
     })
 }
 
-fn copy_loop(file: &File, len: usize, bytes: usize, cpu: usize, time: Duration) -> Result<MemCopy> {
-    pin(cpu)?;
-    let map =
-        Map::new(file, len).with_context(|| format!("copying the {len}-byte image to memory"))?;
+/// Copies `bytes` from random sector-aligned places of `map` into a ring of 64 buffers (a
+/// target's packet buffers) for `time`.
+fn copy_loop(map: &Map, bytes: usize, time: Duration) -> MemCopy {
     const SLOTS: usize = 64;
     let stride = bytes.next_multiple_of(4096);
     let mut dst = vec![1u8; SLOTS * stride];
-    let sectors = ((len - bytes) / 512) as u64;
+    let sectors = ((map.len - bytes) / 512) as u64;
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
         // xorshift64: cheap, and no pattern the prefetchers could follow.
@@ -96,11 +119,11 @@ fn copy_loop(file: &File, len: usize, bytes: usize, cpu: usize, time: Duration) 
         let elapsed = start.elapsed();
         if elapsed >= time {
             std::hint::black_box(&dst);
-            return Ok(MemCopy {
+            return MemCopy {
                 bytes,
                 ns_per_copy: elapsed.as_nanos() as f64 / copies as f64,
                 copies,
-            });
+            };
         }
     }
 }
@@ -221,9 +244,10 @@ mod tests {
     fn copies_from_a_file_and_bounds_the_echo() {
         let path = std::env::temp_dir().join(format!("xtask-mem-{}.img", std::process::id()));
         std::fs::write(&path, vec![7u8; 1 << 20]).unwrap();
-        let m = measure(&path, 8192, 0, Duration::from_millis(20)).unwrap();
+        let ms = measure(&path, &[1024, 8192], 3, 0, Duration::from_millis(20)).unwrap();
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(m.bytes, 8192);
+        assert_eq!(ms.iter().map(|m| m.bytes).collect::<Vec<_>>(), [1024, 8192]);
+        let m = &ms[1];
         assert!(m.copies >= 256 && m.ns_per_copy > 0.0, "{m:?}");
         assert!(m.gb_per_s() > 0.0);
         // Echo at 1 M/s is 1 µs per frame; a 1 µs copy halves it.
@@ -235,7 +259,7 @@ mod tests {
         assert!((slow.bound(1e6) - 5e5).abs() < 1.0);
         let small = std::env::temp_dir().join(format!("xtask-mem-{}-s.img", std::process::id()));
         std::fs::write(&small, vec![0u8; 4096]).unwrap();
-        let err = measure(&small, 8192, 0, Duration::ZERO).unwrap_err();
+        let err = measure(&small, &[8192], 1, 0, Duration::ZERO).unwrap_err();
         std::fs::remove_file(&small).unwrap();
         assert!(format!("{err:#}").contains("too small"), "{err:#}");
     }

@@ -285,7 +285,7 @@ fn memory_block(bench: &Bench, out: &mut String) {
             bench
                 .mem
                 .iter()
-                .find(|m| m.bytes == bytes && row.rw.ends_with("read")),
+                .find(|m| m.bytes == bytes && row.reads_only()),
             row.cell(Thing::Echo).iops(),
         ) else {
             continue;
