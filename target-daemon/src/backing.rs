@@ -325,6 +325,8 @@ pub struct Backing {
     read_only: bool,
     io_mode: IoMode,
     durability: Durability,
+    /// A regular file on tmpfs or ramfs (see [`Backing::in_memory`]).
+    in_memory: bool,
 }
 
 impl Backing {
@@ -336,6 +338,7 @@ impl Backing {
         assert!(logical_block_size.is_power_of_two());
         assert!(logical_block_size >= SECTOR_SIZE as u32);
         let (dio, dio_reported) = dio_rules(&file, cfg, logical_block_size)?;
+        let in_memory = store_in_memory(kind, crate::sys::fs_magic(file.as_raw_fd()));
 
         let geometry = export_geometry(size_bytes, cfg.offset_sectors, cfg.len_sectors)
             .map_err(|e| e.at(path))?;
@@ -366,6 +369,7 @@ impl Backing {
             read_only: cfg.read_only,
             io_mode: cfg.io,
             durability: cfg.durability,
+            in_memory,
         })
     }
 
@@ -384,13 +388,12 @@ impl Backing {
         self.kind
     }
 
-    /// Whether the store lives in memory (tmpfs, ramfs). io_uring cannot issue I/O on such
-    /// files without blocking, so it hands every request to a kernel worker thread; a
-    /// synchronous `pread`/`pwrite` straight into the packet buffer (a page-cache copy) is far
-    /// cheaper there.
+    /// Whether the store is a regular file that lives in memory (tmpfs, ramfs): volatile, and
+    /// served through a mapping (io_uring cannot issue I/O on such files without blocking, so it
+    /// would hand every request to a kernel worker thread). Never a block device, whatever
+    /// filesystem holds its node: see [`store_in_memory`].
     pub fn in_memory(&self) -> bool {
-        crate::sys::fs_magic(self.file.as_raw_fd())
-            .is_some_and(|m| m == crate::sys::TMPFS_MAGIC || m == crate::sys::RAMFS_MAGIC)
+        self.in_memory
     }
 
     /// The whole store's size in bytes (not just the export).
@@ -504,6 +507,15 @@ fn open_exclusive_settled(cfg: &BackingConfig, kind: BackingKind) -> io::Result<
             other => return other,
         }
     }
+}
+
+/// Whether a store of `kind`, whose open descriptor's filesystem has `fstatfs` magic `fs_magic`,
+/// lives in memory. Decided from what the open file *is*: for a block device `fstatfs` describes
+/// the filesystem holding the device node (devtmpfs reports TMPFS_MAGIC), not the device, so a
+/// block device is never in memory; its data goes to the device with O_DIRECT.
+pub fn store_in_memory(kind: BackingKind, fs_magic: Option<i64>) -> bool {
+    kind == BackingKind::File
+        && fs_magic.is_some_and(|m| m == crate::sys::TMPFS_MAGIC || m == crate::sys::RAMFS_MAGIC)
 }
 
 fn open_checked(cfg: &BackingConfig) -> Result<(File, BackingKind), BackingError> {
@@ -785,6 +797,19 @@ mod tests {
             export_geometry(4096, 0, Some(0)),
             Err(GeometryError::ZeroLength)
         );
+    }
+
+    #[test]
+    fn only_regular_files_on_tmpfs_or_ramfs_are_in_memory() {
+        use crate::sys::{RAMFS_MAGIC, TMPFS_MAGIC};
+        const EXT4_MAGIC: i64 = 0xef53;
+        assert!(store_in_memory(BackingKind::File, Some(TMPFS_MAGIC)));
+        assert!(store_in_memory(BackingKind::File, Some(RAMFS_MAGIC)));
+        assert!(!store_in_memory(BackingKind::File, Some(EXT4_MAGIC)));
+        assert!(!store_in_memory(BackingKind::File, None));
+        // A device node on devtmpfs reports TMPFS_MAGIC: still a device.
+        assert!(!store_in_memory(BackingKind::BlockDevice, Some(TMPFS_MAGIC)));
+        assert!(!store_in_memory(BackingKind::BlockDevice, Some(RAMFS_MAGIC)));
     }
 
     #[test]

@@ -140,12 +140,18 @@ fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
             io = ?backing.io_mode(),
             durability = ?backing.durability(),
             read_only = e.read_only,
+            kind = ?backing.kind(),
             in_memory = backing.in_memory(),
             "export ready{}",
             if backing.in_memory() {
-                " (in memory: mapped, one copy per request, no system call)"
+                " (in memory: mapped, one copy per request, no system call). VOLATILE: the store \
+                 is on tmpfs/ramfs, so its contents are lost when the host reboots or loses \
+                 power; acknowledged writes are durable only as long as the host runs"
+            } else if backing.durability() == Durability::Sync {
+                " (io_uring; writes acknowledged once durable)"
             } else {
-                ""
+                " (io_uring; --write-back: writes acknowledged before they are durable, FLUSH \
+                 makes them so)"
             }
         );
         let export = Export::new(st, backing).with_context(|| {
