@@ -130,16 +130,27 @@ impl DaemonArgs {
     }
 }
 
-fn config_from(cli: Cli) -> anyhow::Result<Config> {
+/// The configuration, and where its CPU list came from (for messages about it).
+fn config_from(cli: Cli) -> anyhow::Result<(Config, String)> {
     match cli.command {
         Some(Command::Serve { config, daemon }) => {
             let text = std::fs::read_to_string(&config).map_err(|e| {
                 anyhow::anyhow!("cannot read configuration {}: {e}", config.display())
             })?;
             let mut c = Config::from_toml(&config.display().to_string(), &text)?;
+            let from_file = daemon.cpus.is_empty() && cli.daemon.cpus.is_empty();
             daemon.apply(&mut c.daemon);
             cli.daemon.apply(&mut c.daemon);
-            Ok(c)
+            let origin = if from_file {
+                format!(
+                    "[daemon] cpus = {:?} in {}",
+                    c.daemon.cpus,
+                    config.display()
+                )
+            } else {
+                cpus_flag(&c.daemon.cpus)
+            };
+            Ok((c, origin))
         }
         None => {
             let v = cli.export;
@@ -172,9 +183,57 @@ fn config_from(cli: Cli) -> anyhow::Result<Config> {
             let _ = (v.direct, v.sync);
             cli.daemon.apply(&mut c.daemon);
             c.validate()?;
-            Ok(c)
+            let origin = cpus_flag(&c.daemon.cpus);
+            Ok((c, origin))
         }
     }
+}
+
+/// `--cpus 0,2`, as the operator wrote it.
+fn cpus_flag(cpus: &[usize]) -> String {
+    let list: Vec<String> = cpus.iter().map(usize::to_string).collect();
+    format!("--cpus {}", list.join(","))
+}
+
+/// Refuse CPUs outside the CPU set this process was started with (taskset, systemd
+/// `CPUAffinity=`, cgroup cpusets), before anything is attached. Reading the set here, in the
+/// main thread before any worker is pinned, is what fixes it for the whole run.
+fn check_cpus(cfg: &Config, origin: &str) -> anyhow::Result<()> {
+    let allowed = xblade::sys::inherited_cpus()
+        .map_err(|e| anyhow::anyhow!("reading this process's CPU set (sched_getaffinity): {e}"))?;
+    match xblade::sys::cpus_outside_set(origin, &cfg.daemon.cpus, allowed) {
+        Some(msg) => Err(anyhow::anyhow!(msg)),
+        None => Ok(()),
+    }
+}
+
+/// Log a panic through `tracing` (so the journal shows which thread died, and why) before the
+/// release build aborts the process (`panic = "abort"`: a dead worker must not leave a daemon
+/// that looks alive; systemd's Restart=on-failure restarts it).
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current();
+        let name = thread.name().unwrap_or("<unnamed>");
+        let msg = info
+            .payload_as_str()
+            .unwrap_or("(a panic payload that is not a string)");
+        let at = info
+            .location()
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "an unknown location".into());
+        let bt = std::backtrace::Backtrace::capture();
+        if bt.status() == std::backtrace::BacktraceStatus::Captured {
+            tracing::error!(
+                thread = name,
+                "thread '{name}' panicked at {at}: {msg}\n{bt}"
+            );
+        } else {
+            tracing::error!(
+                thread = name,
+                "thread '{name}' panicked at {at}: {msg} (RUST_BACKTRACE=1 for a backtrace)"
+            );
+        }
+    }));
 }
 
 fn main() -> ExitCode {
@@ -186,8 +245,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    log_panics();
     let cli = Cli::parse();
-    let result = config_from(cli).and_then(|cfg| {
+    let result = config_from(cli).and_then(|(cfg, cpus_origin)| {
+        check_cpus(&cfg, &cpus_origin)?;
         let stop = Arc::new(AtomicBool::new(false));
         for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             signal_hook::flag::register(sig, Arc::clone(&stop))?;

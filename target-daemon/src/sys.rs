@@ -238,14 +238,151 @@ fn parse_irq_cpus(text: &str, iface: &str) -> Vec<usize> {
     cpus.into_iter().collect()
 }
 
-/// Default CPUs for `workers` workers: the online CPUs not in `avoid`, round robin; all CPUs
-/// if avoiding would leave none.
-pub fn default_cpus(workers: usize, online: usize, avoid: &[usize]) -> Vec<usize> {
-    let mut pool: Vec<usize> = (0..online).filter(|c| !avoid.contains(c)).collect();
+/// Default CPUs for `workers` workers, chosen inside `allowed` (the process's CPU set, see
+/// [`inherited_cpus`]): the allowed CPUs not in `avoid` (those taking the NIC's interrupts),
+/// round robin; all the allowed CPUs if avoiding would leave none. With more workers than CPUs
+/// in that pool, workers share CPUs round robin, never leaving `allowed`. Empty only if
+/// `allowed` is.
+pub fn default_cpus(workers: usize, allowed: &[usize], avoid: &[usize]) -> Vec<usize> {
+    let mut pool: Vec<usize> = allowed
+        .iter()
+        .copied()
+        .filter(|c| !avoid.contains(c))
+        .collect();
     if pool.is_empty() {
-        pool = (0..online).collect();
+        pool = allowed.to_vec();
+    }
+    if pool.is_empty() {
+        return Vec::new();
     }
     (0..workers).map(|i| pool[i % pool.len()]).collect()
+}
+
+/// The process's CPU set as it was at start-up: what `taskset`, systemd's `CPUAffinity=` and
+/// cgroup cpusets left it (`sched_getaffinity`), ascending. Read on the first call, which
+/// `main` makes in the main thread before any thread is pinned; later calls return that same
+/// set, never a pinned worker's own one-CPU mask.
+pub fn inherited_cpus() -> io::Result<&'static [usize]> {
+    static SET: std::sync::OnceLock<Result<Vec<usize>, i32>> = std::sync::OnceLock::new();
+    match SET.get_or_init(|| current_cpus().map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))) {
+        Ok(v) => Ok(v),
+        Err(errno) => Err(io::Error::from_raw_os_error(*errno)),
+    }
+}
+
+/// The calling thread's CPU affinity (`sched_getaffinity(0)`), ascending. Any number of CPUs,
+/// holes included: the mask buffer grows until the kernel accepts its size.
+pub fn current_cpus() -> io::Result<Vec<usize>> {
+    const BITS: usize = libc::c_ulong::BITS as usize;
+    // 1024 CPUs (the size of glibc's cpu_set_t) first; the kernel refuses (EINVAL) a buffer
+    // smaller than its nr_cpu_ids.
+    let mut words = 1024 / BITS;
+    loop {
+        let mut mask: Vec<libc::c_ulong> = vec![0; words];
+        // SAFETY: the kernel writes at most `size` bytes into `mask`, which holds exactly that
+        // many; the glibc wrapper only clears the part of the buffer the kernel did not fill.
+        let rc = unsafe {
+            libc::sched_getaffinity(
+                0,
+                std::mem::size_of_val(&mask[..]),
+                mask.as_mut_ptr().cast(),
+            )
+        };
+        if rc == 0 {
+            return Ok(mask_cpus(&mask));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) || words * BITS >= 1 << 22 {
+            return Err(e);
+        }
+        words *= 2;
+    }
+}
+
+/// The CPUs whose bits are set in a kernel CPU mask (an array of `unsigned long`).
+fn mask_cpus(mask: &[libc::c_ulong]) -> Vec<usize> {
+    const BITS: usize = libc::c_ulong::BITS as usize;
+    let mut out = Vec::new();
+    for (i, w) in mask.iter().enumerate() {
+        for b in 0..BITS {
+            if (w >> b) & 1 != 0 {
+                out.push(i * BITS + b);
+            }
+        }
+    }
+    out
+}
+
+/// Pin the calling thread to `cpu` (`sched_setaffinity(0)`). Fails if the CPU is offline or
+/// outside the process's cgroup cpuset.
+pub fn pin_current_thread(cpu: usize) -> io::Result<()> {
+    const BITS: usize = libc::c_ulong::BITS as usize;
+    let mut mask: Vec<libc::c_ulong> = vec![0; cpu / BITS + 1];
+    mask[cpu / BITS] |= 1 << (cpu % BITS);
+    // SAFETY: the kernel reads `size` bytes from `mask`, which holds exactly that many, and
+    // treats the CPUs beyond them as not set.
+    let rc = unsafe {
+        libc::sched_setaffinity(0, std::mem::size_of_val(&mask[..]), mask.as_ptr().cast())
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A CPU list the way taskset and /proc print one: `0-3,8,10-11`.
+pub fn cpu_list(cpus: &[usize]) -> String {
+    let mut sorted = cpus.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            j += 1;
+        }
+        out.push(match j - i {
+            0 => sorted[i].to_string(),
+            1 => format!("{},{}", sorted[i], sorted[j]),
+            _ => format!("{}-{}", sorted[i], sorted[j]),
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// Why `requested` CPUs (from `origin`, e.g. `--cpus 0,1` or `[daemon] cpus = [0] in FILE`)
+/// cannot be used: `None` if every one is in `allowed`, else a message naming the refused and
+/// the allowed CPUs.
+pub fn cpus_outside_set(origin: &str, requested: &[usize], allowed: &[usize]) -> Option<String> {
+    let mut refused: Vec<usize> = requested
+        .iter()
+        .copied()
+        .filter(|c| !allowed.contains(c))
+        .collect();
+    refused.sort_unstable();
+    refused.dedup();
+    let (what, verb) = match refused.as_slice() {
+        [] => return None,
+        [c] => (format!("CPU {c}"), "is"),
+        many => (
+            format!(
+                "CPUs {}",
+                many.iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            "are",
+        ),
+    };
+    Some(format!(
+        "{origin}: {what} {verb} not in this process's CPU set (allowed: {}); pick from the \
+         allowed CPUs or widen the set (taskset, systemd CPUAffinity=, cgroup cpuset)",
+        cpu_list(allowed)
+    ))
 }
 
 /// A shared mapping of an in-memory store's export range (tmpfs, ramfs): reads and writes are
@@ -656,9 +793,90 @@ mod tests {
 
     #[test]
     fn default_cpus_avoid_irq_cpus_when_possible() {
-        assert_eq!(default_cpus(2, 4, &[1, 3]), vec![0, 2]);
-        assert_eq!(default_cpus(3, 4, &[1, 3]), vec![0, 2, 0]);
-        assert_eq!(default_cpus(2, 2, &[0, 1]), vec![0, 1]);
-        assert_eq!(default_cpus(1, 2, &[]), vec![0]);
+        assert_eq!(default_cpus(2, &[0, 1, 2, 3], &[1, 3]), vec![0, 2]);
+        assert_eq!(default_cpus(3, &[0, 1, 2, 3], &[1, 3]), vec![0, 2, 0]);
+        assert_eq!(default_cpus(2, &[0, 1], &[0, 1]), vec![0, 1]);
+        assert_eq!(default_cpus(1, &[0, 1], &[]), vec![0]);
+    }
+
+    #[test]
+    fn default_cpus_stay_inside_the_process_cpu_set() {
+        // `taskset -c 1`: never CPU 0, whatever the IRQs say.
+        assert_eq!(default_cpus(1, &[1], &[]), vec![1]);
+        assert_eq!(
+            default_cpus(1, &[1], &[1]),
+            vec![1],
+            "no room to avoid the IRQ CPU"
+        );
+        // More workers than allowed CPUs: they share them round robin, inside the set.
+        assert_eq!(default_cpus(3, &[1], &[]), vec![1, 1, 1]);
+        assert_eq!(default_cpus(5, &[2, 3], &[0]), vec![2, 3, 2, 3, 2]);
+        // A set with holes, above 64 CPUs, IRQ CPUs avoided while others are left.
+        let allowed = [3, 5, 64, 65, 130, 200];
+        assert_eq!(
+            default_cpus(4, &allowed, &[5, 64, 7]),
+            vec![3, 65, 130, 200]
+        );
+        assert_eq!(
+            default_cpus(6, &allowed, &[3, 5, 64, 65, 130]),
+            vec![200, 200, 200, 200, 200, 200]
+        );
+        // IRQ CPUs outside the set change nothing.
+        assert_eq!(default_cpus(2, &[4, 6], &[0, 1, 2]), vec![4, 6]);
+        assert!(default_cpus(2, &[], &[]).is_empty());
+    }
+
+    #[test]
+    fn cpu_masks_lists_and_refusals() {
+        const BITS: usize = libc::c_ulong::BITS as usize;
+        let mut mask: Vec<libc::c_ulong> = vec![0; 256 / BITS];
+        for c in [1usize, 2, 3, 63, 64, 100, 255] {
+            mask[c / BITS] |= 1 << (c % BITS);
+        }
+        assert_eq!(mask_cpus(&mask), vec![1, 2, 3, 63, 64, 100, 255]);
+        assert_eq!(cpu_list(&[1, 2, 3, 63, 64, 100, 255]), "1-3,63,64,100,255");
+        assert_eq!(cpu_list(&[7, 0, 1, 2, 3, 9]), "0-3,7,9");
+        assert_eq!(cpu_list(&[]), "");
+        assert_eq!(cpus_outside_set("--cpus 1,2", &[1, 2], &[0, 1, 2]), None);
+        assert_eq!(
+            cpus_outside_set("--cpus 0", &[0], &[1]).unwrap(),
+            "--cpus 0: CPU 0 is not in this process's CPU set (allowed: 1); pick from the \
+             allowed CPUs or widen the set (taskset, systemd CPUAffinity=, cgroup cpuset)"
+        );
+        let m = cpus_outside_set(
+            "[daemon] cpus = [0, 70, 2, 0]",
+            &[0, 70, 2, 0],
+            &[2, 3, 4, 5],
+        )
+        .unwrap();
+        assert!(
+            m.starts_with(
+                "[daemon] cpus = [0, 70, 2, 0]: CPUs 0,70 are not in this process's CPU set \
+                 (allowed: 2-5);"
+            ),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn this_thread_can_be_pinned_inside_its_set_and_not_outside() {
+        let set = current_cpus().unwrap();
+        assert!(!set.is_empty());
+        // On a thread of its own: pinning must not narrow the test harness's threads.
+        let last = *set.last().unwrap();
+        std::thread::spawn(move || {
+            pin_current_thread(last).unwrap();
+            assert_eq!(current_cpus().unwrap(), vec![last]);
+            // A CPU that does not exist.
+            assert!(pin_current_thread(1 << 20).is_err());
+            assert_eq!(
+                current_cpus().unwrap(),
+                vec![last],
+                "a failed pin changes nothing"
+            );
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inherited_cpus().unwrap(), set.as_slice());
     }
 }
