@@ -184,6 +184,28 @@ impl BackingError {
     }
 }
 
+/// Why an in-memory store's memory could not be made sure of ([`Backing::ensure_allocated`]).
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    /// The filesystem (tmpfs) cannot hold the whole export.
+    #[error("in-memory store {path} needs {mib} MiB, but its filesystem has room for only {} MiB more: writes past that would fail. Make the tmpfs larger (mount -o remount,size=...), export a smaller image (or a sub-range with -l), or put the image on a disk", free_mib.map_or("an unknown number of".to_string(), |m| m.to_string()))]
+    NoSpace {
+        path: PathBuf,
+        mib: u64,
+        free_mib: Option<u64>,
+    },
+    /// A read-only in-memory store with a hole: a read of it allocates memory, which can fail.
+    #[error("read-only in-memory store {path} is sparse (a hole at byte {at}): on tmpfs even reading a hole takes memory, which fails once the tmpfs is full. Allocate it first: fallocate -l {size} {path}")]
+    Sparse { path: PathBuf, at: u64, size: u64 },
+    /// Any other failure.
+    #[error("cannot allocate in-memory store {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
 /// Why an export window does not fit its store (no path yet: pure math).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GeometryError {
@@ -449,6 +471,42 @@ impl Backing {
         self.io_mode
     }
 
+    /// Make sure every byte of the export window has its storage allocated, so that no write
+    /// (nor, on tmpfs, a read fault) through a mapping can fail for want of space: a writable
+    /// store is `fallocate`d over the window; a read-only one must have no hole in it. For
+    /// in-memory stores, where the failure would otherwise be a SIGBUS.
+    pub fn ensure_allocated(&self) -> Result<(), AllocError> {
+        let (start, len) = (self.geometry.byte_offset, self.geometry.sectors * SECTOR_SIZE);
+        if !self.read_only {
+            return fallocate(self.file.as_fd(), start, len).map_err(|e| {
+                if e.raw_os_error() == Some(libc::ENOSPC) {
+                    AllocError::NoSpace {
+                        path: self.path.clone(),
+                        mib: len.div_ceil(1 << 20),
+                        free_mib: free_bytes(self.file.as_fd()).map(|b| b >> 20),
+                    }
+                } else {
+                    AllocError::Io {
+                        path: self.path.clone(),
+                        source: e,
+                    }
+                }
+            });
+        }
+        match first_hole(self.file.as_fd(), start, start + len) {
+            Ok(None) => Ok(()),
+            Ok(Some(at)) => Err(AllocError::Sparse {
+                path: self.path.clone(),
+                at,
+                size: self.size_bytes,
+            }),
+            Err(e) => Err(AllocError::Io {
+                path: self.path.clone(),
+                source: e,
+            }),
+        }
+    }
+
     /// Can an I/O of `len_bytes` at export byte `offset_bytes` (LBA × 512,
     /// relative to the export; [`Self::byte_offset`] is added here) with memory
     /// at `mem_addr` be issued as is? Always true in buffered mode (for a
@@ -677,6 +735,42 @@ fn blkdev_logical_block_size(fd: BorrowedFd<'_>) -> io::Result<u32> {
             format!("BLKSSZGET returned an implausible logical block size {lbs}"),
         )),
     }
+}
+
+fn fallocate(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: fallocate takes no memory arguments; `fd` is open for the call.
+    let rc = unsafe { libc::fallocate(fd.as_raw_fd(), 0, offset, len) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The first hole in `start..end` of the file, if any (`SEEK_HOLE`).
+fn first_hole(fd: BorrowedFd<'_>, start: u64, end: u64) -> io::Result<Option<u64>> {
+    let Ok(at) = libc::off_t::try_from(start) else {
+        return Err(io::Error::from_raw_os_error(libc::EFBIG));
+    };
+    // SAFETY: lseek takes no memory arguments. It moves the shared file offset, which nothing
+    // uses: every I/O on a store names its offset.
+    let hole = unsafe { libc::lseek(fd.as_raw_fd(), at, libc::SEEK_HOLE) };
+    if hole < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let hole = hole as u64;
+    Ok((hole < end).then_some(hole))
+}
+
+/// Free bytes of the filesystem holding the file.
+fn free_bytes(fd: BorrowedFd<'_>) -> Option<u64> {
+    // SAFETY: a zeroed statvfs is a valid value of the plain-data struct.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatvfs writes one statvfs into `st`; `fd` is open for the call.
+    let rc = unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) };
+    (rc == 0).then(|| st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// `STATX_DIOALIGN` from `linux/stat.h` (Linux 6.1); libc 0.2.191 exports it

@@ -175,9 +175,6 @@ fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
                     " partly or wholly with 4 KiB pages: 2 MiB pages were refused (shmem_enabled \
                      is deny, the kernel predates 6.1, or no free 2 MiB pages): random reads \
                      will be slower"
-                } else if map.huge_bytes() < len && len >= 2 << 20 {
-                    " with 4 KiB pages where the file is sparse (memory not allocated yet): \
-                     `fallocate` the image before starting xblade to get 2 MiB pages there"
                 } else {
                     ""
                 }

@@ -32,6 +32,7 @@ impl Export {
     /// A new export over an opened backing store.
     pub fn new(state: ExportState, backing: Backing) -> std::io::Result<Self> {
         let map = if backing.in_memory() {
+            backing.ensure_allocated().map_err(std::io::Error::other)?;
             let len = state.sectors * aoe::wire::SECTOR as u64;
             Some(crate::sys::FileMap::new(
                 backing.fd(),

@@ -511,3 +511,79 @@ fn memory_stays_flat_under_load() {
         "xblade grew from {before} KiB to {after} KiB over {N} reads"
     );
 }
+
+/// A tmpfs of `mib` MiB mounted in the lab's directory, unmounted on drop.
+struct SmallTmpfs(std::path::PathBuf);
+
+impl SmallTmpfs {
+    fn new(lab: &Lab, mib: u64) -> SmallTmpfs {
+        let dir = lab.dir.join("small-tmpfs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "xblade-test"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount tmpfs: {out:?}");
+        SmallTmpfs(dir)
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A sparse in-memory store larger than the tmpfs holding it used to start, then die of SIGBUS
+/// on the first write past the tmpfs's capacity. Its memory is now allocated at start-up, and a
+/// store the tmpfs cannot hold is refused with a message saying what to do; a read-only sparse
+/// store is refused too (on tmpfs, reading a hole through a mapping takes memory).
+#[test]
+fn an_in_memory_store_is_allocated_at_start_up_or_refused() {
+    if !privileged("an_in_memory_store_is_allocated_at_start_up_or_refused") {
+        return;
+    }
+    let lab = Lab::new();
+    let small = SmallTmpfs::new(&lab, 8);
+    let big = small.0.join("big.img");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(64 * MIB)
+        .unwrap();
+    let (status, log) = lab.xblade_fails(&["1", "0", "{if}", big.to_str().unwrap()]);
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("needs 64 MiB") && log.contains("room for only") && log.contains("tmpfs"),
+        "{log}"
+    );
+    assert!(!log.contains("SIGBUS"), "{log}");
+    std::fs::remove_file(&big).unwrap();
+
+    // Read-only and sparse: refused, naming the fix.
+    let sparse = small.0.join("sparse.img");
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(4 * MIB)
+        .unwrap();
+    let (status, log) = lab.xblade_fails(&["-r", "1", "0", "{if}", sparse.to_str().unwrap()]);
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains("is sparse") && log.contains(&format!("fallocate -l {}", 4 * MIB)),
+        "{log}"
+    );
+
+    // Writable and sparse, and it fits: allocated at start-up, then every sector can be
+    // written (no SIGBUS), and the tmpfs shows the memory taken.
+    let d = lab.xblade(&["1", "0", "{if}", sparse.to_str().unwrap()]);
+    let meta = std::fs::metadata(&sparse).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(meta.blocks() * 512 >= 4 * MIB, "allocated: {} blocks", meta.blocks());
+    let mut c = lab.client();
+    c.discover(1, 0);
+    write_read_verify(&mut c, &sparse, 0, 4 * MIB / 512, 11);
+    stopped_cleanly(&lab, d);
+}

@@ -23,6 +23,12 @@ pub fn privileged(test: &str) -> bool {
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+/// The daemon under test: this build's, or `XBLADE_TEST_BIN` (to show that a test fails on an
+/// older build).
+pub fn xblade_bin() -> String {
+    std::env::var("XBLADE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_xblade").to_string())
+}
+
 /// Two namespaces, `target` and `initiator`, joined by a veth pair, with `lo` up in both; and a
 /// tmpfs directory for images and logs. All removed on drop, also on panic.
 pub struct Lab {
@@ -153,9 +159,51 @@ impl Lab {
                 "netns",
                 "exec",
                 self.target_ns(),
-                env!("CARGO_BIN_EXE_xblade"),
+                &xblade_bin(),
             ])
             .args(&args)
+            .env("XBLADE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Like [`Lab::xblade`], with `prefix` run before the binary inside the namespace (a
+    /// command that execs the rest, such as `taskset -c 1` or `env VAR=VALUE`, so that the
+    /// daemon's pid is the child's); `{if}` is substituted in `prefix` too.
+    pub fn xblade_with(&self, prefix: &[&str], args: &[&str]) -> Daemon {
+        Daemon::start_with(self, prefix, args)
+            .unwrap_or_else(|log| panic!("xblade did not start:\n{log}"))
+    }
+
+    /// Like [`Lab::xblade_fails`], with `prefix` (see [`Lab::xblade_with`]).
+    pub fn xblade_fails_with(&self, prefix: &[&str], args: &[&str]) -> (ExitStatus, String) {
+        match Daemon::start_with(self, prefix, args) {
+            Ok(mut d) => {
+                let log = d.log();
+                d.kill9();
+                panic!("xblade started but should have failed:\n{log}");
+            }
+            Err(log) => {
+                let mut c = self.spawn_with(prefix, args, &self.dir.join("fail.log"));
+                (c.wait().unwrap(), log)
+            }
+        }
+    }
+
+    fn spawn_with(&self, prefix: &[&str], args: &[&str], log: &Path) -> Child {
+        let subst = |v: &[&str]| -> Vec<String> {
+            v.iter()
+                .map(|a| a.replace("{if}", self.target_if()))
+                .collect()
+        };
+        Command::new("ip")
+            .args(["netns", "exec", self.target_ns()])
+            .args(subst(prefix))
+            .arg(xblade_bin())
+            .args(subst(args))
             .env("XBLADE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -188,6 +236,27 @@ impl Daemon {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let log = lab.dir.join(format!("xblade-{n}.log"));
         let mut child = lab.spawn(args, &log);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("serving workers=") {
+                return Ok(Daemon { child, log });
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!("exit {status}\n{text}"));
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(format!("timeout\n{text}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn start_with(lab: &Lab, prefix: &[&str], args: &[&str]) -> Result<Daemon, String> {
+        let n = SEQ.fetch_add(1, Ordering::Relaxed);
+        let log = lab.dir.join(format!("xblade-{n}.log"));
+        let mut child = lab.spawn_with(prefix, args, &log);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
