@@ -587,3 +587,45 @@ fn an_in_memory_store_is_allocated_at_start_up_or_refused() {
     write_read_verify(&mut c, &sparse, 0, 4 * MIB / 512, 11);
     stopped_cleanly(&lab, d);
 }
+
+/// The target's link going down and coming back up (a cable pulled, a switch rebooted) leaves
+/// the daemon serving: the AF_XDP socket stays bound and the worker picks up where it was.
+#[test]
+fn survives_the_link_going_down_and_up() {
+    if !privileged("survives_the_link_going_down_and_up") {
+        return;
+    }
+    let lab = Lab::new();
+    let img = lab.image("disk.img", 4 * MIB);
+    let d = lab.xblade(&["1", "0", "{if}", img.to_str().unwrap()]);
+    let mut c = lab.client();
+    c.discover(1, 0);
+    write_read_verify(&mut c, &img, 0, 4 * MIB / 512, 21);
+    for round in 0..3u64 {
+        for state in ["down", "up"] {
+            labkit::ip(&[
+                "-n",
+                lab.target_ns(),
+                "link",
+                "set",
+                lab.target_if(),
+                state,
+            ]);
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        // The link may take a moment to carry frames again: retry the first request.
+        let data = pattern(30 + round, 500, 2);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut ok = false;
+        while !ok && std::time::Instant::now() < deadline {
+            let a = c.addr();
+            let mut f = vec![0u8; 1200];
+            let n = aoe::initiator::ata_request(&mut f, &a, &AtaRequest::write(500, &data));
+            ok = c.transact(&f[..n], a.tag).is_some();
+        }
+        assert!(ok, "no answer after the link came back (round {round}):\n{}", d.log());
+        assert!(c.read(500, 2).2 == data, "round {round}");
+    }
+    assert!(d.log().contains("serving workers="));
+    stopped_cleanly(&lab, d);
+}

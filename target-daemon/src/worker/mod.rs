@@ -237,6 +237,11 @@ impl<P: Packets, S: Storage> Worker<P, S> {
         self.ranges.present()
     }
 
+    /// Requests accepted that wait for an overlapping earlier one before going to storage.
+    pub fn waiting(&self) -> usize {
+        self.ranges.waiting()
+    }
+
     /// Where received frames start in their chunk (for tests and logs).
     pub fn rx_offset(&self) -> usize {
         self.rx_offset
