@@ -32,6 +32,10 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("xz", "xz-utils"),
     ("ethtool", "ethtool"),
     ("shellcheck", "shellcheck"),
+    ("mkfs.ext4", "e2fsprogs"),
+    // A Python module, not a command: an absolute path is checked as it is (`Path::join`).
+    // tests/durability.rs runs tests/fixtures/faultfs.py with /usr/bin/python3.
+    ("/usr/lib/python3/dist-packages/fusepy.py", "python3-fusepy"),
 ];
 
 fn have(cmd: &str) -> bool {
