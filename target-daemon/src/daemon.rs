@@ -611,6 +611,8 @@ fn run_workers(
                     tracing::info!(workers = n, "serving");
                 }
             }
+            // From the closure of a thread that could not be started (dropped unrun).
+            WorkerEvent::Done(i, _) if i >= n => {}
             WorkerEvent::Done(i, r) => {
                 running -= 1;
                 finished[i] = true;

@@ -155,12 +155,7 @@ impl Lab {
             .map(|a| a.replace("{if}", self.target_if()))
             .collect();
         Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                self.target_ns(),
-                &xblade_bin(),
-            ])
+            .args(["netns", "exec", self.target_ns(), &xblade_bin()])
             .args(&args)
             .env("XBLADE_LOG", "info")
             .stdin(Stdio::null())
