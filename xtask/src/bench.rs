@@ -3,17 +3,29 @@
 //!
 //! 1. Installs what it needs (vblade and fio from Debian, when root; it says so), builds
 //!    `xblade` and `aoe-bench` in release, and brings the lab up ([`crate::lab`]): a RAM image
-//!    on tmpfs and a disk image on the root filesystem, the same size.
+//!    on tmpfs, a disk image on the root filesystem, the same size, and a loop block device
+//!    over the disk image (`losetup --direct-io=on --sector-size 512`). Three back ends:
+//!    `ram` (the tmpfs file, which xblade maps in memory), `disk` (the file on the root
+//!    filesystem, ext4 here) and `blk` (the loop device: the path users take,
+//!    `xblade 1 0 eth1 /dev/nvme0n1`, a block device through io_uring O_DIRECT with
+//!    `RWF_DSYNC` writes).
 //! 2. Runs the matrix. Every case is measured against three things, one at a time on the
 //!    target's veth end (XDP allows one program per interface and vblade's AF_PACKET socket
 //!    would see the frames too), in an order that rotates from case to case so that drift
 //!    (other load on the machine) spreads over all of them:
-//!    - xblade (`--cpus 1`: O_DIRECT and durable writes, its defaults);
-//!    - vblade, Debian's (`taskset -c 1`; RAM plain, disk `-d` for reads and `-d -s` for
-//!      writes);
+//!    - xblade (`--cpus 1`: O_DIRECT and durable writes, its defaults; on `blk` never any
+//!      other option, so those rows measure what a user gets from `xblade 1 0 IF DEV`);
+//!    - vblade, Debian's (`taskset -c 1`; RAM plain, disk and blk `-d` for reads and `-d -s`
+//!      for writes);
 //!    - the ceiling: `aoe-bench echo --cpu 1`, which answers at once with no storage (RAM
 //!      rows), and fio (`--ioengine=io_uring --direct=1`, same block size, pattern and depth,
-//!      `--sync=dsync` for writes, pinned to CPU 1) on the same file (disk rows).
+//!      `--sync=dsync` for writes, pinned to CPU 1) on the same file or device (disk and blk
+//!      rows).
+//!
+//!    xblade opens a block device with `O_EXCL`, and the claim can outlive the process a
+//!    moment (its io_uring's registered file is released after exit), so before xblade
+//!    starts on `blk` the bench waits until an exclusive open succeeds. vblade and fio open
+//!    it shared; every run is alone on the device anyway.
 //!
 //!    fio has no network and no generator in its loop; the disk rows' xblade/fio ratio does.
 //!    The generator waits for responses the way a remote initiator looks to the target: it
@@ -28,8 +40,8 @@
 //!    reads and writes at QD 1, 16, 64 on RAM and disk; 8 KiB reads at MTU 9000 (a cell is
 //!    "n/a: reason" when aoe-bench or a target cannot do 8 KiB requests); `--verify` write then
 //!    read-back per target and back end; and xblade's CPU time per frame with 1 queue against
-//!    2 queues (below). vblade advertises 16 buffers, so aoe-bench caps its QD at 16: the
-//!    effective QD is reported.
+//!    2 queues (below). The blk rows are a subset ([`blk_row`]). vblade advertises 16 buffers,
+//!    so aoe-bench caps its QD at 16: the effective QD is reported.
 //! 3. CPU time per frame: user + system ticks (`/proc/PID/task/*/stat` fields 14 and 15) of
 //!    xblade's `xblade-*` worker threads around the run, divided by the frames answered; also
 //!    for the whole process (which includes io_uring's io-wq threads) and for vblade and echo.
@@ -53,7 +65,7 @@
 //!
 //! Exits non-zero if any row has an error (a failed run, any I/O or verify error) or is
 //! missing; "n/a" cells are not errors. Speed is reported, never asserted. `--quick` (CI's
-//! smoke test) runs fewer cases for 1 s each and finishes in under a minute.
+//! smoke test) runs fewer cases for 1 s each (blk among them) and finishes in about a minute.
 
 mod json;
 mod mem;
@@ -63,7 +75,7 @@ mod svg;
 
 use std::{
     fs,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant, SystemTime},
 };
@@ -90,6 +102,8 @@ const TOOLS: &[(&str, &str)] = &[
     ("vblade", "vblade"),
     ("fio", "fio"),
     ("ip", "iproute2"),
+    ("losetup", "mount"),
+    ("findmnt", "util-linux"),
     ("taskset", "util-linux"),
     ("fallocate", "util-linux"),
     ("dd", "coreutils"),
@@ -108,6 +122,8 @@ const VERIFY_SECTORS: u64 = 4096;
 const STOP_GRACE: Duration = Duration::from_secs(15);
 /// How long a target may take to say it is ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the blk device's exclusive claim may outlive the xblade that held it.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
 struct Opts {
@@ -165,8 +181,12 @@ impl Opts {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
+    /// The RAM image, a file on tmpfs.
     Ram,
+    /// The disk image, a file on the root filesystem.
     Disk,
+    /// The loop block device over the disk image.
+    Blk,
 }
 
 impl Backend {
@@ -174,7 +194,13 @@ impl Backend {
         match self {
             Backend::Ram => "ram",
             Backend::Disk => "disk",
+            Backend::Blk => "blk",
         }
+    }
+
+    /// Whether the ceiling is fio on the store (else echo).
+    fn on_storage(self) -> bool {
+        matches!(self, Backend::Disk | Backend::Blk)
     }
 }
 
@@ -252,11 +278,12 @@ impl Row {
         &self.cells[t as usize]
     }
 
-    /// The ceiling for this row: echo on RAM, fio on disk.
+    /// The ceiling for this row: echo on RAM, fio on disk and blk.
     fn ceiling(&self) -> Thing {
-        match self.backend {
-            Backend::Ram => Thing::Echo,
-            Backend::Disk => Thing::Fio,
+        if self.backend.on_storage() {
+            Thing::Fio
+        } else {
+            Thing::Echo
         }
     }
 
@@ -400,7 +427,7 @@ impl Measure {
     }
 }
 
-/// A fio run on the backing file.
+/// A fio run on the backing file or device.
 #[derive(Clone, Debug)]
 struct FioMeasure {
     iops: f64,
@@ -482,10 +509,34 @@ fn add_group(
     });
 }
 
+/// Whether a case gets a blk row (the loop device) next to its ram and disk rows.
+///
+/// Not every case: the blk rows are the ones where a block device's path can differ from the
+/// file's, at the depths that load a device: random reads and durable random writes (the
+/// loop device has a write-back cache and no FUA, so an `RWF_DSYNC` write to it is a write
+/// plus a cache flush, which the loop turns into an fsync of its backing file) at QD 16
+/// (vblade's buffer count, so every target runs at the same depth) and 64, of 1 KiB (MTU
+/// 1500) and 8 KiB (MTU 9000), plus the `--verify` write and read-back (the data path's
+/// correctness on a device). Sequential rows would repeat the random ones (the loop turns
+/// both into O_DIRECT I/O on the same file) and QD 1 measures the round trip, not the
+/// device. That is 22 more measurements (about a minute), against 49 for a blk row in every
+/// case. `--quick` has the 1 KiB QD 16 randread and randwrite blk rows and the verify.
+fn blk_row(rw: &str, qd: u32) -> bool {
+    matches!(rw, "randread" | "randwrite") && matches!(qd, 16 | 64)
+}
+
 fn plan(quick: bool) -> (Vec<Row>, Vec<Group>) {
     let mut rows = Vec::new();
     let mut groups = Vec::new();
     let both = [Backend::Ram, Backend::Disk];
+    let all = [Backend::Ram, Backend::Disk, Backend::Blk];
+    let backends = |rw: &str, qd: u32, only: &[Backend]| -> Vec<Backend> {
+        let mut b = only.to_vec();
+        if blk_row(rw, qd) {
+            b.push(Backend::Blk);
+        }
+        b
+    };
     let (rws, qds): (&[&'static str], &[u32]) = if quick {
         (&["randread", "randwrite"], &[16])
     } else {
@@ -499,11 +550,11 @@ fn plan(quick: bool) -> (Vec<Row>, Vec<Group>) {
                 Section::Main,
                 1500,
                 (rw, 2, qd),
-                &both,
+                &backends(rw, qd, &both),
             );
         }
     }
-    for &backend in &both {
+    for &backend in &all {
         let start = rows.len();
         for rw in ["write", "randread"] {
             rows.push(Row {
@@ -525,16 +576,21 @@ fn plan(quick: bool) -> (Vec<Row>, Vec<Group>) {
     let (jumbo_qds, jumbo_backends): (&[u32], &[Backend]) = if quick {
         (&[16], &[Backend::Ram])
     } else {
-        (&[1, 16, 64], &both)
+        (&[1, 16, 64], &[Backend::Ram, Backend::Disk])
     };
     for &qd in jumbo_qds {
+        let jumbo = if quick {
+            jumbo_backends.to_vec()
+        } else {
+            backends("randread", qd, jumbo_backends)
+        };
         add_group(
             &mut rows,
             &mut groups,
             Section::Jumbo,
             9000,
             ("randread", 16, qd),
-            jumbo_backends,
+            &jumbo,
         );
     }
     (rows, groups)
@@ -585,6 +641,7 @@ pub fn run(args: &[String]) -> Result<()> {
         t0: Instant::now(),
         ram_sectors: opts.image_mib() * 2048,
         mem: Vec::new(),
+        disk_fs: None,
     };
     bench.total = bench.count_measurements(&groups);
     eprintln!(
@@ -746,6 +803,8 @@ struct Bench {
     ram_sectors: u64,
     /// One core's copies out of the RAM image, per RAM read size.
     mem: Vec<mem::MemCopy>,
+    /// The filesystem type under the disk image (`ext4`), for the report.
+    disk_fs: Option<String>,
 }
 
 /// How a generator run went.
@@ -793,13 +852,38 @@ impl Bench {
             mtu,
             ram_mib: self.opts.image_mib(),
             disk_mib: self.opts.image_mib(),
-            loop_device: false,
+            // The blk rows' device, over the disk image.
+            loop_device: true,
         };
         if self.lab_cfg.as_ref() == Some(&cfg) {
             return Ok(());
         }
         eprintln!("bench: lab: {}", cfg.to_args());
         let lab = lab::up(&cfg).context("bringing the lab up")?;
+        let dev = lab
+            .loop_dev
+            .clone()
+            .context("the lab has no loop device for the blk rows")?;
+        // `lab up` warns when the loop fell back to buffered I/O; here that would make the blk
+        // rows measure the page cache, so the report says so.
+        let sys = Path::new("/sys/block")
+            .join(dev.file_name().unwrap_or_default())
+            .join("loop");
+        let read = |f: &str| fs::read_to_string(sys.join(f)).unwrap_or_default();
+        if read("dio").trim() != "1" {
+            let note = format!(
+                "{} over {} has no direct I/O: its blk rows went through the page cache",
+                dev.display(),
+                read("backing_file").trim()
+            );
+            if !self.notes.contains(&note) {
+                eprintln!("bench: {note}");
+                self.notes.push(note);
+            }
+        }
+        if self.disk_fs.is_none() {
+            self.disk_fs = lab.disk_image.as_deref().and_then(filesystem_of);
+        }
         self.lab = Some(lab);
         self.lab_cfg = Some(cfg);
         Ok(())
@@ -810,8 +894,9 @@ impl Bench {
         match backend {
             Backend::Ram => lab.ram_image.clone(),
             Backend::Disk => lab.disk_image.clone(),
+            Backend::Blk => lab.loop_dev.clone(),
         }
-        .expect("the lab has both images")
+        .expect("the lab has both images and the loop device")
     }
 
     fn progress(&mut self, what: &str, cell: &Cell) {
@@ -1111,7 +1196,10 @@ impl Bench {
                     "--queues".into(),
                     queues.into(),
                 ]);
-                a.extend(self.xblade_extra.iter().cloned());
+                // A block device always gets xblade's defaults: the path the blk rows measure.
+                if backend != Backend::Blk {
+                    a.extend(self.xblade_extra.iter().cloned());
+                }
                 a.extend(addr);
                 a.push(file);
                 (a, "serving workers=")
@@ -1123,7 +1211,7 @@ impl Bench {
                     TARGET_CPU.to_string(),
                     "vblade".into(),
                 ]);
-                if backend == Backend::Disk {
+                if backend.on_storage() {
                     a.push("-d".into());
                     if writes {
                         a.push("-s".into());
@@ -1170,11 +1258,25 @@ impl Bench {
             .logs
             .join(format!("{}-{}.log", thing.name(), backend.name()));
         let (argv, marker) = self.target_argv(thing, backend, writes, queues, cpus);
+        if thing == Thing::Xblade && backend == Backend::Blk {
+            let dev = self.file(backend);
+            match wait_unclaimed(&dev, CLAIM_WAIT) {
+                Ok(waited) if waited > Duration::ZERO => eprintln!(
+                    "bench: waited {:.2} s for the last xblade's claim on {} to go",
+                    waited.as_secs_f64(),
+                    dev.display()
+                ),
+                Ok(_) => {}
+                // xblade itself retries for 2 s more, then says "device busy".
+                Err(e) => eprintln!("bench: {e:#}"),
+            }
+        }
         let mut svc = Service::start(thing.name(), &argv, &log)?;
         match svc.wait_ready(marker, READY_TIMEOUT) {
             Ok(_) => Ok(svc),
             Err(e)
                 if thing == Thing::Xblade
+                    && backend != Backend::Blk
                     && self.xblade_extra.is_empty()
                     && svc.output().contains("does not support O_DIRECT") =>
             {
@@ -1545,6 +1647,49 @@ impl Bench {
     }
 }
 
+/// Waits until `dev` can be opened exclusively (`O_EXCL`, as xblade opens a block device):
+/// the claim of the xblade run before can outlive its process a moment. How long it waited.
+fn wait_unclaimed(dev: &Path, limit: Duration) -> Result<Duration> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let start = Instant::now();
+    let mut busy = false;
+    loop {
+        let open = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(dev);
+        match open {
+            // Closed at once: a plain descriptor's claim ends with its close.
+            Ok(_) if busy => return Ok(start.elapsed()),
+            Ok(_) => return Ok(Duration::ZERO),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && start.elapsed() < limit => {
+                busy = true;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "opening {} exclusively (busy for {:.1} s)",
+                        dev.display(),
+                        start.elapsed().as_secs_f64()
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// The filesystem type holding `path` (`ext4`), from `findmnt`.
+fn filesystem_of(path: &Path) -> Option<String> {
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "FSTYPE", "--target"])
+        .arg(path)
+        .output()
+        .ok()?;
+    let fs = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && !fs.is_empty()).then_some(fs)
+}
+
 /// What an `aoe-bench run` said: its report, or why it had none.
 fn classify(out: &procs::Captured) -> GenOutcome {
     match Json::parse_embedded(&out.stdout) {
@@ -1673,17 +1818,51 @@ mod tests {
     #[test]
     fn plans_every_case() {
         let (rows, groups) = plan(false);
-        // 4 patterns x 3 depths x 2 back ends, 2 verify rows x 2 back ends, 3 jumbo x 2.
-        assert_eq!(rows.len(), 24 + 4 + 6);
+        // 4 patterns x 3 depths x 2 back ends + blk: randread and randwrite at QD 16 and 64;
+        // 2 verify rows x 3 back ends; 3 jumbo x 2 + blk at QD 16 and 64.
+        assert_eq!(rows.len(), (24 + 4) + 6 + (6 + 2));
         assert_eq!(
             groups.iter().map(|g| g.rows.len()).sum::<usize>(),
             rows.len()
         );
         assert!(rows.iter().all(|r| r.problems().len() == 4), "all pending");
+        // A blk row sits in the same group as (right after) the disk row of its case.
+        for g in groups.iter().filter(|g| g.section != Section::Verify) {
+            for w in g.rows.windows(2) {
+                let (a, b) = (&rows[w[0]], &rows[w[1]]);
+                assert_eq!((a.rw, a.bs, a.qd), (b.rw, b.bs, b.qd));
+                if b.backend == Backend::Blk {
+                    assert_eq!(a.backend, Backend::Disk);
+                }
+            }
+        }
+        let blk: Vec<String> = rows
+            .iter()
+            .filter(|r| r.backend == Backend::Blk && r.section != Section::Verify)
+            .map(|r| format!("{} QD{}", r.case(), r.qd))
+            .collect();
+        assert_eq!(
+            blk,
+            [
+                "randread 1k QD16",
+                "randread 1k QD64",
+                "randwrite 1k QD16",
+                "randwrite 1k QD64",
+                "randread 8k QD16",
+                "randread 8k QD64"
+            ]
+        );
         let (quick, _) = plan(true);
         let has = |s: Section, b: Backend| quick.iter().any(|r| r.section == s && r.backend == b);
         assert!(has(Section::Main, Backend::Ram) && has(Section::Main, Backend::Disk));
         assert!(has(Section::Verify, Backend::Ram) && has(Section::Jumbo, Backend::Ram));
+        // CI's smoke run takes the block-device path: reads, durable writes, verify.
+        assert!(has(Section::Main, Backend::Blk) && has(Section::Verify, Backend::Blk));
+        assert!(quick
+            .iter()
+            .any(|r| r.backend == Backend::Blk && r.rw == "randwrite"));
+        let blk = quick.iter().find(|r| r.backend == Backend::Blk).unwrap();
+        assert_eq!(blk.ceiling(), Thing::Fio);
         assert_eq!(Bench::order(1, &[1, 2, 3, 4]), vec![2, 3, 4, 1]);
     }
 

@@ -2,13 +2,21 @@
 //!
 //! ```text
 //! cargo xtask vm-test [--target vblade|xblade] [--xblade-bin PATH] [--mtu 1500|9000] [--keep]
-//!                     [--test io,fs,restart] [--size-mib 128] [--pattern-mib 32] [--timeout 180]
-//!                     [--target-arg ARG]... [--vblade-bin PATH]
+//!                     [--test io,fs,restart] [--backing file,blk] [--size-mib 128]
+//!                     [--pattern-mib 32] [--timeout 180] [--target-arg ARG]... [--vblade-bin PATH]
 //! ```
 //!
 //! Each test boots Debian's kernel (TCG, 1 vCPU, 512 MiB) with a busybox initramfs whose
 //! `/init` is `xtask/vm/init.sh`. The VM's virtio NIC is a tap (`xbvm<N>`) on this host, and the
-//! target exports a fresh sparse file in `/dev/shm` as shelf 1 slot 0 on that tap:
+//! target exports, as shelf 1 slot 0 on that tap, a fresh sparse file (`--backing`):
+//!
+//! - `file` (the default): `/dev/shm/xbvm-<pid>-<test>.img`, on tmpfs (xblade maps it in memory);
+//! - `blk`: a loop block device (`losetup --direct-io=on --sector-size 512`) over
+//!   `target/vm/xbvm-<pid>-<test>-blk.img` on the root filesystem: the path users take,
+//!   `xblade 1 0 eth1 /dev/nvme0n1` (O_EXCL, io_uring O_DIRECT, `RWF_DSYNC` writes). The loop is
+//!   detached after the test; the host checks read the image file.
+//!
+//! `--backing file,blk` runs every test on each, file first. The guest's checks are the same:
 //!
 //! - `io`: capacity; O_DIRECT write of a random pattern, read back and compare in the guest;
 //!   the host compares the backing file byte for byte (pattern at 0, its first MiB in the last
@@ -20,15 +28,16 @@
 //!   must verify in the guest and on the host.
 //!
 //! The guest reports on its console (`XBLADE-VM: ...` lines, see init.sh). Logs stay in
-//! `target/vm/`: `console-<target>[-mtu<N>]-<test>.log` (with host events interleaved) and
+//! `target/vm/`: `console-<target>[-mtu<N>][-blk]-<test>.log` (with host events interleaved) and
 //! `target-...-<test>.log` (the target's output). Downloads and the guest image are cached in
 //! `target/vm-cache/`. Needs root, `/dev/net/tun`, `qemu-system-x86_64`
 //! (`apt-get install qemu-system-x86`) and apt (`apt-get update` done once) for the first run.
 //!
 //! The target is invoked vblade-style, `BIN [--target-arg ...] SHELF SLOT NETIF PATH`: vblade
 //! from `/usr/sbin/vblade` (`apt-get install vblade`), xblade from `--xblade-bin` or else
-//! `target/release/xblade`, then `target/debug/xblade`. `--keep` keeps the backing files in
-//! `/dev/shm`, the initrd and the pattern. More in `xtask/vm/README.md`.
+//! `target/release/xblade`, then `target/debug/xblade`. `--keep` keeps the backing files (in
+//! `/dev/shm`, and for `blk` the image files in `target/vm/`), the initrd and the pattern. More
+//! in `xtask/vm/README.md`.
 
 mod guest;
 mod host;
@@ -46,11 +55,11 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-use host::{Event, Qemu, Stopped, Tap, Target, TargetCommand};
+use host::{Event, LoopDevice, Qemu, Stopped, Tap, Target, TargetCommand};
 
 const USAGE: &str = "usage: cargo xtask vm-test [--target vblade|xblade] [--xblade-bin PATH] \
-[--vblade-bin PATH] [--mtu 1500|9000] [--keep] [--test io,fs,restart] [--size-mib N] \
-[--pattern-mib N] [--timeout SECS] [--target-arg ARG]...";
+[--vblade-bin PATH] [--mtu 1500|9000] [--keep] [--test io,fs,restart] [--backing file,blk] \
+[--size-mib N] [--pattern-mib N] [--timeout SECS] [--target-arg ARG]...";
 
 const TESTS: &[&str] = &["io", "fs", "restart"];
 const SHELF: u16 = 1;
@@ -77,6 +86,33 @@ impl TargetKind {
     }
 }
 
+/// What the target exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backing {
+    /// A sparse file on tmpfs (`/dev/shm`).
+    File,
+    /// A loop block device (direct I/O, 512-byte sectors) over a sparse file on the root
+    /// filesystem.
+    Blk,
+}
+
+impl Backing {
+    fn name(self) -> &'static str {
+        match self {
+            Backing::File => "file",
+            Backing::Blk => "blk",
+        }
+    }
+
+    fn parse(name: &str) -> Result<Backing> {
+        match name {
+            "file" => Ok(Backing::File),
+            "blk" => Ok(Backing::Blk),
+            other => bail!("--backing {other}: expected file or blk (or file,blk)"),
+        }
+    }
+}
+
 struct Options {
     target: TargetKind,
     xblade_bin: Option<PathBuf>,
@@ -84,6 +120,8 @@ struct Options {
     mtu: u32,
     keep: bool,
     tests: Vec<String>,
+    /// Each test runs once per backing, in this order.
+    backings: Vec<Backing>,
     size_mib: u64,
     pattern_mib: u64,
     timeout: Duration,
@@ -99,6 +137,7 @@ impl Options {
             mtu: 1500,
             keep: false,
             tests: Vec::new(),
+            backings: Vec::new(),
             size_mib: 128,
             pattern_mib: 32,
             timeout: Duration::from_secs(180),
@@ -142,6 +181,14 @@ impl Options {
                         options.tests.push(test.to_owned());
                     }
                 }
+                "--backing" => {
+                    for name in value()?.split(',') {
+                        let backing = Backing::parse(name)?;
+                        if !options.backings.contains(&backing) {
+                            options.backings.push(backing);
+                        }
+                    }
+                }
                 "--size-mib" => options.size_mib = value()?.parse().context("--size-mib")?,
                 "--pattern-mib" => {
                     options.pattern_mib = value()?.parse().context("--pattern-mib")?
@@ -156,6 +203,9 @@ impl Options {
         if options.tests.is_empty() {
             options.tests = TESTS.iter().map(|test| (*test).to_owned()).collect();
         }
+        if options.backings.is_empty() {
+            options.backings.push(Backing::File);
+        }
         ensure!(
             (576..=65_000).contains(&options.mtu),
             "--mtu {} is out of range",
@@ -169,11 +219,26 @@ impl Options {
         Ok(Some(options))
     }
 
-    /// `vblade`, or `vblade-mtu9000`: the part of log names that says what ran.
-    fn label(&self) -> String {
-        match self.mtu {
+    /// `vblade`, `vblade-mtu9000`, `xblade-blk`: the part of log names that says what ran.
+    fn label(&self, backing: Backing) -> String {
+        let mut label = match self.mtu {
             1500 => self.target.name().to_owned(),
             mtu => format!("{}-mtu{mtu}", self.target.name()),
+        };
+        if backing != Backing::File {
+            let _ = write!(label, "-{}", backing.name());
+        }
+        label
+    }
+
+    /// The summary file's label: as [`Options::label`] for one backing, else all of them.
+    fn summary_label(&self) -> String {
+        match self.backings.as_slice() {
+            [one] => self.label(*one),
+            all => {
+                let names: Vec<&str> = all.iter().map(|b| b.name()).collect();
+                format!("{}-{}", self.label(Backing::File), names.join("+"))
+            }
         }
     }
 }
@@ -209,15 +274,21 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     let tap = Tap::create(options.mtu)?;
+    let backings: Vec<&str> = options.backings.iter().map(|b| b.name()).collect();
     eprintln!(
-        "vm-test: target {} on {} (MTU {}), tests: {}",
+        "vm-test: target {} on {} (MTU {}), tests: {}, backing: {}",
         target_bin.display(),
         tap.name,
         options.mtu,
-        options.tests.join(", ")
+        options.tests.join(", "),
+        backings.join(", ")
     );
+    let runs = options
+        .backings
+        .iter()
+        .flat_map(|&backing| options.tests.iter().map(move |test| (backing, test)));
     let mut results = Vec::new();
-    for test in &options.tests {
+    for (backing, test) in runs {
         let context = TestContext {
             options: &options,
             image: &image,
@@ -226,6 +297,7 @@ pub fn run(args: &[String]) -> Result<()> {
             out: &out,
             pattern: &pattern,
             target_bin: &target_bin,
+            backing,
         };
         let mut result = context.run(test);
         host::check_interrupted()?;
@@ -248,7 +320,8 @@ pub fn run(args: &[String]) -> Result<()> {
                     .with_extension(format!("initiator-stall-{}.log", kept_logs.len() + 1)),
             );
             eprintln!(
-                "vm-test: {test}: RETRY ({} of at most {STALL_RETRIES}): {why} (console kept in {})",
+                "vm-test: {}: RETRY ({} of at most {STALL_RETRIES}): {why} (console kept in {})",
+                result.name,
                 kept_logs.len() + 1,
                 kept.display()
             );
@@ -269,11 +342,22 @@ pub fn run(args: &[String]) -> Result<()> {
     drop(tap);
 
     let mut summary = format!(
-        "vm-test against {} ({}), MTU {}, {} MiB export, {} MiB pattern\nguest: {}\n",
+        "vm-test against {} ({}), MTU {}, {} MiB export ({}), {} MiB pattern\nguest: {}\n",
         options.target.name(),
         target_bin.display(),
         options.mtu,
         options.size_mib,
+        options
+            .backings
+            .iter()
+            .map(|b| match b {
+                Backing::File => "file: a sparse file in /dev/shm",
+                Backing::Blk => {
+                    "blk: a loop device, direct I/O, 512-byte sectors, over a sparse file in target/vm"
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
         options.pattern_mib,
         image.description
     );
@@ -291,14 +375,19 @@ pub fn run(args: &[String]) -> Result<()> {
         .count();
     let failed = results.len() - passed;
     let _ = writeln!(summary, "vm-test: {passed} passed, {failed} failed");
-    let summary_path = out.join(format!("summary-{}.txt", options.label()));
+    let summary_path = out.join(format!("summary-{}.txt", options.summary_label()));
     fs::write(&summary_path, &summary)?;
     println!("{summary}");
     if options.keep {
         println!(
-            "kept: {}, {} and the backing files /dev/shm/xbvm-{run_id}-*.img",
+            "kept: {}, {} and the backing files /dev/shm/xbvm-{run_id}-*.img{}",
             pattern_path.display(),
-            initrd.display()
+            initrd.display(),
+            if options.backings.contains(&Backing::Blk) {
+                format!(" and {}/xbvm-{run_id}-*-blk.img", out.display())
+            } else {
+                String::new()
+            }
         );
     }
     ensure!(
@@ -361,6 +450,7 @@ struct TestContext<'a> {
     out: &'a Path,
     pattern: &'a [u8],
     target_bin: &'a Path,
+    backing: Backing,
 }
 
 /// How many times a test is run again after the guest's aoe driver stalled with no frame
@@ -474,7 +564,7 @@ impl TestResult {
             _ => "-".to_owned(),
         };
         let mut line = format!(
-            "{:<8} {}  boot {}  discover {}  test {}  total {:.1}s",
+            "{:<11} {}  boot {}  discover {}  test {}  total {:.1}s",
             self.name,
             if self.failures.is_empty() {
                 "PASS"
@@ -514,10 +604,13 @@ impl TestResult {
 
 impl TestContext<'_> {
     fn run(&self, test: &str) -> TestResult {
-        let label = self.options.label();
+        let label = self.options.label(self.backing);
         let console = self.out.join(format!("console-{label}-{test}.log"));
         let mut result = TestResult {
-            name: test.to_owned(),
+            name: match self.backing {
+                Backing::File => test.to_owned(),
+                other => format!("{test}/{}", other.name()),
+            },
             console: console.clone(),
             target_log: self.out.join(format!("target-{label}-{test}.log")),
             failures: Vec::new(),
@@ -529,7 +622,12 @@ impl TestContext<'_> {
             info: BTreeMap::new(),
             notes: Vec::new(),
         };
-        let backing = PathBuf::from(format!("/dev/shm/xbvm-{}-{test}.img", std::process::id()));
+        let pid = std::process::id();
+        let backing = match self.backing {
+            Backing::File => PathBuf::from(format!("/dev/shm/xbvm-{pid}-{test}.img")),
+            // On the root filesystem, like a disk (and like the bench's disk image).
+            Backing::Blk => self.out.join(format!("xbvm-{pid}-{test}-blk.img")),
+        };
         if let Err(error) = self.boot_and_check(test, &backing, &console, &mut result) {
             result.failures.push(format!("{error:#}"));
         }
@@ -539,6 +637,9 @@ impl TestContext<'_> {
         result
     }
 
+    /// `backing` is the image file; with [`Backing::Blk`] the target exports a loop device over
+    /// it (attached here, detached on return, after the target has stopped and the host's
+    /// checks, which read the file, are done).
     fn boot_and_check(
         &self,
         test: &str,
@@ -552,13 +653,32 @@ impl TestContext<'_> {
         file.set_len(size)?;
         drop(file);
 
+        // Declared before the target, so it is dropped (detached) after the target is killed.
+        let loop_device = match self.backing {
+            Backing::File => None,
+            Backing::Blk => {
+                let device = LoopDevice::attach(backing)?;
+                if !device.direct_io {
+                    result.notes.push(format!(
+                        "{} fell back to buffered I/O over {}",
+                        device.path.display(),
+                        backing.display()
+                    ));
+                }
+                Some(device)
+            }
+        };
+        let export = loop_device
+            .as_ref()
+            .map_or_else(|| backing.to_owned(), |device| device.path.clone());
+
         let mut target = Target::start(TargetCommand {
             bin: self.target_bin.to_owned(),
             args: self.options.target_args.clone(),
             shelf: SHELF,
             slot: SLOT,
             netif: self.tap.name.clone(),
-            backing: backing.to_owned(),
+            backing: export,
             log: result.target_log.clone(),
         })?;
 

@@ -189,8 +189,10 @@ pub fn table(bench: &Bench) -> (String, Vec<String>) {
          vblade and echo: the process).\n\
          *: the run had retransmissions (RTO at least 5 ms); its p99 includes them.\n\
          qd: vblade's effective QD (aoe-bench caps it at vblade's 16 buffers).\n\
-         xblade / ceil: e = echo (RAM rows, no storage), f = fio io_uring O_DIRECT on the same file (disk rows)."
+         xblade / ceil: e = echo (RAM rows, no storage), f = fio io_uring O_DIRECT on the same file or device \
+         (disk and blk rows)."
     );
+    let _ = writeln!(out, "{}", backends_legend(bench));
     let _ = writeln!(
         out,
         "\nxblade CPU time per frame, 1 queue vs 2 queues (randread 1k QD16 per generator, RAM; \
@@ -243,6 +245,27 @@ pub fn table(bench: &Bench) -> (String, Vec<String>) {
         }
     }
     (out, problems)
+}
+
+/// What the back-end names stand for.
+fn backends_legend(bench: &Bench) -> String {
+    let fs = bench.disk_fs.as_deref().unwrap_or("the root filesystem");
+    let (disk, blk) = match &bench.lab {
+        Some(l) => (
+            l.disk_image
+                .as_ref()
+                .map_or("?".into(), |p| p.display().to_string()),
+            l.loop_dev
+                .as_ref()
+                .map_or("?".into(), |p| p.display().to_string()),
+        ),
+        None => ("?".into(), "?".into()),
+    };
+    format!(
+        "back: ram = a file on tmpfs (xblade maps it); disk = the file {disk} on {fs}; blk = the \
+         block device {blk}, a loop device (direct I/O, 512-byte sectors) over that file, served \
+         like `xblade 1 0 eth1 /dev/nvme0n1` (xblade's defaults; vblade -d)."
+    )
 }
 
 /// The RAM read rows against echo plus one core's copy of their data out of the image.
@@ -512,8 +535,26 @@ pub fn write_all(
                             ("init_if", l.init_if.as_str().into()),
                             ("ram_image", path(&l.ram_image)),
                             ("disk_image", path(&l.disk_image)),
+                            ("disk_filesystem", bench.disk_fs.clone().into()),
+                            ("loop_dev", path(&l.loop_dev)),
                         ])
                     }),
+                ),
+                (
+                    "backends",
+                    obj([
+                        ("ram", "the RAM image: a file on tmpfs".into()),
+                        (
+                            "disk",
+                            "the disk image: a file on the root filesystem".into(),
+                        ),
+                        (
+                            "blk",
+                            "a loop block device (losetup --direct-io=on --sector-size 512) over \
+                             the disk image"
+                                .into(),
+                        ),
+                    ]),
                 ),
                 ("notes", bench.notes.clone().into()),
             ]),
@@ -552,7 +593,8 @@ pub fn panels(rows: &[Row]) -> Vec<(String, Vec<&Row>)> {
             row.case(),
             match row.backend {
                 Backend::Ram => "RAM",
-                Backend::Disk => "disk",
+                Backend::Disk => "disk file",
+                Backend::Blk => "blk (loop device)",
             },
             if row.section == Section::Jumbo {
                 ", MTU 9000"

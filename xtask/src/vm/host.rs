@@ -1,7 +1,8 @@
-//! The host side of a VM test: the tap, the AoE target process and qemu with its console.
+//! The host side of a VM test: the tap, the loop device of `--backing blk`, the AoE target
+//! process and qemu with its console.
 //!
 //! Everything that must not outlive the run is a guard whose `Drop` undoes it (tap deleted,
-//! processes killed), and SIGINT/SIGTERM/SIGHUP only set a flag that every wait here polls,
+//! loop device detached, processes killed), and SIGINT/SIGTERM/SIGHUP only set a flag that every wait here polls,
 //! so an interrupted run still unwinds through those guards.
 
 use std::{
@@ -117,6 +118,45 @@ impl Drop for Tap {
         if let Err(error) = run_checked(Command::new("ip").args(["link", "del", "dev", &self.name]))
         {
             eprintln!("vm-test: could not delete the tap {}: {error:#}", self.name);
+        }
+    }
+}
+
+/// A loop block device over an image file (direct I/O, 512-byte sectors, like the bench's
+/// blk back end); detached on drop.
+pub struct LoopDevice {
+    pub path: PathBuf,
+    /// Whether the loop really does direct I/O (it falls back to buffered I/O when the
+    /// filesystem under the file cannot do 512-byte direct I/O).
+    pub direct_io: bool,
+}
+
+impl LoopDevice {
+    pub fn attach(file: &Path) -> Result<Self> {
+        let out = run_capture(
+            Command::new("losetup")
+                .args(["--find", "--show", "--direct-io=on", "--sector-size", "512"])
+                .arg(file),
+        )
+        .context("attaching a loop device (--backing blk needs root and the loop driver)")?;
+        let path = PathBuf::from(out.trim());
+        let dio = Path::new("/sys/block")
+            .join(path.file_name().unwrap_or_default())
+            .join("loop/dio");
+        let direct_io = fs::read_to_string(dio).is_ok_and(|v| v.trim() == "1");
+        Ok(LoopDevice { path, direct_io })
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        // A device still open (a target's claim outliving it a moment) is detached by the
+        // kernel when it is closed (autoclear).
+        if let Err(error) = run_checked(Command::new("losetup").arg("--detach").arg(&self.path)) {
+            eprintln!(
+                "vm-test: could not detach the loop device {}: {error:#}",
+                self.path.display()
+            );
         }
     }
 }
