@@ -11,7 +11,7 @@ use xblade_ebpf::{Role, Steering, XdpMode};
 use xsk::{Socket, SocketConfig, Umem, UmemConfig};
 
 use crate::backing::{Backing, BackingConfig, Durability, IoMode};
-use crate::config::{Config, IoArg, XdpModeArg};
+use crate::config::{self, Config, IoArg, XdpModeArg};
 use crate::export::Export;
 use crate::sys::{self, cap};
 use crate::uring::{Uring, UringConfig};
@@ -89,28 +89,75 @@ fn preflight(cfg: &Config, workers: usize) -> Result<()> {
     Ok(())
 }
 
+/// How an export's backing store is opened, from its configuration.
+fn backing_config(e: &config::Export) -> BackingConfig {
+    BackingConfig {
+        path: e.path.clone(),
+        offset_sectors: e.offset,
+        len_sectors: e.length,
+        read_only: e.read_only,
+        io: match e.io {
+            IoArg::Direct => IoMode::Direct,
+            IoArg::Buffered => IoMode::Buffered,
+        },
+        durability: if e.write_back {
+            Durability::WriteBack
+        } else {
+            Durability::Sync
+        },
+    }
+}
+
+/// Log an opened export: its store, its engine, and what an acknowledged write means there.
+fn log_export_ready(e: &config::Export, sectors: u64, backing: &Backing) {
+    tracing::info!(
+        export = %format!("e{}.{}", e.shelf, e.slot),
+        path = %e.path.display(),
+        sectors,
+        io = ?backing.io_mode(),
+        durability = ?backing.durability(),
+        read_only = e.read_only,
+        kind = ?backing.kind(),
+        in_memory = backing.in_memory(),
+        "export ready{}",
+        if backing.in_memory() {
+            " (in memory: mapped, one copy per request, no system call). VOLATILE: the store \
+             is on tmpfs/ramfs, so its contents are lost when the host reboots or loses \
+             power; acknowledged writes are durable only as long as the host runs"
+        } else if backing.durability() == Durability::Sync {
+            " (io_uring; writes acknowledged once durable)"
+        } else {
+            " (io_uring; --write-back: writes acknowledged before they are durable, FLUSH \
+             makes them so)"
+        }
+    );
+}
+
+/// Log an in-memory store's mapping: its size, and how much of it 2 MiB pages back.
+fn log_mapped(name: &str, map: &sys::FileMap) {
+    let len = map.bytes();
+    tracing::info!(
+        export = %name,
+        huge_mib = map.huge_bytes() >> 20,
+        mib = len >> 20,
+        "in-memory store mapped{}",
+        if map.huge_tried() > map.huge_bytes() {
+            " partly or wholly with 4 KiB pages: 2 MiB pages were refused (shmem_enabled \
+             is deny, the kernel predates 6.1, or no free 2 MiB pages): random reads \
+             will be slower"
+        } else {
+            ""
+        }
+    );
+}
+
 /// Open every export's backing store and build its protocol state.
 fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
     let host = sys::hostname();
     let mut out = Vec::new();
     for e in &cfg.exports {
-        let bc = BackingConfig {
-            path: e.path.clone(),
-            offset_sectors: e.offset,
-            len_sectors: e.length,
-            read_only: e.read_only,
-            io: match e.io {
-                IoArg::Direct => IoMode::Direct,
-                IoArg::Buffered => IoMode::Buffered,
-            },
-            durability: if e.write_back {
-                Durability::WriteBack
-            } else {
-                Durability::Sync
-            },
-        };
-        let backing =
-            Backing::open(&bc).with_context(|| format!("export e{}.{}", e.shelf, e.slot))?;
+        let backing = Backing::open(&backing_config(e))
+            .with_context(|| format!("export e{}.{}", e.shelf, e.slot))?;
         if backing.io_mode() == IoMode::Direct
             && backing.dio_offset_align().max(backing.dio_mem_align()) > SECTOR as u32
         {
@@ -134,27 +181,7 @@ fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
             .serial
             .clone()
             .unwrap_or_else(|| format!("{}.{}:{host}", e.shelf, e.slot));
-        tracing::info!(
-            export = %format!("e{}.{}", e.shelf, e.slot),
-            path = %e.path.display(),
-            sectors = st.sectors,
-            io = ?backing.io_mode(),
-            durability = ?backing.durability(),
-            read_only = e.read_only,
-            kind = ?backing.kind(),
-            in_memory = backing.in_memory(),
-            "export ready{}",
-            if backing.in_memory() {
-                " (in memory: mapped, one copy per request, no system call). VOLATILE: the store \
-                 is on tmpfs/ramfs, so its contents are lost when the host reboots or loses \
-                 power; acknowledged writes are durable only as long as the host runs"
-            } else if backing.durability() == Durability::Sync {
-                " (io_uring; writes acknowledged once durable)"
-            } else {
-                " (io_uring; --write-back: writes acknowledged before they are durable, FLUSH \
-                 makes them so)"
-            }
-        );
+        log_export_ready(e, st.sectors, &backing);
         let export = Export::new(st, backing).with_context(|| {
             format!(
                 "export e{}.{}: mapping the in-memory store {}",
@@ -165,20 +192,7 @@ fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
         })?;
         if let Some(map) = &export.map {
             sys::explain_sigbus();
-            let len = map.bytes();
-            tracing::info!(
-                export = %export.name,
-                huge_mib = map.huge_bytes() >> 20,
-                mib = len >> 20,
-                "in-memory store mapped{}",
-                if map.huge_tried() > map.huge_bytes() {
-                    " partly or wholly with 4 KiB pages: 2 MiB pages were refused (shmem_enabled \
-                     is deny, the kernel predates 6.1, or no free 2 MiB pages): random reads \
-                     will be slower"
-                } else {
-                    ""
-                }
-            );
+            log_mapped(&export.name, map);
         }
         out.push(Arc::new(export));
     }
@@ -198,116 +212,23 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
     let mut steerings = Vec::new();
     let mut workers = Vec::new();
     for icfg in &cfg.interfaces {
-        let (mac, mtu) = sys::iface_info(&icfg.name)?;
-        if mtu < MIN_MTU {
-            bail!("interface {} has MTU {mtu}; AoE needs at least {MIN_MTU} (raise it with `ip link set {} mtu 1500`)", icfg.name, icfg.name);
-        }
-        let mode = match cfg.daemon.xdp_mode {
-            XdpModeArg::Auto => XdpMode::Auto,
-            XdpModeArg::Driver => XdpMode::Driver,
-            XdpModeArg::Skb => XdpMode::Skb,
-        };
-        let mut steering =
-            Steering::attach(&icfg.name, mode, Role::Target, cfg.daemon.replace_xdp)?;
-        tracing::info!(iface = %icfg.name, mode = ?steering.mode(), "XDP program attached");
-        let mine: Vec<Arc<Export>> = cfg
-            .exports
-            .iter()
-            .zip(&exports)
-            .filter(|(e, _)| e.on(&icfg.name))
-            .map(|(_, x)| Arc::clone(x))
-            .collect();
-        let iface = Iface { mac, mtu };
-        let multi = usize::from(mtu) + aoe::wire::ETH_HLEN > single_chunk_frame(&ucfg);
-        if multi {
-            tracing::info!(iface = %icfg.name, mtu, "frames larger than a 4 KiB chunk: multi-buffer AF_XDP (XDP_USE_SG)");
-        }
-        for &q in &icfg.queues {
-            let capacity = mine
-                .iter()
-                .map(|e| usize::from(e.state().bufcnt))
-                .sum::<usize>()
-                .clamp(MIN_INFLIGHT, MAX_INFLIGHT);
-            let ops = if multi { ops_per_request(mtu) } else { 1 };
-            // Fill ring + a response chunk per data chunk of every request in flight + spares.
-            let need = ucfg.fill_size as usize + capacity * ops + 256;
-            let mut qcfg = ucfg;
-            qcfg.frame_count = qcfg.frame_count.max(need as u32);
-            let umem = Umem::new(qcfg)
-                .with_context(|| format!("packet buffers for {} queue {q}", icfg.name))?;
-            let scfg = SocketConfig {
-                multi_buffer: multi,
-                ..SocketConfig::default()
-            };
-            let sock = Socket::new(&icfg.name, q, &umem, scfg)?;
-            steering.register(q, sock.fd())?;
-            let bounce = if multi {
-                let slot = (qcfg.rx_offset() as usize + usize::from(mtu) + aoe::wire::ETH_HLEN)
-                    .div_ceil(CHUNK as usize)
-                    * CHUNK as usize;
-                Some(
-                    Bounce::new(capacity, slot)
-                        .with_context(|| format!("jumbo bounce buffers for {}", icfg.name))?,
-                )
-            } else {
-                None
-            };
-            let fds: Vec<_> = mine.iter().map(|e| e.backing.fd()).collect();
-            let mut regions = vec![umem.area()];
-            regions.extend(bounce.as_ref().map(|b| b.area()));
-            let ucfg_ring = UringConfig {
-                sqpoll: cfg.daemon.sqpoll.then_some(100),
-                iopoll: cfg.daemon.iopoll,
-            };
-            let (uring, notes) = Uring::with_config(
-                (capacity * ops).next_power_of_two() as u32,
-                &fds,
-                &regions,
-                &ucfg_ring,
-            )
-            .with_context(|| format!("io_uring for {} queue {q}", icfg.name))?;
-            for n in notes {
-                tracing::warn!(iface = %icfg.name, queue = q, "{n}");
-            }
-            if cfg.daemon.busy_poll > 0 {
-                sock.set_busy_poll(cfg.daemon.busy_poll, cfg.daemon.busy_poll_budget)
-                    .with_context(|| format!("--busy-poll on {} queue {q}", icfg.name))?;
-                tracing::info!(iface = %icfg.name, queue = q, usecs = cfg.daemon.busy_poll, "preferred busy polling on");
-            }
-            tracing::info!(
-                iface = %icfg.name,
-                queue = q,
-                zero_copy = sock.zero_copy(),
-                exports = mine.len(),
-                in_flight = capacity,
-                "AF_XDP socket bound ({})",
-                if sock.zero_copy() {
-                    "zero-copy"
-                } else {
-                    "copy mode: the NIC driver has no AF_XDP zero-copy"
-                }
-            );
-            let storage = Engines::new(uring, Mapped::new(&mine, capacity * ops));
-            workers.push(
-                Worker::new(WorkerSetup {
-                    ifname: icfg.name.clone(),
-                    queue: q,
-                    iface,
-                    exports: mine.clone(),
-                    net: XskPackets { umem, sock },
-                    storage,
-                    bounce,
-                    capacity,
-                })
-                .with_busy_poll(cfg.daemon.busy_poll > 0),
-            );
-        }
+        let (steering, built) = attach_interface(cfg, icfg, &exports, ucfg)?;
+        workers.extend(built);
         steerings.push(steering);
     }
 
     let cpus = worker_cpus(cfg, workers.len())?;
     let fault = InjectedFault::from_env(&workers)?;
     let (summary, failed) = run_workers(workers, &cpus, fault.as_ref(), &stop);
+    detach(steerings);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(summary),
+    }
+}
+
+/// Log each interface's XDP counters, then detach the XDP programs.
+fn detach(steerings: Vec<Steering>) {
     for s in &steerings {
         if let Ok(c) = s.counters() {
             tracing::info!(iface = %s.ifname(), redirected = c.redirected, dropped = c.dropped, passed = c.passed, "XDP counters");
@@ -315,10 +236,170 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
     }
     drop(steerings);
     tracing::info!("XDP detached; exiting");
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(summary),
+}
+
+/// What every worker of one interface shares.
+struct Port<'a> {
+    /// Interface name.
+    name: &'a str,
+    /// Its MAC and MTU.
+    iface: Iface,
+    /// The exports served on it.
+    exports: Vec<Arc<Export>>,
+    /// Frames larger than a UMEM chunk: multi-buffer AF_XDP and jumbo bounce buffers.
+    multi: bool,
+    /// In-flight table size of each worker (the exports' bufcnt, clamped).
+    capacity: usize,
+    /// Worst-case storage operations per request.
+    ops: usize,
+}
+
+/// Check interface `icfg`, attach the XDP program to it, and build a worker for each of its
+/// queues. The XDP program is detached again (on drop) if a worker cannot be built.
+fn attach_interface(
+    cfg: &Config,
+    icfg: &config::Interface,
+    exports: &[Arc<Export>],
+    ucfg: UmemConfig,
+) -> Result<(Steering, Vec<Worker>)> {
+    let (mac, mtu) = sys::iface_info(&icfg.name)?;
+    if mtu < MIN_MTU {
+        bail!("interface {} has MTU {mtu}; AoE needs at least {MIN_MTU} (raise it with `ip link set {} mtu 1500`)", icfg.name, icfg.name);
     }
+    let mode = match cfg.daemon.xdp_mode {
+        XdpModeArg::Auto => XdpMode::Auto,
+        XdpModeArg::Driver => XdpMode::Driver,
+        XdpModeArg::Skb => XdpMode::Skb,
+    };
+    let mut workers = Vec::new();
+    let mut steering = Steering::attach(&icfg.name, mode, Role::Target, cfg.daemon.replace_xdp)?;
+    tracing::info!(iface = %icfg.name, mode = ?steering.mode(), "XDP program attached");
+    let mine: Vec<Arc<Export>> = cfg
+        .exports
+        .iter()
+        .zip(exports)
+        .filter(|(e, _)| e.on(&icfg.name))
+        .map(|(_, x)| Arc::clone(x))
+        .collect();
+    let multi = usize::from(mtu) + aoe::wire::ETH_HLEN > single_chunk_frame(&ucfg);
+    if multi {
+        tracing::info!(iface = %icfg.name, mtu, "frames larger than a 4 KiB chunk: multi-buffer AF_XDP (XDP_USE_SG)");
+    }
+    let capacity = mine
+        .iter()
+        .map(|e| usize::from(e.state().bufcnt))
+        .sum::<usize>()
+        .clamp(MIN_INFLIGHT, MAX_INFLIGHT);
+    let port = Port {
+        name: &icfg.name,
+        iface: Iface { mac, mtu },
+        exports: mine,
+        multi,
+        capacity,
+        ops: if multi { ops_per_request(mtu) } else { 1 },
+    };
+    for &q in &icfg.queues {
+        workers.push(build_worker(cfg, &port, ucfg, q, &mut steering)?);
+    }
+    Ok((steering, workers))
+}
+
+/// Build the worker of `port`'s queue `q`: its UMEM, its AF_XDP socket (registered in the
+/// XSKMAP of `steering`), its jumbo bounce buffers, its io_uring and storage engines.
+fn build_worker(
+    cfg: &Config,
+    port: &Port,
+    ucfg: UmemConfig,
+    q: u32,
+    steering: &mut Steering,
+) -> Result<Worker> {
+    // Fill ring + a response chunk per data chunk of every request in flight + spares.
+    let need = ucfg.fill_size as usize + port.capacity * port.ops + 256;
+    let mut qcfg = ucfg;
+    qcfg.frame_count = qcfg.frame_count.max(need as u32);
+    let umem =
+        Umem::new(qcfg).with_context(|| format!("packet buffers for {} queue {q}", port.name))?;
+    let scfg = SocketConfig {
+        multi_buffer: port.multi,
+        ..SocketConfig::default()
+    };
+    let sock = Socket::new(port.name, q, &umem, scfg)?;
+    steering.register(q, sock.fd())?;
+    let bounce = jumbo_bounce(port, &qcfg)?;
+    let uring = worker_uring(cfg, port, q, &umem, bounce.as_ref())?;
+    if cfg.daemon.busy_poll > 0 {
+        sock.set_busy_poll(cfg.daemon.busy_poll, cfg.daemon.busy_poll_budget)
+            .with_context(|| format!("--busy-poll on {} queue {q}", port.name))?;
+        tracing::info!(iface = %port.name, queue = q, usecs = cfg.daemon.busy_poll, "preferred busy polling on");
+    }
+    tracing::info!(
+        iface = %port.name,
+        queue = q,
+        zero_copy = sock.zero_copy(),
+        exports = port.exports.len(),
+        in_flight = port.capacity,
+        "AF_XDP socket bound ({})",
+        if sock.zero_copy() {
+            "zero-copy"
+        } else {
+            "copy mode: the NIC driver has no AF_XDP zero-copy"
+        }
+    );
+    let storage = Engines::new(uring, Mapped::new(&port.exports, port.capacity * port.ops));
+    Ok(Worker::new(WorkerSetup {
+        ifname: port.name.to_owned(),
+        queue: q,
+        iface: port.iface,
+        exports: port.exports.clone(),
+        net: XskPackets { umem, sock },
+        storage,
+        bounce,
+        capacity: port.capacity,
+    })
+    .with_busy_poll(cfg.daemon.busy_poll > 0))
+}
+
+/// A worker's bounce buffers for gathering jumbo writes (`None` when frames fit a chunk): one
+/// slot per in-flight request, each as large as a whole frame behind the RX offset.
+fn jumbo_bounce(port: &Port, qcfg: &UmemConfig) -> Result<Option<Bounce>> {
+    if !port.multi {
+        return Ok(None);
+    }
+    let slot = (qcfg.rx_offset() as usize + usize::from(port.iface.mtu) + aoe::wire::ETH_HLEN)
+        .div_ceil(CHUNK as usize)
+        * CHUNK as usize;
+    Ok(Some(Bounce::new(port.capacity, slot).with_context(
+        || format!("jumbo bounce buffers for {}", port.name),
+    )?))
+}
+
+/// A worker's io_uring: the exports' stores as registered files, the UMEM (and the bounce
+/// buffers) as fixed buffers. Logs what the kernel refused of the configuration.
+fn worker_uring(
+    cfg: &Config,
+    port: &Port,
+    q: u32,
+    umem: &Umem,
+    bounce: Option<&Bounce>,
+) -> Result<Uring> {
+    let fds: Vec<_> = port.exports.iter().map(|e| e.backing.fd()).collect();
+    let mut regions = vec![umem.area()];
+    regions.extend(bounce.map(|b| b.area()));
+    let ucfg_ring = UringConfig {
+        sqpoll: cfg.daemon.sqpoll.then_some(100),
+        iopoll: cfg.daemon.iopoll,
+    };
+    let (uring, notes) = Uring::with_config(
+        (port.capacity * port.ops).next_power_of_two() as u32,
+        &fds,
+        &regions,
+        &ucfg_ring,
+    )
+    .with_context(|| format!("io_uring for {} queue {q}", port.name))?;
+    for n in notes {
+        tracing::warn!(iface = %port.name, queue = q, "{n}");
+    }
+    Ok(uring)
 }
 
 /// The CPU each worker is pinned to, in worker order (`None`: not pinned, it runs anywhere in
@@ -518,13 +599,41 @@ fn run_workers(
     fault: Option<&InjectedFault>,
     stop: &Arc<AtomicBool>,
 ) -> (Summary, Option<anyhow::Error>) {
-    use std::sync::atomic::Ordering::Relaxed;
-    use std::sync::mpsc::RecvTimeoutError;
-
     let (tx, rx) = std::sync::mpsc::channel();
-    let mut ids = Vec::new();
-    let mut handles = Vec::new();
-    let mut failed: Option<anyhow::Error> = None;
+    let threads = spawn_workers(workers, cpus, fault, stop, &tx);
+    drop(tx);
+    let Outcome {
+        results,
+        finished,
+        failed,
+    } = supervise(&rx, &threads.ids, threads.failed, stop);
+    let summary = summarize(threads.handles, &finished, threads.ids, results);
+    (summary, failed)
+}
+
+/// The worker threads [`spawn_workers`] started.
+struct Threads {
+    /// Per thread: (interface, queue) of its worker.
+    ids: Vec<(String, u32)>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    /// Why the next thread could not be started (then no further one was, and `stop` is set).
+    failed: Option<anyhow::Error>,
+}
+
+/// Start worker `i` on a thread of its own ([`serve`]), reporting to `tx` as `i`. Stops at the
+/// first thread that cannot be started: sets `stop` for those already running and says why.
+fn spawn_workers(
+    workers: Vec<Worker>,
+    cpus: &[Option<usize>],
+    fault: Option<&InjectedFault>,
+    stop: &Arc<AtomicBool>,
+    tx: &std::sync::mpsc::Sender<WorkerEvent>,
+) -> Threads {
+    let mut threads = Threads {
+        ids: Vec::new(),
+        handles: Vec::new(),
+        failed: None,
+    };
     for (i, w) in workers.into_iter().enumerate() {
         let cpu = cpus.get(i).copied().flatten();
         let name = format!("xblade-{}-q{}", w.ifname, w.queue);
@@ -540,72 +649,95 @@ fn run_workers(
         let thread_stop = Arc::clone(stop);
         let thread_name = name.clone();
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            if let Some(c) = cpu {
-                if let Err(e) = sys::pin_current_thread(c) {
-                    reporter.done(Err(format!(
-                        "cannot pin it to CPU {c}: {e} (is the CPU online and in this \
-                         process's CPU set?)"
-                    )));
-                    return;
-                }
-                tracing::info!(iface = %w.ifname, queue = w.queue, cpu = c, "worker pinned");
-            }
-            reporter.started();
-            let r = match &fault {
-                Some(f) => f.run(w, &thread_name, &thread_stop),
-                None => w.run(&thread_stop),
-            };
-            reporter.done(r.map_err(|e| e.to_string()));
+            serve(w, cpu, fault.as_ref(), &thread_name, &thread_stop, reporter);
         });
         match spawned {
             Ok(h) => {
-                ids.push((ifname, queue));
-                handles.push(h);
+                threads.ids.push((ifname, queue));
+                threads.handles.push(h);
             }
             Err(e) => {
-                failed = Some(anyhow::anyhow!(
+                threads.failed = Some(anyhow::anyhow!(
                     "starting the thread of worker {ifname} queue {queue}: {e}"
                 ));
-                stop.store(true, Relaxed);
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
                 break;
             }
         }
     }
-    drop(tx);
+    threads
+}
 
-    let n = handles.len();
+/// A worker thread's body: pin it to `cpu`, report that it started, run `w` (with its
+/// injected fault, if any) until `stop`, and report how it ended.
+fn serve(
+    w: Worker,
+    cpu: Option<usize>,
+    fault: Option<&InjectedFault>,
+    name: &str,
+    stop: &AtomicBool,
+    reporter: Reporter,
+) {
+    if let Some(c) = cpu {
+        if let Err(e) = sys::pin_current_thread(c) {
+            reporter.done(Err(format!(
+                "cannot pin it to CPU {c}: {e} (is the CPU online and in this \
+                 process's CPU set?)"
+            )));
+            return;
+        }
+        tracing::info!(iface = %w.ifname, queue = w.queue, cpu = c, "worker pinned");
+    }
+    reporter.started();
+    let r = match fault {
+        Some(f) => f.run(w, name, stop),
+        None => w.run(stop),
+    };
+    reporter.done(r.map_err(|e| e.to_string()));
+}
+
+/// What [`supervise`] saw of the workers.
+struct Outcome {
+    /// Per thread: the counters of a worker that returned them.
+    results: Vec<Option<WorkerStats>>,
+    /// Per thread: it reported `Done` (so it has nothing left to do but return).
+    finished: Vec<bool>,
+    /// The first failure.
+    failed: Option<anyhow::Error>,
+}
+
+/// Wait for the events of the threads `ids` until every one reported `Done`, or until
+/// [`DRAIN_AFTER_FAILURE`] after the first failure (`failed`, if starting them already failed).
+/// Says "serving" once all started; on a worker's failure sets `stop`, so that the others drain.
+fn supervise(
+    rx: &std::sync::mpsc::Receiver<WorkerEvent>,
+    ids: &[(String, u32)],
+    failed: Option<anyhow::Error>,
+    stop: &AtomicBool,
+) -> Outcome {
+    let n = ids.len();
     let mut started = 0;
-    let mut results: Vec<Option<WorkerStats>> = (0..n).map(|_| None).collect();
-    let mut finished = vec![false; n];
+    let mut out = Outcome {
+        results: (0..n).map(|_| None).collect(),
+        finished: vec![false; n],
+        failed,
+    };
     let mut running = n;
-    let mut drain_deadline = failed
+    let mut drain_deadline = out
+        .failed
         .as_ref()
         .map(|_| std::time::Instant::now() + DRAIN_AFTER_FAILURE);
-    if n == 0 && failed.is_none() {
+    if n == 0 && out.failed.is_none() {
         tracing::info!(workers = 0, "serving");
     }
     while running > 0 {
-        let event = match drain_deadline {
-            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
-            Some(d) => rx.recv_timeout(d.saturating_duration_since(std::time::Instant::now())),
-        };
-        let event = match event {
-            Ok(e) => e,
-            Err(RecvTimeoutError::Timeout) => {
-                tracing::error!(
-                    workers = running,
-                    "worker(s) did not stop within {} s of the failure; exiting without them",
-                    DRAIN_AFTER_FAILURE.as_secs()
-                );
-                break;
-            }
-            // Every thread is gone (each reports Done before it ends, so this is not reached).
-            Err(RecvTimeoutError::Disconnected) => break,
+        let Some(event) = next_event(rx, drain_deadline, running) else {
+            break;
         };
         match event {
             WorkerEvent::Started => {
                 started += 1;
-                if started == n && failed.is_none() {
+                if started == n && out.failed.is_none() {
                     // "serving workers=N" is the readiness line the tests, the bench and scripts
                     // wait for.
                     tracing::info!(workers = n, "serving");
@@ -615,32 +747,87 @@ fn run_workers(
             WorkerEvent::Done(i, _) if i >= n => {}
             WorkerEvent::Done(i, r) => {
                 running -= 1;
-                finished[i] = true;
+                out.finished[i] = true;
                 let (ifname, queue) = &ids[i];
-                let error = match r {
-                    Ok(stats) => {
-                        tracing::info!(iface = %ifname, queue, ?stats, "worker stopped");
-                        results[i] = Some(stats);
-                        (!stop.load(Relaxed)).then(|| "stopped without being asked to".to_owned())
-                    }
-                    Err(e) => Some(e),
-                };
+                let (stats, error) = worker_done(ifname, *queue, r, stop);
+                out.results[i] = stats;
                 if let Some(e) = error {
-                    let e = anyhow::anyhow!("worker {ifname} queue {queue} failed: {e}");
-                    tracing::error!(
-                        "{e}; stopping: the other workers drain, then XDP is detached and \
-                         xblade exits"
-                    );
-                    stop.store(true, Relaxed);
-                    failed.get_or_insert(e);
+                    out.failed.get_or_insert(e);
                     drain_deadline
                         .get_or_insert_with(|| std::time::Instant::now() + DRAIN_AFTER_FAILURE);
                 }
             }
         }
     }
+    out
+}
+
+/// The next event from the worker threads; `None` when `drain_deadline` passed first (said in
+/// the log, with the `running` workers left behind) or when every thread is gone.
+fn next_event(
+    rx: &std::sync::mpsc::Receiver<WorkerEvent>,
+    drain_deadline: Option<std::time::Instant>,
+    running: usize,
+) -> Option<WorkerEvent> {
+    use std::sync::mpsc::RecvTimeoutError;
+    let event = match drain_deadline {
+        None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        Some(d) => rx.recv_timeout(d.saturating_duration_since(std::time::Instant::now())),
+    };
+    match event {
+        Ok(e) => Some(e),
+        Err(RecvTimeoutError::Timeout) => {
+            tracing::error!(
+                workers = running,
+                "worker(s) did not stop within {} s of the failure; exiting without them",
+                DRAIN_AFTER_FAILURE.as_secs()
+            );
+            None
+        }
+        // Every thread is gone (each reports Done before it ends, so this is not reached).
+        Err(RecvTimeoutError::Disconnected) => None,
+    }
+}
+
+/// Account for the end of worker `ifname` queue `queue`: its counters if it returned them, and
+/// the error if it failed or stopped without `stop` set. A failure is logged and sets `stop`.
+fn worker_done(
+    ifname: &str,
+    queue: u32,
+    r: std::result::Result<WorkerStats, String>,
+    stop: &AtomicBool,
+) -> (Option<WorkerStats>, Option<anyhow::Error>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (stats, error) = match r {
+        Ok(stats) => {
+            tracing::info!(iface = %ifname, queue, ?stats, "worker stopped");
+            let error = (!stop.load(Relaxed)).then(|| "stopped without being asked to".to_owned());
+            (Some(stats), error)
+        }
+        Err(e) => (None, Some(e)),
+    };
+    let error = error.map(|e| {
+        let e = anyhow::anyhow!("worker {ifname} queue {queue} failed: {e}");
+        tracing::error!(
+            "{e}; stopping: the other workers drain, then XDP is detached and \
+             xblade exits"
+        );
+        stop.store(true, Relaxed);
+        e
+    });
+    (stats, error)
+}
+
+/// Join the threads that reported `Done` and collect the counters of the workers that
+/// returned them, in worker order.
+fn summarize(
+    handles: Vec<std::thread::JoinHandle<()>>,
+    finished: &[bool],
+    ids: Vec<(String, u32)>,
+    results: Vec<Option<WorkerStats>>,
+) -> Summary {
     // Only threads that reported Done are joined: they have nothing left to do but return.
-    for (h, done) in handles.into_iter().zip(&finished) {
+    for (h, done) in handles.into_iter().zip(finished) {
         if *done {
             let _ = h.join();
         }
@@ -651,7 +838,7 @@ fn run_workers(
             summary.workers.push((ifname, queue, stats));
         }
     }
-    (summary, failed)
+    summary
 }
 
 #[cfg(test)]
