@@ -91,7 +91,7 @@ use procs::{capture, check_interrupt, shell_line, Service, Ticks};
 
 const USAGE: &str = "usage: cargo xtask bench [--quick] [--time SECS] [--keep-lab]
 
-  --quick      fewer cases, 1 s each (CI's smoke test; under a minute)
+  --quick      fewer cases, 1 s each (CI's smoke test; about a minute)
   --time SECS  length of each measurement (default 1.5, --quick 1)
   --keep-lab   leave the lab up afterwards (default: take it down)
 

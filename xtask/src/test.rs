@@ -113,7 +113,7 @@ const STAGES: &[(&str, &[&str])] = &[
     ("bench smoke", &["bench", "--quick"]),
     (
         "real Linux initiator vs xblade, MTU 1500",
-        &["vm-test", "--target", "xblade"],
+        &["vm-test", "--target", "xblade", "--backing", "file,blk"],
     ),
     (
         "real Linux initiator vs xblade, MTU 9000",

@@ -1005,3 +1005,32 @@ mod stall_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod option_tests {
+    use super::{Backing, Options};
+
+    fn parse(line: &str) -> anyhow::Result<Options> {
+        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
+        Options::parse(&args).map(|o| o.expect("not --help"))
+    }
+
+    #[test]
+    fn backing_defaults_to_the_file_and_takes_a_list() {
+        let o = parse("--target xblade").unwrap();
+        assert_eq!(o.backings, [Backing::File]);
+        assert_eq!(
+            (o.label(Backing::File), o.summary_label()),
+            ("xblade".into(), "xblade".into())
+        );
+        let o = parse("--target xblade --mtu 9000 --backing blk").unwrap();
+        assert_eq!(o.backings, [Backing::Blk]);
+        assert_eq!(o.summary_label(), "xblade-mtu9000-blk");
+        let o = parse("--backing=file,blk --backing blk").unwrap();
+        assert_eq!(o.backings, [Backing::File, Backing::Blk]);
+        assert_eq!(o.label(Backing::Blk), "vblade-blk");
+        assert_eq!(o.summary_label(), "vblade-file+blk");
+        let err = parse("--backing nvme").err().unwrap().to_string();
+        assert!(err.contains("expected file or blk"), "{err}");
+    }
+}
