@@ -49,9 +49,23 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             None
         };
         if is_write && slot.is_none() {
-            // RX is limited to the free bounce slots, so this is not expected; the write is
-            // then decided on its first chunk alone and answered ABRT (short payload).
-            self.stats.no_frame += 1;
+            // RX takes no more descriptors than there are free bounce slots, but a wildcard
+            // fan-out earlier in the batch takes one per export it reaches. Drop the write
+            // unanswered (the initiator retransmits), counted once per export it reaches, like
+            // a wildcard copy with no frame: decided on its first chunk alone, a valid write
+            // would be answered ABRT (short payload).
+            let reached = Header::new(first).map_or(0, |h| {
+                self.exports
+                    .iter()
+                    .filter(|e| e.addressed(h.shelf(), h.slot()))
+                    .count()
+            });
+            self.stats.no_frame += reached.max(1) as u64;
+            for f in frags.drain(..) {
+                self.recycle(f);
+            }
+            self.partial = frags;
+            return;
         }
         if let (Some(slot), Some(b)) = (slot, self.bounce.as_mut()) {
             let dst = b.slot_mut(slot, self.rx_offset);
