@@ -36,6 +36,11 @@ const BLKGETSIZE64: libc::Ioctl = {
 #[cfg(target_arch = "x86_64")]
 const _: () = assert!(BLKGETSIZE64 as u32 == 0x8008_1272);
 
+/// `BLKROGET` = `_IO(0x12, 94)` from `linux/fs.h` (libc does not export it): whether the block
+/// device is read-only. Opening a read-only device for writing succeeds, and every write then
+/// fails, so this is asked at open.
+const BLKROGET: libc::Ioctl = ((0x12 << 8) | 94) as libc::Ioctl;
+
 #[cfg(any(
     target_arch = "powerpc",
     target_arch = "powerpc64",
@@ -591,6 +596,16 @@ fn open_checked(cfg: &BackingConfig) -> Result<(File, BackingKind), BackingError
         });
     }
     assert_eq!(kind_of(path, &meta_open)?, kind);
+    // A read-only block device (write-protected, `losetup -r`, `blockdev --setro`) opens for
+    // writing without complaint; exporting it writable would fail every write.
+    if kind == BackingKind::BlockDevice
+        && !cfg.read_only
+        && blkdev_read_only(file.as_fd()).map_err(|e| io_error(path, "ask read-only of", e))?
+    {
+        return Err(BackingError::ReadOnlyFs {
+            path: path.to_path_buf(),
+        });
+    }
     Ok((file, kind))
 }
 
@@ -712,6 +727,17 @@ fn blkdev_size_bytes(fd: BorrowedFd<'_>) -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(size)
+}
+
+fn blkdev_read_only(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut ro: libc::c_int = 0;
+    // SAFETY: BLKROGET writes one int through the pointer, which points at a live, writable
+    // c_int; `fd` is a valid open descriptor for the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), BLKROGET, &mut ro as *mut libc::c_int) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ro != 0)
 }
 
 fn blkdev_logical_block_size(fd: BorrowedFd<'_>) -> io::Result<u32> {

@@ -664,6 +664,17 @@ struct FaultFs {
 
 impl FaultFs {
     fn start(lab: &Lab, size_mib: u64, bad_offset: u64, bad_len: u64) -> FaultFs {
+        Self::start_with(lab, size_mib, bad_offset, bad_len, None)
+    }
+
+    /// With `hang_while`: the range hangs (while that file exists) instead of failing.
+    fn start_with(
+        lab: &Lab,
+        size_mib: u64,
+        bad_offset: u64,
+        bad_len: u64,
+        hang_while: Option<&Path>,
+    ) -> FaultFs {
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/faultfs.py");
         let mnt = tempfile::Builder::new()
             .prefix("xblade-faultfs-")
@@ -676,6 +687,7 @@ impl FaultFs {
             .args(["--name", "disk.img", "--size-mib", &size_mib.to_string()])
             .args(["--bad-offset", &bad_offset.to_string()])
             .args(["--bad-len", &bad_len.to_string()])
+            .args(hang_while.map(|f| ["--hang-while".as_ref(), f.as_os_str()]).into_iter().flatten())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -838,4 +850,99 @@ fn failing_sectors_of_a_block_device_get_ata_errors_and_the_rest_is_served() {
         warnings.len()
     );
     assert_eq!(io_errors(&log), failures, "io_errors counted:\n{log}");
+}
+
+/// A file removed on drop: the hang flag of [`FaultFs::start_with`], so a failing test does not
+/// leave a device hung (declared last, so dropped first).
+struct Unhang(PathBuf);
+
+impl Drop for Unhang {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// One export whose device stops answering (a loop device over a FUSE file whose second MiB
+/// hangs) is flooded with more reads than the worker's whole in-flight table; another export on
+/// the same worker goes on being served, because each export is guaranteed its share of the
+/// table. Once the device answers again, the hung reads are answered and the daemon stops
+/// cleanly. Before the shares, the flood took every slot, RX stopped, and the other export
+/// went silent.
+#[test]
+fn a_hung_block_device_does_not_starve_the_other_exports() {
+    let name = "a_hung_block_device_does_not_starve_the_other_exports";
+    if !privileged(name) || !requires(name, have_fusepy()) {
+        return;
+    }
+    let lab = Lab::new();
+    let flag = lab.dir.join("hang.flag");
+    std::fs::write(&flag, b"").unwrap();
+    let fuse = FaultFs::start_with(&lab, 4, MIB, MIB, Some(&flag));
+    let lo = LoopDev::new(&fuse.file, &[]);
+    let other = lab.image("other.img", 4 * MIB);
+    let conf = lab.dir.join("xblade.toml");
+    // bufcnt 16 each: a 64-slot table, 16 slots guaranteed to each export.
+    std::fs::write(
+        &conf,
+        format!(
+            "[[interface]]\nname = \"{}\"\n\n\
+             [[export]]\nshelf = 1\nslot = 0\npath = \"{}\"\nbufcnt = 16\n\n\
+             [[export]]\nshelf = 1\nslot = 1\npath = \"{}\"\nbufcnt = 16\n",
+            lab.target_if(),
+            lo.path(),
+            other.display()
+        ),
+    )
+    .unwrap();
+    let d = Running(Some(lab.xblade(&["serve", "--config", conf.to_str().unwrap()])));
+    let _unhang = Unhang(flag.clone());
+    let mut c = lab.client();
+    discover(&mut c, d.get(), 1, 0);
+    // 200 reads of the hung MiB, without waiting: more than the whole table.
+    let mut hung = Vec::new();
+    for i in 0..200u64 {
+        let a = c.addr();
+        let mut f = vec![0u8; 128];
+        let n = initiator::ata_request(&mut f, &a, &AtaRequest::read(2048 + i * 2, 2));
+        c.send(&f[..n]);
+        hung.push(a.tag);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        fuse.log().contains("hangs while"),
+        "the device did not hang:\n{}",
+        fuse.log()
+    );
+    // The other export answers, again and again, while the first one hangs.
+    discover(&mut c, d.get(), 1, 1);
+    for lba in 0..40u64 {
+        let data = pattern(8, lba * 16, 2);
+        assert_eq!(write(&mut c, d.get(), lba * 16, &data), (ata::STATUS_OK, 0));
+        let (s, e, back) = read(&mut c, d.get(), lba * 16, 2);
+        assert_eq!((s, e), (ata::STATUS_OK, 0));
+        assert!(back == data, "data at {}", lba * 16);
+    }
+    // The device answers again: the reads that got a slot are answered (the rest were dropped
+    // for the initiator to retransmit).
+    std::fs::remove_file(&flag).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut answered = 0;
+    while Instant::now() < deadline && answered < 16 {
+        if let Some(r) = c.recv() {
+            let tag = u32::from_be_bytes([r[20], r[21], r[22], r[23]]);
+            if hung.contains(&tag) {
+                assert_eq!(Client::ata_regs(&r).0, ata::STATUS_OK, "tag {tag}");
+                answered += 1;
+            }
+        }
+    }
+    assert!(answered >= 16, "only {answered} hung reads answered after the device came back");
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    let no_slot: u64 = log
+        .split("no_slot: ")
+        .skip(1)
+        .filter_map(|t| t.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+        .sum();
+    assert!(no_slot > 0, "the flood never met the share:\n{log}");
 }

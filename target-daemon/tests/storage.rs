@@ -351,6 +351,7 @@ fn tmpfs_file_direct_or_clear_error() {
             eprintln!("tmpfs accepts O_DIRECT on this kernel");
             describe("tmpfs direct", &b);
             assert_eq!(b.io_mode(), IoMode::Direct);
+            assert!(b.in_memory(), "a file on tmpfs is an in-memory store");
             exercise(&b);
         }
         Err(e) => {
@@ -368,6 +369,7 @@ fn tmpfs_file_direct_or_clear_error() {
     cfg.io = IoMode::Buffered;
     let b = Backing::open(&cfg).unwrap();
     describe("tmpfs buffered", &b);
+    assert!(b.in_memory(), "a file on tmpfs is an in-memory store");
     assert!(b.check_aligned(0, 512, 3), "buffered takes any alignment");
     exercise(&b);
     read_only_refuses_writes(f.path(), IoMode::Buffered);
@@ -386,6 +388,7 @@ fn root_filesystem_file_direct() {
     let b = Backing::open(&BackingConfig::new(&path)).unwrap_or_else(|e| panic!("{fs}: {e}"));
     describe(&format!("{fs} direct"), &b);
     assert_eq!(b.kind(), BackingKind::File);
+    assert_eq!(b.in_memory(), fs == "tmpfs" || fs == "ramfs", "{fs}");
     assert_eq!(b.logical_block_size(), 512);
     assert_eq!(b.sectors(), 8 * MIB as u64 / 512);
     assert!(b.dio_offset_align().is_power_of_two());
@@ -423,6 +426,10 @@ fn loop_device(sector_size: u32) {
     let b = Backing::open(&BackingConfig::new(&dev.dev)).unwrap();
     describe(&format!("loop{sector_size}"), &b);
     assert_eq!(b.kind(), BackingKind::BlockDevice);
+    // Its node is on devtmpfs (TMPFS_MAGIC) and its backing file on tmpfs or disk: a block
+    // device is never an in-memory store, whatever `fstatfs` says of the node.
+    assert_eq!(fs_type(Path::new("/dev")), "devtmpfs");
+    assert!(!b.in_memory());
     assert_eq!(b.size_bytes(), 8 * MIB as u64);
     assert_eq!(b.sectors(), 8 * MIB as u64 / 512);
     assert_eq!(b.logical_block_size(), sector_size);
@@ -625,4 +632,53 @@ fn memlock_error_names_the_limit() {
     eprintln!("memlock error: {msg}");
     assert!(msg.contains("RLIMIT_MEMLOCK"), "{msg}");
     assert!(msg.contains("CAP_IPC_LOCK"), "{msg}");
+}
+
+/// A read-only block device (`losetup -r`, like a write-protected disk): exporting it writable
+/// is refused with a message that says to use -r; read-only it is served, never in memory, and
+/// FLUSH (fdatasync) works on it.
+#[test]
+fn read_only_loop_device_needs_read_only_export() {
+    if !labkit::privileged(
+        "read_only_loop_device_needs_read_only_export",
+        "sets up a read-only loop device",
+    ) {
+        return;
+    }
+    let file = tempfile::NamedTempFile::new_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    file.as_file().set_len(4 * MIB as u64).unwrap();
+    let out = Command::new("losetup")
+        .args(["--find", "--show", "--read-only"])
+        .arg(file.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let dev = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+    struct Detach(PathBuf);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+        }
+    }
+    let _detach = Detach(dev.clone());
+
+    let e = Backing::open(&BackingConfig::new(&dev)).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains(&*dev.to_string_lossy()), "{msg}");
+    assert!(msg.contains("read-only with -r"), "{msg}");
+
+    let mut cfg = BackingConfig::new(&dev);
+    cfg.read_only = true;
+    let b = Backing::open(&cfg).unwrap();
+    assert_eq!(b.kind(), BackingKind::BlockDevice);
+    assert!(!b.in_memory());
+    assert!(b.read_only());
+    let umem = Mapping::new(MIB);
+    let mut ring = Uring::new(4, &[b.fd()], &[umem.region()]).unwrap();
+    // SAFETY: the region stays mapped and untouched until wait_all reaps.
+    unsafe { ring.push_read(0, umem.at(0), 4096, 0, 1).unwrap() };
+    ring.push_fsync(0, true, 2).unwrap();
+    for c in wait_all(&mut ring, 2) {
+        assert!(c.result >= 0, "{c:?}");
+    }
 }
