@@ -481,7 +481,10 @@ impl Backing {
     /// store is `fallocate`d over the window; a read-only one must have no hole in it. For
     /// in-memory stores, where the failure would otherwise be a SIGBUS.
     pub fn ensure_allocated(&self) -> Result<(), AllocError> {
-        let (start, len) = (self.geometry.byte_offset, self.geometry.sectors * SECTOR_SIZE);
+        let (start, len) = (
+            self.geometry.byte_offset,
+            self.geometry.sectors * SECTOR_SIZE,
+        );
         if !self.read_only {
             return fallocate(self.file.as_fd(), start, len).map_err(|e| {
                 if e.raw_os_error() == Some(libc::ENOSPC) {
@@ -928,8 +931,14 @@ mod tests {
         assert!(!store_in_memory(BackingKind::File, Some(EXT4_MAGIC)));
         assert!(!store_in_memory(BackingKind::File, None));
         // A device node on devtmpfs reports TMPFS_MAGIC: still a device.
-        assert!(!store_in_memory(BackingKind::BlockDevice, Some(TMPFS_MAGIC)));
-        assert!(!store_in_memory(BackingKind::BlockDevice, Some(RAMFS_MAGIC)));
+        assert!(!store_in_memory(
+            BackingKind::BlockDevice,
+            Some(TMPFS_MAGIC)
+        ));
+        assert!(!store_in_memory(
+            BackingKind::BlockDevice,
+            Some(RAMFS_MAGIC)
+        ));
     }
 
     #[test]

@@ -581,7 +581,11 @@ fn an_in_memory_store_is_allocated_at_start_up_or_refused() {
     let d = lab.xblade(&["1", "0", "{if}", sparse.to_str().unwrap()]);
     let meta = std::fs::metadata(&sparse).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert!(meta.blocks() * 512 >= 4 * MIB, "allocated: {} blocks", meta.blocks());
+    assert!(
+        meta.blocks() * 512 >= 4 * MIB,
+        "allocated: {} blocks",
+        meta.blocks()
+    );
     let mut c = lab.client();
     c.discover(1, 0);
     write_read_verify(&mut c, &sparse, 0, 4 * MIB / 512, 11);
@@ -603,14 +607,7 @@ fn survives_the_link_going_down_and_up() {
     write_read_verify(&mut c, &img, 0, 4 * MIB / 512, 21);
     for round in 0..3u64 {
         for state in ["down", "up"] {
-            labkit::ip(&[
-                "-n",
-                lab.target_ns(),
-                "link",
-                "set",
-                lab.target_if(),
-                state,
-            ]);
+            labkit::ip(&["-n", lab.target_ns(), "link", "set", lab.target_if(), state]);
             std::thread::sleep(std::time::Duration::from_millis(300));
         }
         // The link may take a moment to carry frames again: retry the first request.
@@ -623,7 +620,11 @@ fn survives_the_link_going_down_and_up() {
             let n = aoe::initiator::ata_request(&mut f, &a, &AtaRequest::write(500, &data));
             ok = c.transact(&f[..n], a.tag).is_some();
         }
-        assert!(ok, "no answer after the link came back (round {round}):\n{}", d.log());
+        assert!(
+            ok,
+            "no answer after the link came back (round {round}):\n{}",
+            d.log()
+        );
         assert!(c.read(500, 2).2 == data, "round {round}");
     }
     assert!(d.log().contains("serving workers="));

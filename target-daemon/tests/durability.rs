@@ -687,7 +687,12 @@ impl FaultFs {
             .args(["--name", "disk.img", "--size-mib", &size_mib.to_string()])
             .args(["--bad-offset", &bad_offset.to_string()])
             .args(["--bad-len", &bad_len.to_string()])
-            .args(hang_while.map(|f| ["--hang-while".as_ref(), f.as_os_str()]).into_iter().flatten())
+            .args(
+                hang_while
+                    .map(|f| ["--hang-while".as_ref(), f.as_os_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -894,7 +899,11 @@ fn a_hung_block_device_does_not_starve_the_other_exports() {
         ),
     )
     .unwrap();
-    let d = Running(Some(lab.xblade(&["serve", "--config", conf.to_str().unwrap()])));
+    let d = Running(Some(lab.xblade(&[
+        "serve",
+        "--config",
+        conf.to_str().unwrap(),
+    ])));
     let _unhang = Unhang(flag.clone());
     let mut c = lab.client();
     discover(&mut c, d.get(), 1, 0);
@@ -936,13 +945,21 @@ fn a_hung_block_device_does_not_starve_the_other_exports() {
             }
         }
     }
-    assert!(answered >= 16, "only {answered} hung reads answered after the device came back");
+    assert!(
+        answered >= 16,
+        "only {answered} hung reads answered after the device came back"
+    );
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
     let no_slot: u64 = log
         .split("no_slot: ")
         .skip(1)
-        .filter_map(|t| t.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+        .filter_map(|t| {
+            t.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum();
     assert!(no_slot > 0, "the flood never met the share:\n{log}");
 }

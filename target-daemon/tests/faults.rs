@@ -83,7 +83,11 @@ fn a_full_filesystem_fails_those_writes_and_serves_the_rest() {
         (ata::STATUS_FAIL, ata::ERR_ABRT),
         "write at {lba}"
     );
-    assert!(written.len() > 10, "{} writes before the fs filled", written.len());
+    assert!(
+        written.len() > 10,
+        "{} writes before the fs filled",
+        written.len()
+    );
     // Everything written reads back; an allocated block can be overwritten; the daemon lives.
     for &lba in &written {
         let (s, e, data) = c.read(lba, 2);

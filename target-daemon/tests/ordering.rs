@@ -25,7 +25,12 @@ fn disk_image(dir: &Path, bytes: u64) -> std::path::PathBuf {
 fn counter(log: &str, name: &str) -> u64 {
     log.split(&format!("{name}: "))
         .skip(1)
-        .filter_map(|t| t.split(|c: char| !c.is_ascii_digit()).next()?.parse::<u64>().ok())
+        .filter_map(|t| {
+            t.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
         .sum()
 }
 
@@ -88,7 +93,11 @@ fn overlapping_requests_take_effect_in_arrival_order() {
         assert!(
             data == b,
             "round {round}: the READ returned {} data",
-            if data == a { "the older write's" } else { "other" }
+            if data == a {
+                "the older write's"
+            } else {
+                "other"
+            }
         );
     }
 
@@ -121,7 +130,10 @@ fn overlapping_requests_take_effect_in_arrival_order() {
                 let want: Vec<u8> = (lba..lba + sectors)
                     .flat_map(|s| model[s as usize].clone())
                     .collect();
-                expect.push((send(&mut c, &AtaRequest::read(lba, sectors as u8)), Some(want)));
+                expect.push((
+                    send(&mut c, &AtaRequest::read(lba, sectors as u8)),
+                    Some(want),
+                ));
             }
         }
         let tags: Vec<u32> = expect.iter().map(|e| e.0).collect();
@@ -131,7 +143,10 @@ fn overlapping_requests_take_effect_in_arrival_order() {
             assert_eq!((s, e), (ata::STATUS_OK, 0), "burst {burst} tag {tag}");
             if let Some(want) = want {
                 data.truncate(want.len());
-                assert!(data == want, "burst {burst}: a READ saw other data than the last write sent before it");
+                assert!(
+                    data == want,
+                    "burst {burst}: a READ saw other data than the last write sent before it"
+                );
                 checked += 1;
             }
         }
@@ -140,7 +155,10 @@ fn overlapping_requests_take_effect_in_arrival_order() {
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
     // The ordering was exercised, not dodged: requests did wait for overlapping ones.
-    assert!(counter(&log, "ordered_waits") > 0, "no request waited:\n{log}");
+    assert!(
+        counter(&log, "ordered_waits") > 0,
+        "no request waited:\n{log}"
+    );
 }
 
 /// A burst of READs to shelf 0xffff / slot 0xff, which every export answers, against a daemon

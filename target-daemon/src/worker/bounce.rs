@@ -59,9 +59,7 @@ impl Bounce {
     /// Copy slot `src` over slot `dst` (wildcard fan-out of a gathered write).
     pub(crate) fn copy_slot(&mut self, src: u32, dst: u32) {
         let size = self.slot_size;
-        let all = self
-            .region
-            .slice_mut(0, (src.max(dst) as usize + 1) * size);
+        let all = self.region.slice_mut(0, (src.max(dst) as usize + 1) * size);
         all.copy_within(
             src as usize * size..(src as usize + 1) * size,
             dst as usize * size,

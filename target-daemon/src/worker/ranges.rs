@@ -33,7 +33,6 @@
 //! double admit, completing a slot that is not issued) trips a `debug_assert!`; in a release
 //! build the call is ignored (see each method) and the table stays consistent.
 
-
 /// The kind of a storage request, as far as ordering is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Access {

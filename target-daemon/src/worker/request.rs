@@ -42,7 +42,10 @@ impl<P: Packets, S: Storage> Worker<P, S> {
         let is_write = first.len() >= ATA_HLEN
             && first.get(12..14) == Some(&ETHERTYPE_AOE.to_be_bytes()[..])
             && first.get(19) == Some(&aoe::wire::cmd::ATA)
-            && matches!(first.get(27), Some(&(aoe::ata::WRITE | aoe::ata::WRITE_EXT)));
+            && matches!(
+                first.get(27),
+                Some(&(aoe::ata::WRITE | aoe::ata::WRITE_EXT))
+            );
         let slot = if is_write {
             self.bounce.as_mut().and_then(|b| b.take())
         } else {
@@ -311,9 +314,7 @@ impl<P: Packets, S: Storage> Worker<P, S> {
         let file = p.export as u32;
         let o = match &p.decision {
             Decision::Read { .. } if !p.chunks.is_empty() => {
-                let offset = p
-                    .offset
-                    .saturating_add(u64::from(op) * self.chunk as u64);
+                let offset = p.offset.saturating_add(u64::from(op) * self.chunk as u64);
                 let c = p.chunks.get_mut(op as usize)?;
                 let len = c.len();
                 Op::Read {
