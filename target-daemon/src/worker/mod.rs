@@ -274,7 +274,7 @@ impl<P: Packets, S: Storage> Worker<P, S> {
                     break;
                 }
             }
-            self.reap.record(!work);
+            self.pace(!work);
             if work {
                 if idle > 0 && self.spin.end(true) {
                     self.stats.spin_hits += 1;
@@ -303,6 +303,12 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             }
         }
         Ok(self.stats)
+    }
+
+    /// Tell the pacing whether the last loop found work (what `run` does after every loop), so
+    /// a worker driven by [`Worker::turn`] switches between one reply per loop and batches.
+    pub fn pace(&mut self, idle: bool) {
+        self.reap.record(idle);
     }
 
     /// Whether no request is in flight and no reply waits to be queued.

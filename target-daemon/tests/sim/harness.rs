@@ -671,6 +671,7 @@ impl Sim {
                 Ok(w) => w,
                 Err(e) => fail!(self, "turn failed: {e}"),
             };
+            self.worker.pace(!work);
             let consumed = rx_before - self.worker.net().rx.len();
             self.after_turn(&before, consumed);
             if !work {
