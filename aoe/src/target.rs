@@ -5,6 +5,23 @@
 //! [`Decision::Read`], [`Decision::Write`] or [`Decision::Flush`]; the datapath performs the I/O
 //! (a read lands directly at [`wire::ATA_HLEN`] in the same buffer) and [`complete`] then writes
 //! the response header in place. Nothing here touches a socket or a file.
+//!
+//! # Who may use an export
+//!
+//! [`decide`] answers nothing (a silent [`Decision::Drop`]) to a request
+//! - from a group (multicast/broadcast) or all-zero source MAC, since the reply would go to that
+//!   address (a reflector), or to a destination other than the interface's MAC or broadcast;
+//! - from a MAC outside the export's ACL ([`ExportState::acl`]: the operator's configured list,
+//!   which nothing on the wire changes), when it has one;
+//! - from a MAC outside the protocol's MAC Mask List ([`ExportState::mask`]), when that is
+//!   non-empty.
+//!
+//! The mask list starts as the ACL and MASK EDITs may only narrow it within the ACL: an ADD of
+//! a MAC the ACL does not list fails with MError 1 (unspecified; AoEr11 has no code of its
+//! own for it) at that directive, the earlier directives staying applied as for the other
+//! MErrors. Deleting every entry leaves the ACL in force: an export with an ACL never serves
+//! anyone else. An export without an ACL behaves as AoEr11 says: an empty mask list serves
+//! everyone.
 
 use crate::ata::{self, Identity};
 use crate::wire::{
@@ -18,8 +35,12 @@ pub const FIRMWARE_VERSION: u16 = 0x0100;
 /// Default advertised buffer count: what a worker's in-flight table absorbs per export.
 pub const DEFAULT_BUFCNT: u16 = 64;
 
-/// One export's protocol state: addressing, geometry, and the config/mask/reserve lists.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// One export's protocol state: addressing, geometry, the operator's ACL, and the
+/// config/mask/reserve lists.
+///
+/// `Clone::clone_from` reuses the destination's buffers: refreshing a copy after a change
+/// allocates nothing once its buffers have grown to size.
+#[derive(Debug, PartialEq, Eq)]
 pub struct ExportState {
     /// Shelf (major) address. Never 0xffff or 0x0fff.
     pub shelf: u16,
@@ -47,7 +68,70 @@ pub struct ExportState {
     pub mask: Vec<Mac>,
     /// Reserve list: when non-empty, ATA commands (but IDENTIFY) from other MACs get error 6.
     pub reserve: Vec<Mac>,
+    /// The operator's list (configuration, `-m`): when non-empty, frames from other MACs are
+    /// ignored whatever the mask list says. Only [`ExportState::set_acl`] changes it.
+    acl: Vec<Mac>,
 }
+
+impl Clone for ExportState {
+    fn clone(&self) -> Self {
+        ExportState {
+            shelf: self.shelf,
+            slot: self.slot,
+            sectors: self.sectors,
+            read_only: self.read_only,
+            bufcnt: self.bufcnt,
+            firmware: self.firmware,
+            max_sectors: self.max_sectors,
+            serial: self.serial.clone(),
+            model: self.model.clone(),
+            write_cache: self.write_cache,
+            config: self.config.clone(),
+            mask: self.mask.clone(),
+            reserve: self.reserve.clone(),
+            acl: self.acl.clone(),
+        }
+    }
+
+    /// Field by field, reusing this state's buffers.
+    fn clone_from(&mut self, source: &Self) {
+        self.shelf = source.shelf;
+        self.slot = source.slot;
+        self.sectors = source.sectors;
+        self.read_only = source.read_only;
+        self.bufcnt = source.bufcnt;
+        self.firmware = source.firmware;
+        self.max_sectors = source.max_sectors;
+        self.serial.clone_from(&source.serial);
+        self.model.clone_from(&source.model);
+        self.write_cache = source.write_cache;
+        self.config.clone_from(&source.config);
+        self.mask.clone_from(&source.mask);
+        self.reserve.clone_from(&source.reserve);
+        self.acl.clone_from(&source.acl);
+    }
+}
+
+/// [`ExportState::set_acl`] was given more distinct MACs than a mask list holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AclTooLong {
+    /// Distinct MACs given.
+    pub macs: usize,
+}
+
+impl std::fmt::Display for AclTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the MAC list has {} distinct entries; an export takes at most {} (the AoE mask \
+             list's limit)",
+            self.macs,
+            mask::MAX
+        )
+    }
+}
+
+impl std::error::Error for AclTooLong {}
 
 impl ExportState {
     /// A new export with defaults for everything but its address and size.
@@ -66,7 +150,42 @@ impl ExportState {
             config: Vec::new(),
             mask: Vec::new(),
             reserve: Vec::new(),
+            acl: Vec::new(),
         }
+    }
+
+    /// Sets the operator's ACL: only these MACs may use the export (empty: anyone, as far as
+    /// the mask list lets them). The mask list starts over as the same list. Duplicates are
+    /// dropped; at most [`mask::MAX`] distinct MACs.
+    pub fn set_acl(&mut self, macs: &[Mac]) -> Result<(), AclTooLong> {
+        let mut list: Vec<Mac> = Vec::with_capacity(macs.len().min(mask::MAX));
+        for m in macs {
+            if !list.contains(m) {
+                if list.len() == mask::MAX {
+                    let distinct = macs
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, m)| !macs[..*i].contains(m))
+                        .count();
+                    return Err(AclTooLong { macs: distinct });
+                }
+                list.push(*m);
+            }
+        }
+        self.mask.clone_from(&list);
+        self.acl = list;
+        Ok(())
+    }
+
+    /// The operator's ACL (empty: none).
+    pub fn acl(&self) -> &[Mac] {
+        &self.acl
+    }
+
+    /// Whether the ACL and the mask list let `src` use the export.
+    pub fn allows(&self, src: &Mac) -> bool {
+        (self.acl.is_empty() || self.acl.contains(src))
+            && (self.mask.is_empty() || self.mask.contains(src))
     }
 
     /// Whether (shelf, slot) is a valid export address (the Linux initiator rejects the rest).
@@ -207,7 +326,7 @@ pub fn decide(export: &ExportState, iface: &Iface, buf: &mut [u8], len: usize) -
         return Outcome::drop();
     }
     let src = h.src();
-    if !export.mask.is_empty() && !export.mask.contains(&src) {
+    if !addresses_ok(iface, &h.dst(), &src) || !export.allows(&src) {
         return Outcome::drop();
     }
     if h.version() != wire::VERSION {
@@ -220,6 +339,14 @@ pub fn decide(export: &ExportState, iface: &Iface, buf: &mut [u8], len: usize) -
         cmd::RESERVE => decide_reserve(export, iface, buf, len, src),
         _ => aoe_error(export, iface, buf, len, wire::AOE_HLEN, error::BAD_CMD),
     }
+}
+
+/// Frame hygiene: the source is one station (not a group address, not all-zero), and the
+/// destination is this interface or broadcast (any destination when the interface has no MAC).
+fn addresses_ok(iface: &Iface, dst: &Mac, src: &Mac) -> bool {
+    let src_ok = src[0] & 1 == 0 && *src != [0; 6];
+    let dst_ok = *dst == iface.mac || *dst == wire::BROADCAST || iface.mac == [0; 6];
+    src_ok && dst_ok
 }
 
 /// Copy `req` into `out` and [`decide`] there: for callers that keep the request.
@@ -441,13 +568,25 @@ fn config_reply(
     err: Option<u8>,
 ) -> Outcome {
     reply_header(export, iface, buf, err);
+    buf[CFG_HLEN..CFG_HLEN + string.len()].copy_from_slice(string);
+    config_reply_fields(export, iface, buf, cc, string.len())
+}
+
+/// The config reply's fields after the header, for a string of `len` bytes already at
+/// `buf[CFG_HLEN..]`.
+fn config_reply_fields(
+    export: &ExportState,
+    iface: &Iface,
+    buf: &mut [u8],
+    cc: u8,
+    len: usize,
+) -> Outcome {
     buf[24..26].copy_from_slice(&export.bufcnt.to_be_bytes());
     buf[26..28].copy_from_slice(&export.firmware.to_be_bytes());
     buf[28] = iface.advertised_sectors(export);
     buf[29] = (wire::VERSION << 4) | cc;
-    buf[30..32].copy_from_slice(&(string.len() as u16).to_be_bytes());
-    buf[CFG_HLEN..CFG_HLEN + string.len()].copy_from_slice(string);
-    Outcome::just(Decision::Reply(wire::pad(buf, CFG_HLEN + string.len())))
+    buf[30..32].copy_from_slice(&(len as u16).to_be_bytes());
+    Outcome::just(Decision::Reply(wire::pad(buf, CFG_HLEN + len)))
 }
 
 fn decide_config(export: &ExportState, iface: &Iface, buf: &mut [u8], len: usize) -> Outcome {
@@ -478,10 +617,13 @@ fn decide_config(export: &ExportState, iface: &Iface, buf: &mut [u8], len: usize
         }
         _ => {
             // SET on an empty (or identical) string, or FORCE_SET. The argument already sits
-            // where the reply's string goes.
-            let new = arg.to_vec();
-            let mut out = config_reply(export, iface, buf, cc, &new, None);
-            out.change = (new != current).then_some(StateChange::Config(new));
+            // where the reply's string goes; the new string (≤ 1024 bytes) is copied out only
+            // when it differs.
+            let change = (arg != current).then(|| StateChange::Config(arg.to_vec()));
+            let len = arg.len();
+            reply_header(export, iface, buf, None);
+            let mut out = config_reply_fields(export, iface, buf, cc, len);
+            out.change = change;
             out
         }
     }
@@ -524,19 +666,26 @@ fn decide_mask(export: &ExportState, iface: &Iface, buf: &mut [u8], len: usize) 
             if !m.directives_fit() {
                 return aoe_error(export, iface, buf, len, MASK_HLEN, error::BAD_ARG);
             }
-            let mut list = export.mask.clone();
+            // The edit runs on a copy on the stack; a new list (≤ 128 MACs) is allocated only
+            // when the result differs from the current one.
+            let mut list = MacList::from(&export.mask);
             let mut failed = None;
             for i in 0..usize::from(m.dir_count()) {
                 let (dcmd, mac) = m.directive(i).expect("directives_fit checked");
                 match dcmd {
                     mask::DCMD_NONE => {}
                     mask::DCMD_ADD if list.contains(&mac) => {}
+                    // The mask list narrows the operator's ACL, never widens it.
+                    mask::DCMD_ADD if !export.acl.is_empty() && !export.acl.contains(&mac) => {
+                        failed = Some((mask::ERR_UNSPEC, i));
+                        break;
+                    }
                     mask::DCMD_ADD if list.len() >= mask::MAX => {
                         failed = Some((mask::ERR_FULL, i));
                         break;
                     }
                     mask::DCMD_ADD => list.push(mac),
-                    mask::DCMD_DEL => list.retain(|x| *x != mac),
+                    mask::DCMD_DEL => list.remove(&mac),
                     _ => {
                         failed = Some((mask::ERR_BAD_DCMD, i));
                         break;
@@ -544,12 +693,13 @@ fn decide_mask(export: &ExportState, iface: &Iface, buf: &mut [u8], len: usize) 
                 }
             }
             // Directives before a failing one stay applied (as vblade and ggaoed do).
-            let change = (list != export.mask).then(|| StateChange::Mask(list.clone()));
+            let change = (list.as_slice() != export.mask)
+                .then(|| StateChange::Mask(list.as_slice().to_vec()));
             let mut out = match failed {
                 Some((merror, i)) => mask_reply(export, iface, buf, mcmd, merror, i as u8, &[]),
                 None => {
                     let n = list.len() as u8;
-                    mask_reply(export, iface, buf, mcmd, 0, n, &list)
+                    mask_reply(export, iface, buf, mcmd, 0, n, list.as_slice())
                 }
             };
             out.change = change;
@@ -604,15 +754,75 @@ fn decide_reserve(
                     Some(error::RESERVED),
                 );
             }
-            let list: Vec<Mac> = (0..usize::from(r.nmacs()))
-                .map(|i| r.mac(i).expect("macs_fit checked"))
-                .collect();
-            let change = (list != export.reserve).then(|| StateChange::Reserve(list.clone()));
-            let mut out = reserve_reply(export, iface, buf, rcmd, &list, None);
+            // The reply's list is the request's, in place; a new list (≤ 128 MACs) is
+            // allocated only when it differs from the current one.
+            let n = usize::from(r.nmacs());
+            let same = n == export.reserve.len()
+                && (0..n).all(|i| r.mac(i).expect("macs_fit checked") == export.reserve[i]);
+            let change = (!same).then(|| {
+                StateChange::Reserve(
+                    (0..n)
+                        .map(|i| r.mac(i).expect("macs_fit checked"))
+                        .collect(),
+                )
+            });
+            reply_header(export, iface, buf, None);
+            buf[24] = rcmd;
+            buf[25] = n as u8;
+            let mut out = Outcome::just(Decision::Reply(wire::pad(buf, RES_HLEN + 6 * n)));
             out.change = change;
             out
         }
         _ => aoe_error(export, iface, buf, len, RES_HLEN, error::BAD_ARG),
+    }
+}
+
+/// A mask list being edited, on the stack: at most [`mask::MAX`] MACs, no allocation.
+struct MacList {
+    macs: [Mac; mask::MAX],
+    len: usize,
+}
+
+impl MacList {
+    fn from(list: &[Mac]) -> Self {
+        let mut out = MacList {
+            macs: [[0; 6]; mask::MAX],
+            len: 0,
+        };
+        for m in list.iter().take(mask::MAX) {
+            out.push(*m);
+        }
+        out
+    }
+
+    fn as_slice(&self) -> &[Mac] {
+        &self.macs[..self.len]
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn contains(&self, mac: &Mac) -> bool {
+        self.as_slice().contains(mac)
+    }
+
+    /// Appends `mac`; the caller checked there is room.
+    fn push(&mut self, mac: Mac) {
+        self.macs[self.len] = mac;
+        self.len += 1;
+    }
+
+    /// Removes every occurrence of `mac`, keeping the order of the rest.
+    fn remove(&mut self, mac: &Mac) {
+        let mut kept = 0;
+        for i in 0..self.len {
+            if self.macs[i] != *mac {
+                self.macs[kept] = self.macs[i];
+                kept += 1;
+            }
+        }
+        self.len = kept;
     }
 }
 

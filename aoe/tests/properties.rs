@@ -8,6 +8,7 @@ use proptest::prelude::*;
 
 const TARGET: Mac = [0x02, 0, 0, 0, 0, 0x01];
 const HOST: Mac = [0x02, 0, 0, 0, 0, 0x02];
+const OTHER: Mac = [0x02, 0, 0, 0, 0, 0x03];
 
 fn export_strategy() -> impl Strategy<Value = ExportState> {
     (
@@ -19,13 +20,17 @@ fn export_strategy() -> impl Strategy<Value = ExportState> {
         prop::bool::weighted(0.2),
         prop::bool::weighted(0.2),
         1u8..=255,
+        prop::bool::weighted(0.2),
     )
         .prop_map(
-            |(shelf, slot, sectors, ro, config, masked, reserved, max)| {
+            |(shelf, slot, sectors, ro, config, masked, reserved, max, acl)| {
                 let mut e = ExportState::new(shelf, slot, sectors);
                 e.read_only = ro;
                 e.config = config;
                 e.max_sectors = max;
+                if acl {
+                    e.set_acl(&[HOST]).unwrap();
+                }
                 if masked {
                     e.mask = vec![HOST];
                 }
@@ -48,17 +53,26 @@ fn mtu_strategy() -> impl Strategy<Value = u16> {
 
 /// Frames that reach deep into the state machine: a valid AoE header with random rest.
 fn frame_strategy() -> impl Strategy<Value = Vec<u8>> {
-    let header = (0u16..4, 0u8..4, 0u8..5, any::<bool>()).prop_map(|(shelf, slot, cmd, bcast)| {
-        let mut h = vec![0u8; 24];
-        h[0..6].copy_from_slice(if bcast { &[0xff; 6] } else { &TARGET });
-        h[6..12].copy_from_slice(&HOST);
-        h[12..14].copy_from_slice(&0x88a2u16.to_be_bytes());
-        h[14] = 0x10;
-        h[16..18].copy_from_slice(&shelf.to_be_bytes());
-        h[18] = slot;
-        h[19] = cmd;
-        h
-    });
+    let source = prop_oneof![
+        8 => Just(HOST),
+        1 => Just(OTHER),
+        1 => Just([0x01, 0, 0x5e, 0, 0, 1]),
+        1 => Just([0xff; 6]),
+        1 => Just([0; 6]),
+    ];
+    let header = (0u16..4, 0u8..4, 0u8..5, any::<bool>(), source).prop_map(
+        |(shelf, slot, cmd, bcast, src)| {
+            let mut h = vec![0u8; 24];
+            h[0..6].copy_from_slice(if bcast { &[0xff; 6] } else { &TARGET });
+            h[6..12].copy_from_slice(&src);
+            h[12..14].copy_from_slice(&0x88a2u16.to_be_bytes());
+            h[14] = 0x10;
+            h[16..18].copy_from_slice(&shelf.to_be_bytes());
+            h[18] = slot;
+            h[19] = cmd;
+            h
+        },
+    );
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..200),
         (header, prop::collection::vec(any::<u8>(), 0..2100)).prop_map(|(mut h, rest)| {
@@ -85,6 +99,9 @@ proptest! {
                 prop_assert!(p.is_ok(), "unparseable reply {:?}", p);
                 let p = p.unwrap();
                 prop_assert_eq!((p.shelf, p.slot, p.src), (export.shelf, export.slot, TARGET));
+                // Never a reflector: replies go back to one station, the one that asked.
+                prop_assert!(buf[0] & 1 == 0 && buf[0..6] != [0; 6], "reply to {:?}", &buf[0..6]);
+                prop_assert_eq!(&buf[0..6], &frame[6..12]);
             }
             Decision::Read { lba, sectors } | Decision::Write { lba, sectors, .. } => {
                 prop_assert!(*sectors >= 1 && *sectors <= iface.advertised_sectors(&export));
@@ -103,8 +120,13 @@ proptest! {
             }
             Decision::Flush | Decision::Drop => {}
         }
-        if !export.mask.is_empty() && frame.get(6..12) != Some(&HOST[..]) {
-            prop_assert_eq!(out.decision, Decision::Drop);
+        if (!export.mask.is_empty() || !export.acl().is_empty())
+            && frame.get(6..12) != Some(&HOST[..])
+        {
+            prop_assert_eq!(out.decision.clone(), Decision::Drop);
+        }
+        if let Some(aoe::StateChange::Mask(m)) = &out.change {
+            prop_assert!(export.acl().is_empty() || m.iter().all(|x| export.acl().contains(x)));
         }
         if let Some(aoe::StateChange::Config(c)) = &out.change {
             prop_assert!(c.len() <= 1024);

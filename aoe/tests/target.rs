@@ -645,3 +645,238 @@ fn state_changes_are_reported_only_when_state_changes() {
     let _ = decide(&lab.export, &lab.iface, &mut buf, 0);
     assert_eq!(cmd::ATA, 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// The operator's ACL, frame hygiene, and changes that change nothing
+
+const THIRD: Mac = [0x02, 0, 0, 0, 0, 0x04];
+
+/// A read from `src` (it must be dropped silently, or served).
+fn read_from(lab: &Lab, src: Mac) -> Vec<u8> {
+    let mut f = lab.ata(AtaRequest::read(0, 1));
+    f[6..12].copy_from_slice(&src);
+    f
+}
+
+fn mask_body(resp: &[u8]) -> (u8, u8, Vec<Mac>) {
+    match parse_response(resp).unwrap().body {
+        Body::Mask {
+            merror,
+            dir_count,
+            macs,
+            ..
+        } => (merror, dir_count, macs),
+        b => panic!("not a mask response: {b:?}"),
+    }
+}
+
+#[test]
+fn the_acl_starts_the_mask_list_and_is_enforced_whatever_it_says() {
+    let mut lab = Lab::new();
+    lab.export.set_acl(&[HOST, THIRD, HOST]).unwrap();
+    assert_eq!(lab.export.acl(), &[HOST, THIRD], "duplicates dropped");
+    assert_eq!(
+        lab.export.mask,
+        vec![HOST, THIRD],
+        "the mask list starts as the ACL"
+    );
+    assert!(matches!(
+        lab.run(&read_from(&lab, HOST)).0,
+        Decision::Read { .. }
+    ));
+    assert_eq!(lab.run(&read_from(&lab, OTHER)).0, Decision::Drop);
+
+    // HOST empties the mask list: still only the ACL is served.
+    let dirs = [(mask::DCMD_DEL, HOST), (mask::DCMD_DEL, THIRD)];
+    let (merror, n, macs) = mask_body(&lab.reply(&mask_req(&lab, HOST, mask::EDIT, &dirs)));
+    assert_eq!((merror, n, macs), (0, 0, vec![]));
+    assert!(lab.export.mask.is_empty());
+    assert_eq!(
+        lab.export.acl(),
+        &[HOST, THIRD],
+        "the ACL never changes from the wire"
+    );
+    assert!(matches!(
+        lab.run(&read_from(&lab, HOST)).0,
+        Decision::Read { .. }
+    ));
+    assert!(matches!(
+        lab.run(&read_from(&lab, THIRD)).0,
+        Decision::Read { .. }
+    ));
+    assert_eq!(lab.run(&read_from(&lab, OTHER)).0, Decision::Drop);
+    for cmd_from_other in [
+        mask_req(&lab, OTHER, mask::READ, &[]),
+        mask_req(&lab, OTHER, mask::EDIT, &[(mask::DCMD_ADD, OTHER)]),
+    ] {
+        assert_eq!(lab.run(&cmd_from_other).0, Decision::Drop);
+    }
+
+    // Adding a MAC outside the ACL fails with MError 1 at that directive; the directives
+    // before it stay applied, the ones after it are not run.
+    let dirs = [
+        (mask::DCMD_ADD, THIRD),
+        (mask::DCMD_ADD, OTHER),
+        (mask::DCMD_ADD, HOST),
+    ];
+    let (merror, n, macs) = mask_body(&lab.reply(&mask_req(&lab, HOST, mask::EDIT, &dirs)));
+    assert_eq!((merror, n, macs), (mask::ERR_UNSPEC, 1, vec![]));
+    assert_eq!(lab.export.mask, vec![THIRD]);
+    // The narrowed list is in force within the ACL: HOST is now outside the mask list.
+    assert_eq!(lab.run(&read_from(&lab, HOST)).0, Decision::Drop);
+    assert!(matches!(
+        lab.run(&read_from(&lab, THIRD)).0,
+        Decision::Read { .. }
+    ));
+    // An ACL member may be added back.
+    let r = lab.reply(&mask_req(
+        &lab,
+        THIRD,
+        mask::EDIT,
+        &[(mask::DCMD_ADD, HOST)],
+    ));
+    assert_eq!(mask_body(&r), (0, 2, vec![THIRD, HOST]));
+}
+
+#[test]
+fn without_an_acl_an_empty_mask_list_serves_everyone() {
+    let mut lab = Lab::new();
+    assert!(lab.export.acl().is_empty());
+    lab.export.set_acl(&[]).unwrap();
+    assert!(matches!(
+        lab.run(&read_from(&lab, OTHER)).0,
+        Decision::Read { .. }
+    ));
+    let r = lab.reply(&mask_req(
+        &lab,
+        OTHER,
+        mask::EDIT,
+        &[(mask::DCMD_ADD, HOST)],
+    ));
+    assert_eq!(mask_body(&r), (0, 1, vec![HOST]));
+    assert_eq!(lab.run(&read_from(&lab, OTHER)).0, Decision::Drop);
+    let r = lab.reply(&mask_req(&lab, HOST, mask::EDIT, &[(mask::DCMD_DEL, HOST)]));
+    assert_eq!(mask_body(&r), (0, 0, vec![]));
+    assert!(matches!(
+        lab.run(&read_from(&lab, OTHER)).0,
+        Decision::Read { .. }
+    ));
+}
+
+#[test]
+fn an_acl_holds_at_most_a_mask_list() {
+    let mut e = ExportState::new(1, 2, 1000);
+    let many: Vec<Mac> = (0..=mask::MAX)
+        .map(|i| [2, 0, 0, 0, (i >> 8) as u8, i as u8])
+        .collect();
+    let err = e.set_acl(&many).unwrap_err();
+    assert_eq!(err.macs, mask::MAX + 1);
+    assert!(err.to_string().contains("at most 128"), "{err}");
+    assert!(
+        e.acl().is_empty() && e.mask.is_empty(),
+        "a refused list changes nothing"
+    );
+    let mut with_dups = many[..mask::MAX].to_vec();
+    with_dups.extend_from_slice(&many[..10]);
+    e.set_acl(&with_dups).unwrap();
+    assert_eq!(e.acl().len(), mask::MAX);
+}
+
+#[test]
+fn no_reply_to_group_or_zero_sources_or_to_other_destinations() {
+    let mut lab = Lab::new();
+    let query = lab.cfg(ccmd::READ, b"");
+    let with = |src: Mac, dst: Mac| {
+        let mut f = query.clone();
+        f[0..6].copy_from_slice(&dst);
+        f[6..12].copy_from_slice(&src);
+        f
+    };
+    let multicast: Mac = [0x01, 0x00, 0x5e, 0, 0, 1];
+    let ipv6_multicast: Mac = [0x33, 0x33, 0, 0, 0, 1];
+    for (what, src, dst) in [
+        ("multicast source", multicast, TARGET),
+        ("IPv6 multicast source", ipv6_multicast, TARGET),
+        ("broadcast source", BROADCAST, BROADCAST),
+        ("all-zero source", [0; 6], TARGET),
+        ("another station's unicast destination", HOST, OTHER),
+        ("multicast destination", HOST, multicast),
+    ] {
+        assert_eq!(lab.run(&with(src, dst)).0, Decision::Drop, "{what}");
+    }
+    lab.reply(&with(HOST, TARGET));
+    lab.reply(&with(HOST, BROADCAST));
+    // An interface without a MAC (all-zero) cannot tell: any destination.
+    lab.iface.mac = [0; 6];
+    lab.reply(&with(HOST, OTHER));
+    assert_eq!(lab.run(&with(BROADCAST, OTHER)).0, Decision::Drop);
+}
+
+#[test]
+fn changes_that_change_nothing_are_not_changes() {
+    let mut lab = Lab::new();
+    lab.export.set_acl(&[HOST, OTHER]).unwrap();
+    lab.export.config = b"owner=host1".to_vec();
+    lab.export.reserve = vec![HOST];
+    let before = lab.export.clone();
+    let mut buf = vec![0u8; 2000];
+    for req in [
+        lab.cfg(ccmd::SET, b"owner=host1"),
+        lab.cfg(ccmd::FORCE_SET, b"owner=host1"),
+        mask_req(&lab, HOST, mask::EDIT, &[(mask::DCMD_ADD, OTHER)]),
+        mask_req(&lab, HOST, mask::EDIT, &[(mask::DCMD_DEL, THIRD)]),
+        mask_req(&lab, HOST, mask::EDIT, &[]),
+        res_req(&lab, HOST, reserve::SET, &[HOST]),
+        res_req(&lab, OTHER, reserve::FORCE_SET, &[HOST]),
+    ] {
+        let out = respond(&lab.export, &lab.iface, &req, &mut buf);
+        assert!(matches!(out.decision, Decision::Reply(_)), "{req:?}");
+        assert_eq!(out.change, None, "{req:?}");
+    }
+    assert_eq!(lab.export, before);
+    // The same commands with a difference are changes, with the new value.
+    let out = respond(
+        &lab.export,
+        &lab.iface,
+        &lab.cfg(ccmd::FORCE_SET, b"owner=host2"),
+        &mut buf,
+    );
+    assert_eq!(
+        out.change,
+        Some(StateChange::Config(b"owner=host2".to_vec()))
+    );
+    let out = respond(
+        &lab.export,
+        &lab.iface,
+        &res_req(&lab, OTHER, reserve::FORCE_SET, &[OTHER, HOST]),
+        &mut buf,
+    );
+    assert_eq!(out.change, Some(StateChange::Reserve(vec![OTHER, HOST])));
+    let r = buf[..60].to_vec();
+    match parse_response(&r).unwrap().body {
+        Body::Reserve { macs, .. } => assert_eq!(macs, vec![OTHER, HOST]),
+        b => panic!("{b:?}"),
+    }
+    let out = respond(
+        &lab.export,
+        &lab.iface,
+        &mask_req(&lab, HOST, mask::EDIT, &[(mask::DCMD_DEL, OTHER)]),
+        &mut buf,
+    );
+    assert_eq!(out.change, Some(StateChange::Mask(vec![HOST])));
+}
+
+#[test]
+fn clone_from_copies_every_field() {
+    let mut a = ExportState::new(3, 4, 77);
+    a.set_acl(&[HOST]).unwrap();
+    a.config = b"cfg".to_vec();
+    a.reserve = vec![OTHER];
+    a.serial = "s".into();
+    a.read_only = true;
+    let mut b = ExportState::new(1, 2, 1000);
+    b.mask = vec![THIRD; 5];
+    b.clone_from(&a);
+    assert_eq!(b, a);
+    assert_eq!(b.clone(), a);
+}

@@ -3,6 +3,10 @@
 //! `aoe_steer.bpf.c` (next to this crate's `Cargo.toml`) sends AoE frames (EtherType 0x88A2)
 //! with the wanted R (response) flag to the AF_XDP socket registered for the receiving queue,
 //! drops AoE frames with the other R value, and passes everything else to the kernel stack.
+//! In the target role it also drops, before they reach a socket, requests from a group
+//! (multicast/broadcast) or all-zero source MAC and requests to a destination other than the
+//! interface's MAC or broadcast ([`Counters::bad_address`]), and, once [`Steering::set_acl`]
+//! gave it a list, requests from source MACs not on that list ([`Counters::denied`]).
 //! Its compiled object `aoe_steer.o` is committed and embedded, so building needs no clang;
 //! `cargo xtask ebpf` rebuilds it and `cargo xtask ebpf --check` verifies it.
 //!
@@ -12,6 +16,8 @@
 //! let mut steering = Steering::attach("eth0", XdpMode::Auto, Role::Target, false)?;
 //! println!("XDP attached to eth0 in {} mode", steering.mode());
 //! steering.register(0, xsk_fd())?; // an AF_XDP socket bound to eth0 queue 0
+//! // Only these initiators reach the socket (the union of the exports' lists on eth0).
+//! steering.set_acl(Some(&[[0x52, 0x54, 0, 0x12, 0x34, 0x56]]))?;
 //! println!("{:?}", steering.counters()?);
 //! drop(steering); // detaches the program
 //! # Ok::<(), xblade_ebpf::SteerError>(())
@@ -38,13 +44,14 @@ mod netlink;
 mod sys;
 
 use std::{
+    collections::BTreeSet,
     fmt, io,
     os::fd::{AsFd as _, OwnedFd, RawFd},
     str::FromStr,
 };
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, XskMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, XskMap},
     programs::{links::LinkType, xdp::XdpLink, Xdp},
     Ebpf, EbpfLoader,
 };
@@ -58,9 +65,25 @@ const PROGRAM: &str = "aoe_steer";
 const MAP_XSKS: &str = "xsks";
 const MAP_CONFIG: &str = "config";
 const MAP_COUNTERS: &str = "counters";
+const MAP_ACL: &str = "acl";
 const COUNTER_REDIRECTED: u32 = 0;
 const COUNTER_DROPPED: u32 = 1;
 const COUNTER_PASSED: u32 = 2;
+const COUNTER_DENIED: u32 = 3;
+const COUNTER_BAD_ADDRESS: u32 = 4;
+/// `config.flags` bits.
+const F_CHECK_SOURCE: u32 = 0x1;
+const F_CHECK_DEST: u32 = 0x2;
+const F_ACL: u32 = 0x4;
+/// The value stored for every key of the `acl` map (the program only tests presence).
+const ACL_PRESENT: u32 = 1;
+
+/// A MAC address, as it appears on the wire.
+pub type Mac = [u8; 6];
+
+/// Entries of the `acl` map (`ACL_MAX` in the program): the most source MACs
+/// [`Steering::set_acl`] takes.
+pub const ACL_CAPACITY: usize = 1024;
 
 /// Slots in the XSKMAP: queue ids `0..XSK_SLOTS` can get a socket (`max_entries` of `xsks`).
 pub const XSK_SLOTS: u32 = 64;
@@ -140,6 +163,57 @@ pub struct Counters {
     pub dropped: u64,
     /// Non-AoE frames, and wanted AoE frames on a queue with no socket registered.
     pub passed: u64,
+    /// Wanted AoE frames from a source MAC that the ACL ([`Steering::set_acl`]) does not list.
+    pub denied: u64,
+    /// Wanted AoE frames from a group (multicast/broadcast) or all-zero source MAC, or to a
+    /// destination other than the interface's MAC and broadcast (target role).
+    pub bad_address: u64,
+}
+
+/// Entry 0 of the program's `config` map (`struct steer_config`, 16 bytes, host endian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SteerConfig {
+    want_response: u32,
+    flags: u32,
+    local_mac: Mac,
+}
+
+impl SteerConfig {
+    /// What `attach` starts with: the role's R flag and, in the target role, address hygiene
+    /// against the interface's MAC (the destination check only when it has one). No ACL.
+    fn new(role: Role, local_mac: Option<Mac>) -> Self {
+        let mut config = Self {
+            want_response: role.want_response(),
+            flags: 0,
+            local_mac: [0; 6],
+        };
+        if role == Role::Target {
+            config.flags |= F_CHECK_SOURCE;
+            config.set_local_mac(local_mac);
+        }
+        config
+    }
+
+    fn set_local_mac(&mut self, mac: Option<Mac>) {
+        match mac.filter(|m| *m != [0; 6]) {
+            Some(mac) => {
+                self.local_mac = mac;
+                self.flags |= F_CHECK_DEST;
+            }
+            None => {
+                self.local_mac = [0; 6];
+                self.flags &= !F_CHECK_DEST;
+            }
+        }
+    }
+
+    fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&self.want_response.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.flags.to_ne_bytes());
+        b[8..14].copy_from_slice(&self.local_mac);
+        b
+    }
 }
 
 /// The XDP programs attached to one interface, per mode, as rtnetlink reports them.
@@ -291,6 +365,13 @@ pub enum SteerError {
 
     #[error("querying interface {ifname} over rtnetlink failed: {cause}")]
     Netlink { ifname: String, cause: io::Error },
+
+    #[error(
+        "the XDP source ACL of {ifname} would hold {macs} MACs; it holds at most {}: \
+         list fewer initiators on the exports served there",
+        ACL_CAPACITY
+    )]
+    AclTooLarge { ifname: String, macs: usize },
 }
 
 /// The XDP program, loaded and attached to one interface. Dropping it detaches the program.
@@ -299,6 +380,13 @@ pub struct Steering {
     attachment: Option<Attachment>,
     xsks: XskMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    config_map: Array<MapData, [u8; 16]>,
+    acl_map: HashMap<MapData, Mac, u32>,
+    /// What `config_map` holds.
+    config: SteerConfig,
+    /// The keys of `acl_map` (the kernel's copy is authoritative; this one follows every
+    /// successful update).
+    acl: BTreeSet<Mac>,
     ebpf: Ebpf,
     ifname: String,
     ifindex: u32,
@@ -341,13 +429,16 @@ impl Steering {
             });
         }
 
-        let mut ebpf = load(ifname, role)?;
+        let config = SteerConfig::new(role, state.mac);
+        let mut ebpf = load(ifname, config)?;
         if let Some(existing) = existing {
             detach_existing(ifname, state.ifindex, &existing)?;
         }
 
         let xsks = take_map(&mut ebpf, MAP_XSKS, XskMap::try_from)?;
         let counters = take_map(&mut ebpf, MAP_COUNTERS, PerCpuArray::try_from)?;
+        let config_map = take_map(&mut ebpf, MAP_CONFIG, Array::try_from)?;
+        let acl_map = take_map(&mut ebpf, MAP_ACL, HashMap::try_from)?;
         let program = xdp_program(&mut ebpf)?;
         let (attachment, mode, driver_error) = match mode {
             XdpMode::Driver | XdpMode::Skb => {
@@ -375,6 +466,10 @@ impl Steering {
             attachment: Some(attachment),
             xsks,
             counters,
+            config_map,
+            acl_map,
+            config,
+            acl: BTreeSet::new(),
             ebpf,
             ifname: ifname.to_owned(),
             ifindex: state.ifindex,
@@ -484,7 +579,147 @@ impl Steering {
             redirected: read(COUNTER_REDIRECTED)?,
             dropped: read(COUNTER_DROPPED)?,
             passed: read(COUNTER_PASSED)?,
+            denied: read(COUNTER_DENIED)?,
+            bad_address: read(COUNTER_BAD_ADDRESS)?,
         })
+    }
+
+    /// The MAC the destination check compares with: the interface's, read by `attach` in the
+    /// target role (`None` in the initiator role, or for an interface without a MAC, such as
+    /// `lo`: then only the source is checked).
+    pub fn local_mac(&self) -> Option<Mac> {
+        (self.config.flags & F_CHECK_DEST != 0).then_some(self.config.local_mac)
+    }
+
+    /// Changes the MAC of the destination check (after the interface's address changed), or
+    /// turns the check off (`None`). Takes effect for the next frame; XDP stays attached.
+    pub fn set_local_mac(&mut self, mac: Option<Mac>) -> Result<(), SteerError> {
+        let mut config = self.config;
+        config.set_local_mac(mac);
+        self.write_config(config)
+    }
+
+    /// Replaces the source ACL without detaching the program.
+    ///
+    /// `None`: every source passes (some export on this interface serves anyone; the
+    /// worker decides per export). `Some(list)`: only requests from the MACs in `list` reach
+    /// the AF_XDP sockets; the others are dropped and counted in [`Counters::denied`]
+    /// (`Some(&[])` drops every request). Duplicates are ignored; at most [`ACL_CAPACITY`]
+    /// distinct MACs.
+    ///
+    /// The update is not one atomic step, but it never lets through, even for a moment, a
+    /// source that neither the old nor the new setting allows: MACs leaving the list are
+    /// removed before MACs joining it are added, an ACL is filled before it is switched on,
+    /// and switched off before it is emptied.
+    pub fn set_acl(&mut self, list: Option<&[Mac]>) -> Result<(), SteerError> {
+        let Some(list) = list else {
+            let mut config = self.config;
+            config.flags &= !F_ACL;
+            self.write_config(config)?;
+            return self.replace_acl_keys(&BTreeSet::new());
+        };
+        let wanted: BTreeSet<Mac> = list.iter().copied().collect();
+        if wanted.len() > ACL_CAPACITY {
+            return Err(SteerError::AclTooLarge {
+                ifname: self.ifname.clone(),
+                macs: wanted.len(),
+            });
+        }
+        self.replace_acl_keys(&wanted)?;
+        let mut config = self.config;
+        config.flags |= F_ACL;
+        self.write_config(config)
+    }
+
+    /// The source ACL as the kernel's map holds it, sorted: `None` when it is off (every
+    /// source passes).
+    pub fn acl(&self) -> Result<Option<Vec<Mac>>, SteerError> {
+        let config = self.read_config()?;
+        if config.flags & F_ACL == 0 {
+            return Ok(None);
+        }
+        let mut macs = self
+            .acl_map
+            .keys()
+            .collect::<Result<Vec<Mac>, _>>()
+            .map_err(|e| SteerError::Map {
+                action: "reading the XDP source ACL".to_owned(),
+                cause: chain(&e),
+            })?;
+        macs.sort_unstable();
+        Ok(Some(macs))
+    }
+
+    /// Makes the `acl` map's keys `wanted`: removals first, then additions.
+    fn replace_acl_keys(&mut self, wanted: &BTreeSet<Mac>) -> Result<(), SteerError> {
+        let leaving: Vec<Mac> = self.acl.difference(wanted).copied().collect();
+        for mac in leaving {
+            match self.acl_map.remove(&mac) {
+                Ok(()) => {}
+                Err(e) if errno(&e) == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    return Err(SteerError::Map {
+                        action: format!("removing {} from the XDP source ACL", MacDisplay(mac)),
+                        cause: chain(&e),
+                    })
+                }
+            }
+            self.acl.remove(&mac);
+        }
+        let joining: Vec<Mac> = wanted.difference(&self.acl).copied().collect();
+        for mac in joining {
+            self.acl_map
+                .insert(mac, ACL_PRESENT, 0)
+                .map_err(|e| SteerError::Map {
+                    action: format!("adding {} to the XDP source ACL", MacDisplay(mac)),
+                    cause: chain(&e),
+                })?;
+            self.acl.insert(mac);
+        }
+        Ok(())
+    }
+
+    fn write_config(&mut self, config: SteerConfig) -> Result<(), SteerError> {
+        if config == self.config {
+            return Ok(());
+        }
+        self.config_map
+            .set(0, config.to_bytes(), 0)
+            .map_err(|e| SteerError::Map {
+                action: "writing the XDP program's config".to_owned(),
+                cause: chain(&e),
+            })?;
+        self.config = config;
+        Ok(())
+    }
+
+    fn read_config(&self) -> Result<SteerConfig, SteerError> {
+        let b = self.config_map.get(&0, 0).map_err(|e| SteerError::Map {
+            action: "reading the XDP program's config".to_owned(),
+            cause: chain(&e),
+        })?;
+        let word = |at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let mut local_mac = [0; 6];
+        local_mac.copy_from_slice(&b[8..14]);
+        Ok(SteerConfig {
+            want_response: word(0),
+            flags: word(4),
+            local_mac,
+        })
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+struct MacDisplay(Mac);
+
+impl fmt::Display for MacDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 
@@ -534,20 +769,20 @@ fn query_interface(ifname: &str) -> Result<netlink::LinkState, SteerError> {
 }
 
 /// Parses the object, creates the maps, writes the config and loads the program (no attach).
-fn load(ifname: &str, role: Role) -> Result<Ebpf, SteerError> {
+fn load(ifname: &str, config: SteerConfig) -> Result<Ebpf, SteerError> {
     let mut ebpf = EbpfLoader::new().load(OBJECT).map_err(|e| {
         let action = format!("loading the XDP program for {ifname}");
         classify(&e, action).unwrap_or_else(|| SteerError::BadObject { detail: chain(&e) })
     })?;
 
-    let mut config: Array<&mut MapData, u32> = ebpf
+    let mut config_map: Array<&mut MapData, [u8; 16]> = ebpf
         .map_mut(MAP_CONFIG)
         .ok_or_else(|| missing_map(MAP_CONFIG))
         .and_then(|map| {
             Array::try_from(map).map_err(|e| SteerError::BadObject { detail: chain(&e) })
         })?;
-    config
-        .set(0, role.want_response(), 0)
+    config_map
+        .set(0, config.to_bytes(), 0)
         .map_err(|e| SteerError::Map {
             action: "writing the XDP program's config".to_owned(),
             cause: chain(&e),
@@ -883,6 +1118,7 @@ mod tests {
         let state = netlink::LinkState {
             ifindex: 1,
             mtu: 1500,
+            mac: None,
             drv_prog_id: 0,
             skb_prog_id: 7,
             hw_prog_id: 0,
@@ -894,6 +1130,29 @@ mod tests {
             ..state
         };
         assert_eq!(XdpAttachment::from_state(&none), None);
+    }
+
+    #[test]
+    fn config_layout_matches_the_program() {
+        let local = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+        let target = SteerConfig::new(Role::Target, Some(local));
+        let b = target.to_bytes();
+        assert_eq!(u32::from_ne_bytes(b[0..4].try_into().unwrap()), 0);
+        assert_eq!(
+            u32::from_ne_bytes(b[4..8].try_into().unwrap()),
+            F_CHECK_SOURCE | F_CHECK_DEST
+        );
+        assert_eq!(&b[8..14], &local);
+        assert_eq!(&b[14..], &[0, 0]);
+        // No MAC (lo) or an all-zero one: the source check alone.
+        for mac in [None, Some([0; 6])] {
+            let c = SteerConfig::new(Role::Target, mac);
+            assert_eq!((c.flags, c.local_mac), (F_CHECK_SOURCE, [0; 6]));
+        }
+        // The initiator role checks no address.
+        let c = SteerConfig::new(Role::Initiator, Some(local));
+        assert_eq!((c.want_response, c.flags), (1, 0));
+        assert_eq!(MacDisplay(local).to_string(), "02:11:22:33:44:55");
     }
 
     #[test]

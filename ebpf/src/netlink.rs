@@ -22,6 +22,7 @@ const NLM_F_ACK: u16 = 0x4;
 const NLA_F_NESTED: u16 = 1 << 15;
 const NLA_TYPE_MASK: u16 = !(NLA_F_NESTED | (1 << 14));
 
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 const IFLA_MTU: u16 = 4;
 const IFLA_EXT_MASK: u16 = 29;
@@ -49,6 +50,8 @@ const RECV_BUF: usize = 64 * 1024;
 pub(crate) struct LinkState {
     pub ifindex: u32,
     pub mtu: u32,
+    /// The interface's hardware address, when it is an Ethernet-style 6-byte one.
+    pub mac: Option<[u8; 6]>,
     /// XDP program ids per attach mode; 0 when none.
     pub drv_prog_id: u32,
     pub skb_prog_id: u32,
@@ -156,6 +159,7 @@ fn parse_newlink(buf: &[u8]) -> Option<LinkState> {
     let mut state = LinkState {
         ifindex: u32::try_from(ifindex).ok()?,
         mtu: 0,
+        mac: None,
         drv_prog_id: 0,
         skb_prog_id: 0,
         hw_prog_id: 0,
@@ -163,6 +167,7 @@ fn parse_newlink(buf: &[u8]) -> Option<LinkState> {
     for (kind, value) in attrs(payload.get(IFINFOMSG_LEN..)?) {
         match kind {
             IFLA_MTU => state.mtu = read_u32(value)?,
+            IFLA_ADDRESS => state.mac = value.try_into().ok(),
             IFLA_XDP => {
                 for (kind, value) in attrs(value) {
                     match kind {
@@ -236,6 +241,7 @@ mod tests {
         let mut msg = Message::new(RTM_NEWLINK, 0, 7);
         msg.attr(IFLA_IFNAME, b"eth0\0");
         msg.attr(IFLA_MTU, &9000u32.to_ne_bytes());
+        msg.attr(IFLA_ADDRESS, &[2, 0, 0, 0, 0, 9]);
         msg.attr(IFLA_XDP | NLA_F_NESTED, &xdp);
         let state = parse_newlink(&msg.finish()).unwrap();
         assert_eq!(
@@ -243,6 +249,7 @@ mod tests {
             LinkState {
                 ifindex: 7,
                 mtu: 9000,
+                mac: Some([2, 0, 0, 0, 0, 9]),
                 drv_prog_id: 42,
                 skb_prog_id: 0,
                 hw_prog_id: 0

@@ -17,7 +17,9 @@ use std::{
 };
 
 use labkit::{in_netns, ip, link_details, Options, RawSocket, VethLab};
-use xblade_ebpf::{xdp_attachment, Counters, Role, SteerError, Steering, XdpMode, XSK_SLOTS};
+use xblade_ebpf::{
+    xdp_attachment, Counters, Mac, Role, SteerError, Steering, XdpMode, ACL_CAPACITY, XSK_SLOTS,
+};
 
 // ---------------------------------------------------------------------------------------------
 // The tests
@@ -106,6 +108,7 @@ fn check_counts(test: &str, mode: XdpMode, role: Role) {
             // no socket registered: wanted AoE frames go to the stack
             passed: n_wanted + 4,
             dropped: n_unwanted + 1,
+            ..Counters::default()
         };
         lab.send(&frames);
         expect_counters(&steering, expected);
@@ -156,6 +159,7 @@ fn jumbo_frames_in_driver_mode() {
                 redirected: 0,
                 dropped: 1,
                 passed: 2,
+                ..Counters::default()
             },
         );
     });
@@ -213,6 +217,7 @@ fn second_attach_needs_replace() {
                 redirected: 0,
                 dropped: 1,
                 passed: 1,
+                ..Counters::default()
             },
         );
 
@@ -308,6 +313,176 @@ fn auto_falls_back_to_skb_without_native_xdp() {
     });
 }
 
+/// In the target role, requests from a group or all-zero source, and requests to a destination
+/// other than the interface's MAC or broadcast, are dropped and counted as `bad_address`; the
+/// initiator role checks nothing of the kind. `set_local_mac` moves or disables the destination
+/// check without detaching.
+#[test]
+fn address_hygiene_in_the_target_role() {
+    if !labkit::privileged("address_hygiene_in_the_target_role", NEEDS) {
+        return;
+    }
+    let lab = Lab::new(1500);
+    let local = lab.target_mac();
+    lab.in_target(|| {
+        let mut steering =
+            Steering::attach(lab.target_if(), XdpMode::Driver, Role::Target, false).unwrap();
+        assert_eq!(steering.local_mac(), Some(local));
+        let xsk = xdp_socket();
+        steering.register(0, xsk.as_raw_fd()).unwrap();
+        let other_unicast: Mac = [0x02, 0x99, 0, 0, 0, 1];
+        let multicast: Mac = [0x01, 0x00, 0x5e, 0, 0, 1];
+        lab.send(&[
+            // fine: to us, and to broadcast
+            aoe_from(REQUEST, SRC_MAC, local),
+            aoe_from(REQUEST, SRC_MAC, BROADCAST),
+            // bad sources: multicast, broadcast, all-zero
+            aoe_from(REQUEST, multicast, local),
+            aoe_from(REQUEST, BROADCAST, BROADCAST),
+            aoe_from(REQUEST, [0; 6], local),
+            // bad destinations: another unicast MAC, a multicast group
+            aoe_from(REQUEST, SRC_MAC, other_unicast),
+            aoe_from(REQUEST, SRC_MAC, multicast),
+            // responses are dropped as before, whatever their addresses
+            aoe_from(RESPONSE, multicast, other_unicast),
+        ]);
+        let mut expected = Counters {
+            redirected: 2,
+            dropped: 1,
+            bad_address: 5,
+            ..Counters::default()
+        };
+        expect_counters(&steering, expected);
+
+        // The interface's MAC changed: follow it; then no destination check at all.
+        let id = steering.program_id().unwrap();
+        steering.set_local_mac(Some(other_unicast)).unwrap();
+        assert_eq!(steering.local_mac(), Some(other_unicast));
+        lab.send(&[
+            aoe_from(REQUEST, SRC_MAC, local),
+            aoe_from(REQUEST, SRC_MAC, other_unicast),
+        ]);
+        expected.redirected += 1;
+        expected.bad_address += 1;
+        expect_counters(&steering, expected);
+        steering.set_local_mac(None).unwrap();
+        assert_eq!(steering.local_mac(), None);
+        lab.send(&[
+            aoe_from(REQUEST, SRC_MAC, [0x02, 0x77, 0, 0, 0, 7]),
+            aoe_from(REQUEST, BROADCAST, local), // the source check stays
+        ]);
+        expected.redirected += 1;
+        expected.bad_address += 1;
+        expect_counters(&steering, expected);
+        assert_eq!(steering.program_id().unwrap(), id, "never re-attached");
+        drop(steering);
+
+        // The initiator role takes responses from and to anything, as before.
+        let mut steering =
+            Steering::attach(lab.target_if(), XdpMode::Driver, Role::Initiator, false).unwrap();
+        assert_eq!(steering.local_mac(), None);
+        steering.register(0, xsk.as_raw_fd()).unwrap();
+        lab.send(&[aoe_from(RESPONSE, multicast, [0x02, 0x99, 0, 0, 0, 1])]);
+        expect_counters(
+            &steering,
+            Counters {
+                redirected: 1,
+                ..Counters::default()
+            },
+        );
+    });
+}
+
+/// The source ACL: off at attach (every source passes), then replaced several times while the
+/// program stays attached (same program id, frames between updates keep flowing), up to its
+/// capacity; a list over capacity is refused and leaves the previous one in place.
+#[test]
+fn acl_is_replaced_without_detaching() {
+    if !labkit::privileged("acl_is_replaced_without_detaching", NEEDS) {
+        return;
+    }
+    let lab = Lab::new(1500);
+    let local = lab.target_mac();
+    lab.in_target(|| {
+        let mut steering =
+            Steering::attach(lab.target_if(), XdpMode::Driver, Role::Target, false).unwrap();
+        let id = steering.program_id().unwrap();
+        let xsk = xdp_socket();
+        steering.register(0, xsk.as_raw_fd()).unwrap();
+        let a: Mac = [0x02, 0xa0, 0, 0, 0, 1];
+        let b: Mac = [0x02, 0xb0, 0, 0, 0, 2];
+        let c: Mac = [0x02, 0xc0, 0, 0, 0, 3];
+        let from_each = || -> Vec<Vec<u8>> {
+            [a, b, c]
+                .iter()
+                .map(|&m| aoe_from(REQUEST, m, local))
+                .collect()
+        };
+        let mut expected = Counters::default();
+        let mut expect = |steering: &Steering, passed: u64, denied: u64| {
+            expected.redirected += passed;
+            expected.denied += denied;
+            expect_counters(steering, expected);
+        };
+
+        assert_eq!(steering.acl().unwrap(), None);
+        lab.send(&from_each());
+        expect(&steering, 3, 0);
+
+        steering.set_acl(Some(&[a])).unwrap();
+        assert_eq!(steering.acl().unwrap(), Some(vec![a]));
+        lab.send(&from_each());
+        expect(&steering, 1, 2);
+
+        // Replaced (duplicates ignored): a leaves, b and c join.
+        steering.set_acl(Some(&[c, b, c])).unwrap();
+        assert_eq!(steering.acl().unwrap(), Some(vec![b, c]));
+        lab.send(&from_each());
+        expect(&steering, 2, 1);
+
+        // An empty list lets no one through; no list lets everyone through.
+        steering.set_acl(Some(&[])).unwrap();
+        assert_eq!(steering.acl().unwrap(), Some(vec![]));
+        lab.send(&from_each());
+        expect(&steering, 0, 3);
+        steering.set_acl(None).unwrap();
+        assert_eq!(steering.acl().unwrap(), None);
+        lab.send(&from_each());
+        expect(&steering, 3, 0);
+
+        // Up to capacity, and no further.
+        let many: Vec<Mac> = (0..ACL_CAPACITY)
+            .map(|i| [0x02, 0x10, 0, 0, (i >> 8) as u8, i as u8])
+            .chain([a])
+            .collect();
+        let err = steering.set_acl(Some(&many)).unwrap_err();
+        assert!(matches!(err, SteerError::AclTooLarge { macs, .. } if macs == ACL_CAPACITY + 1));
+        assert!(err.to_string().contains("at most 1024"), "{err}");
+        assert_eq!(
+            steering.acl().unwrap(),
+            None,
+            "a refused list changes nothing"
+        );
+        steering.set_acl(Some(&many[1..])).unwrap();
+        assert_eq!(steering.acl().unwrap().unwrap().len(), ACL_CAPACITY);
+        lab.send(&from_each());
+        expect(&steering, 1, 2);
+        // A disjoint list of the same size replaces it (removals go first, so the map never
+        // needs room for both).
+        let others: Vec<Mac> = (0..ACL_CAPACITY)
+            .map(|i| [0x02, 0x20, 0, 0, (i >> 8) as u8, i as u8])
+            .collect();
+        steering.set_acl(Some(&others)).unwrap();
+        assert_eq!(steering.acl().unwrap(), Some(others.clone()));
+        lab.send(&from_each());
+        expect(&steering, 0, 3);
+
+        assert_eq!(steering.program_id().unwrap(), id, "never re-attached");
+        let attached = xdp_attachment(lab.target_if()).unwrap().unwrap();
+        assert_eq!(attached.driver_prog_id, Some(id));
+    });
+}
+
 #[test]
 fn errors_say_what_is_wrong() {
     if !labkit::privileged("errors_say_what_is_wrong", NEEDS) {
@@ -390,6 +565,15 @@ fn non_aoe_frames() -> Vec<Vec<u8>> {
 }
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const BROADCAST: Mac = [0xff; 6];
+
+/// A 60-byte AoE frame with the given ver/flags byte, source and destination.
+fn aoe_from(ver_flags: u8, src: Mac, dst: Mac) -> Vec<u8> {
+    let mut frame = aoe(ver_flags, 60);
+    frame[0..6].copy_from_slice(&dst);
+    frame[6..12].copy_from_slice(&src);
+    frame
+}
 
 fn ethernet(ethertype: u16) -> Vec<u8> {
     let mut frame = vec![0xff; 6];
@@ -458,6 +642,16 @@ impl Lab {
         for frame in frames {
             sock.send(frame);
         }
+    }
+
+    /// The target interface's MAC.
+    fn target_mac(&self) -> Mac {
+        let text = labkit::mac(self.target_ns(), self.target_if());
+        let mut mac = [0u8; 6];
+        for (byte, part) in mac.iter_mut().zip(text.trim().split(':')) {
+            *byte = u8::from_str_radix(part, 16).unwrap();
+        }
+        mac
     }
 
     /// `ip -d link show` of the target interface.

@@ -13,6 +13,7 @@ use xsk::{Socket, SocketConfig, Umem, UmemConfig};
 use crate::backing::{Backing, BackingConfig, Durability, IoMode};
 use crate::config::{self, Config, IoArg, XdpModeArg};
 use crate::export::Export;
+use crate::privilege::{self, WorkerFilter};
 use crate::sys::{self, cap};
 use crate::uring::{Uring, UringConfig};
 use crate::worker::mapped::Mapped;
@@ -176,7 +177,8 @@ fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
         st.bufcnt = e.bufcnt;
         st.max_sectors = max_sectors;
         st.write_cache = e.write_back;
-        st.mask = e.mask_macs();
+        st.set_acl(&e.mask_macs())
+            .with_context(|| format!("export e{}.{}: mask", e.shelf, e.slot))?;
         st.serial = e
             .serial
             .clone()
@@ -219,7 +221,11 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
 
     let cpus = worker_cpus(cfg, workers.len())?;
     let fault = InjectedFault::from_env(&workers)?;
-    let (summary, failed) = run_workers(workers, &cpus, fault.as_ref(), &stop);
+    let filter = worker_filter()?;
+    // Everything that needs a capability is done: drop them all, while this is the only
+    // thread, so that the worker threads are born without them.
+    privilege::drop_capabilities()?;
+    let (summary, failed) = run_workers(workers, &cpus, fault.as_ref(), &filter, &stop);
     detach(steerings);
     match failed {
         Some(e) => Err(e),
@@ -227,11 +233,22 @@ pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
     }
 }
 
+/// The workers' seccomp filter, compiled here so that a problem with it stops the start-up.
+fn worker_filter() -> Result<Arc<WorkerFilter>> {
+    let filter = WorkerFilter::new()?;
+    tracing::info!(
+        syscalls = privilege::WORKER_SYSCALLS.len(),
+        "worker threads run under a seccomp allow-list; any other system call kills the \
+         process (SIGSYS; the kernel log names the call: audit type=1326)"
+    );
+    Ok(Arc::new(filter))
+}
+
 /// Log each interface's XDP counters, then detach the XDP programs.
 fn detach(steerings: Vec<Steering>) {
     for s in &steerings {
         if let Ok(c) = s.counters() {
-            tracing::info!(iface = %s.ifname(), redirected = c.redirected, dropped = c.dropped, passed = c.passed, "XDP counters");
+            tracing::info!(iface = %s.ifname(), redirected = c.redirected, dropped = c.dropped, denied = c.denied, bad_address = c.bad_address, passed = c.passed, "XDP counters");
         }
     }
     drop(steerings);
@@ -281,6 +298,8 @@ fn attach_interface(
         .filter(|(e, _)| e.on(&icfg.name))
         .map(|(_, x)| Arc::clone(x))
         .collect();
+    // Before any socket is registered: no request reaches a worker unfiltered.
+    steer_sources(&mut steering, &icfg.name, mac, &mine)?;
     let multi = usize::from(mtu) + aoe::wire::ETH_HLEN > single_chunk_frame(&ucfg);
     if multi {
         tracing::info!(iface = %icfg.name, mtu, "frames larger than a 4 KiB chunk: multi-buffer AF_XDP (XDP_USE_SG)");
@@ -302,6 +321,47 @@ fn attach_interface(
         workers.push(build_worker(cfg, &port, ucfg, q, &mut steering)?);
     }
     Ok((steering, workers))
+}
+
+/// Set up what XDP filters by address on interface `name` (MAC `mac`), serving `exports`:
+/// requests from group or all-zero sources and to other destinations are dropped (the
+/// destination check compares with `mac`, the address replies leave from); and the source
+/// ACL. When every export served here has a MAC list, only the union of their lists passes
+/// (a request for export A from a MAC that only export B lists still reaches the worker,
+/// whose protocol layer drops it); when one has none, every source passes and the workers
+/// decide per export. No export at all: no request passes.
+fn steer_sources(
+    steering: &mut Steering,
+    name: &str,
+    mac: aoe::Mac,
+    exports: &[Arc<Export>],
+) -> Result<()> {
+    steering.set_local_mac(Some(mac))?;
+    let mut union: Vec<aoe::Mac> = Vec::new();
+    let mut open = None;
+    for e in exports {
+        let state = e.state();
+        if state.acl().is_empty() {
+            open = Some(e.name.clone());
+            break;
+        }
+        for m in state.acl() {
+            if !union.contains(m) {
+                union.push(*m);
+            }
+        }
+    }
+    match open {
+        Some(export) => {
+            steering.set_acl(None)?;
+            tracing::info!(iface = %name, %export, "XDP passes requests from every source MAC: an export served here has no MAC list (mask)");
+        }
+        None => {
+            steering.set_acl(Some(&union))?;
+            tracing::info!(iface = %name, macs = union.len(), exports = exports.len(), "XDP passes only requests from the MACs the exports served here list (mask); it drops and counts the rest (denied)");
+        }
+    }
+    Ok(())
 }
 
 /// Build the worker of `port`'s queue `q`: its UMEM, its AF_XDP socket (registered in the
@@ -509,16 +569,26 @@ impl InjectedFault {
         })
     }
 
-    /// Run `w` on a thread of its own (named `name`, inheriting this thread's CPU pin) until
-    /// `stop`, or until `after` has passed: then stop it (it drains like at shutdown) and fail
-    /// or panic in its place.
-    fn run(&self, w: Worker, name: &str, stop: &AtomicBool) -> std::io::Result<WorkerStats> {
+    /// Run `w` on a thread of its own (named `name`, inheriting this thread's CPU pin, under
+    /// `filter` like this thread once it started it) until `stop`, or until `after` has
+    /// passed: then stop it (it drains like at shutdown) and fail or panic in its place.
+    fn run(
+        &self,
+        w: Worker,
+        name: &str,
+        filter: &WorkerFilter,
+        stop: &AtomicBool,
+    ) -> std::io::Result<WorkerStats> {
         use std::sync::atomic::Ordering::Relaxed;
         let own_stop = AtomicBool::new(false);
         std::thread::scope(|s| {
             let inner = std::thread::Builder::new()
                 .name(name.to_owned())
-                .spawn_scoped(s, || w.run(&own_stop))?;
+                .spawn_scoped(s, || {
+                    filter.install().map_err(std::io::Error::other)?;
+                    w.run(&own_stop)
+                })?;
+            filter.install().map_err(std::io::Error::other)?;
             let start = std::time::Instant::now();
             while start.elapsed() < self.after && !stop.load(Relaxed) && !inner.is_finished() {
                 std::thread::sleep(std::time::Duration::from_millis(5));
@@ -597,10 +667,11 @@ fn run_workers(
     workers: Vec<Worker>,
     cpus: &[Option<usize>],
     fault: Option<&InjectedFault>,
+    filter: &Arc<WorkerFilter>,
     stop: &Arc<AtomicBool>,
 ) -> (Summary, Option<anyhow::Error>) {
     let (tx, rx) = std::sync::mpsc::channel();
-    let threads = spawn_workers(workers, cpus, fault, stop, &tx);
+    let threads = spawn_workers(workers, cpus, fault, filter, stop, &tx);
     drop(tx);
     let Outcome {
         results,
@@ -620,12 +691,14 @@ struct Threads {
     failed: Option<anyhow::Error>,
 }
 
-/// Start worker `i` on a thread of its own ([`serve`]), reporting to `tx` as `i`. Stops at the
-/// first thread that cannot be started: sets `stop` for those already running and says why.
+/// Start worker `i` on a thread of its own ([`serve`]) under `filter`, reporting to `tx` as `i`.
+/// Stops at the first thread that cannot be started: sets `stop` for those already running and
+/// says why.
 fn spawn_workers(
     workers: Vec<Worker>,
     cpus: &[Option<usize>],
     fault: Option<&InjectedFault>,
+    filter: &Arc<WorkerFilter>,
     stop: &Arc<AtomicBool>,
     tx: &std::sync::mpsc::Sender<WorkerEvent>,
 ) -> Threads {
@@ -647,9 +720,16 @@ fn spawn_workers(
             done: false,
         };
         let thread_stop = Arc::clone(stop);
+        let thread_filter = Arc::clone(filter);
         let thread_name = name.clone();
         let spawned = std::thread::Builder::new().name(name).spawn(move || {
-            serve(w, cpu, fault.as_ref(), &thread_name, &thread_stop, reporter);
+            let how = Serve {
+                cpu,
+                fault: fault.as_ref(),
+                filter: &thread_filter,
+                name: &thread_name,
+            };
+            serve(w, &how, &thread_stop, reporter);
         });
         match spawned {
             Ok(h) => {
@@ -668,17 +748,23 @@ fn spawn_workers(
     threads
 }
 
-/// A worker thread's body: pin it to `cpu`, report that it started, run `w` (with its
-/// injected fault, if any) until `stop`, and report how it ended.
-fn serve(
-    w: Worker,
+/// How a worker thread runs its worker.
+struct Serve<'a> {
+    /// The CPU to pin it to.
     cpu: Option<usize>,
-    fault: Option<&InjectedFault>,
-    name: &str,
-    stop: &AtomicBool,
-    reporter: Reporter,
-) {
-    if let Some(c) = cpu {
+    /// The test-only fault to inject into it.
+    fault: Option<&'a InjectedFault>,
+    /// The seccomp allow-list the thread installs on itself once pinned.
+    filter: &'a WorkerFilter,
+    /// The thread's name.
+    name: &'a str,
+}
+
+/// A worker thread's body: pin it to `how.cpu`, put it under the seccomp filter, report that
+/// it started, run `w` (with its injected fault, if any) until `stop`, and report how it
+/// ended.
+fn serve(w: Worker, how: &Serve, stop: &AtomicBool, reporter: Reporter) {
+    if let Some(c) = how.cpu {
         if let Err(e) = sys::pin_current_thread(c) {
             reporter.done(Err(format!(
                 "cannot pin it to CPU {c}: {e} (is the CPU online and in this \
@@ -688,9 +774,18 @@ fn serve(
         }
         tracing::info!(iface = %w.ifname, queue = w.queue, cpu = c, "worker pinned");
     }
+    // From here on the thread makes only the system calls of privilege::WORKER_SYSCALLS. With
+    // an injected fault, the worker runs on a thread that this one starts first (and puts
+    // under the filter too).
+    if how.fault.is_none() {
+        if let Err(e) = how.filter.install() {
+            reporter.done(Err(e.to_string()));
+            return;
+        }
+    }
     reporter.started();
-    let r = match fault {
-        Some(f) => f.run(w, name, stop),
+    let r = match how.fault {
+        Some(f) => f.run(w, how.name, how.filter, stop),
         None => w.run(stop),
     };
     reporter.done(r.map_err(|e| e.to_string()));

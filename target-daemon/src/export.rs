@@ -5,9 +5,15 @@
 //! with a version number; each worker keeps its own copy and only loads the version per frame (a
 //! plain atomic load: the cache line stays shared, nothing bounces between workers), copying the
 //! state again when the version moved.
+//!
+//! Initiators change that state with config, mask and reserve commands, possibly as fast as
+//! frames arrive. A change allocates nothing here (the new list or string is moved in) and is
+//! logged at most once a second per export, with the number of changes since the last line
+//! (see [`ChangeLog`]); the count of changes never logged is logged when the export is dropped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard};
+use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::time::{Duration, Instant};
 
 use aoe::target::{ExportState, StateChange};
 
@@ -26,6 +32,8 @@ pub struct Export {
     state: RwLock<ExportState>,
     /// Bumped (under the write lock) by every change of `state`.
     version: AtomicU64,
+    /// Rate limit of the "export state changed" log line.
+    changes: Mutex<ChangeLog>,
 }
 
 impl Export {
@@ -51,6 +59,7 @@ impl Export {
             slot: state.slot,
             state: RwLock::new(state),
             version: AtomicU64::new(0),
+            changes: Mutex::new(ChangeLog::default()),
         })
     }
 
@@ -70,13 +79,43 @@ impl Export {
         (self.version(), state.clone())
     }
 
+    /// Bring `snap` (a copy of the state and its version) up to date, reusing its buffers: no
+    /// allocation once they have grown to size, and only a load of the version when nothing
+    /// changed.
+    pub fn snapshot_into(&self, snap: &mut (u64, ExportState)) {
+        if self.version() == snap.0 {
+            return;
+        }
+        let state = self.state();
+        snap.0 = self.version();
+        snap.1.clone_from(&state);
+    }
+
     /// Apply a change decided by the protocol layer. (Changes are whole new lists or strings,
     /// so two initiators editing at once on different queues may each see their own edit win.)
+    /// Allocates nothing; logs at most once a second (see [`ChangeLog`]).
     pub fn apply(&self, change: StateChange) {
-        tracing::info!(export = %self.name, ?change, "export state changed by an initiator");
-        let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
-        state.apply(change);
-        self.version.fetch_add(1, Ordering::Release);
+        let what = ChangeKind::of(&change);
+        {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            state.apply(change);
+            self.version.fetch_add(1, Ordering::Release);
+        }
+        let mut log = self.changes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(changes) = log.record(Instant::now()) {
+            drop(log);
+            let state = self.state();
+            tracing::info!(
+                export = %self.name,
+                changes,
+                last = what.name(),
+                config_bytes = state.config.len(),
+                mask = state.mask.len(),
+                reserve = state.reserve.len(),
+                "export state changed by an initiator ({changes} change(s) since the last such \
+                 line; at most one line a second)"
+            );
+        }
     }
 
     /// Whether writes must be durable before they are acknowledged (RWF_DSYNC).
@@ -88,5 +127,99 @@ impl Export {
     pub fn addressed(&self, shelf: u16, slot: u8) -> bool {
         (shelf == self.shelf || shelf == aoe::wire::SHELF_ANY)
             && (slot == self.slot || slot == aoe::wire::SLOT_ANY)
+    }
+}
+
+impl Drop for Export {
+    /// Logs the changes the rate limit held back since the last line.
+    fn drop(&mut self) {
+        let log = self.changes.get_mut().unwrap_or_else(|p| p.into_inner());
+        if log.unlogged > 0 {
+            tracing::info!(
+                export = %self.name,
+                changes = log.unlogged,
+                "export state changed by an initiator ({} change(s) since the last such line)",
+                log.unlogged
+            );
+        }
+    }
+}
+
+/// What a [`StateChange`] changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The config string.
+    Config,
+    /// The MAC mask list.
+    Mask,
+    /// The reserve list.
+    Reserve,
+}
+
+impl ChangeKind {
+    fn of(change: &StateChange) -> Self {
+        match change {
+            StateChange::Config(_) => Self::Config,
+            StateChange::Mask(_) => Self::Mask,
+            StateChange::Reserve(_) => Self::Reserve,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Mask => "mask",
+            Self::Reserve => "reserve",
+        }
+    }
+}
+
+/// The rate limit of an export's "state changed" log line: the first change is logged at
+/// once; later ones are counted, and the first change a second or more after the last line
+/// logs the count (itself included).
+#[derive(Debug, Default)]
+pub struct ChangeLog {
+    /// When the last line was logged.
+    last_line: Option<Instant>,
+    /// Changes since then, not logged yet.
+    unlogged: u64,
+}
+
+impl ChangeLog {
+    /// The shortest interval between two lines of one export.
+    pub const INTERVAL: Duration = Duration::from_secs(1);
+
+    /// Counts a change at `now`; returns the number of changes to log now, if a line is due.
+    pub fn record(&mut self, now: Instant) -> Option<u64> {
+        self.unlogged += 1;
+        let due = self
+            .last_line
+            .is_none_or(|last| now.saturating_duration_since(last) >= Self::INTERVAL);
+        if !due {
+            return None;
+        }
+        self.last_line = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn at_most_one_line_a_second_with_the_count() {
+        let mut log = ChangeLog::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert_eq!(log.record(at(0)), Some(1));
+        for ms in 1..1000 {
+            assert_eq!(log.record(at(ms)), None, "at {ms} ms");
+        }
+        assert_eq!(log.record(at(1000)), Some(1000));
+        assert_eq!(log.record(at(1500)), None);
+        assert_eq!(log.unlogged, 1);
+        assert_eq!(log.record(at(60_000)), Some(2));
+        assert_eq!(log.unlogged, 0);
     }
 }

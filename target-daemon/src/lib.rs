@@ -7,10 +7,12 @@
 //! - [`worker`]: the per-queue run-to-completion loop.
 //! - [`daemon`]: start-up, preflight and shutdown.
 //! - [`sys`]: the few direct system calls, /proc and /sys.
+//! - [`privilege`]: least privilege once serving: capabilities dropped, workers' seccomp filter.
 pub mod backing;
 pub mod config;
 pub mod daemon;
 pub mod export;
+pub mod privilege;
 pub mod sys;
 pub mod uring;
 pub mod worker;

@@ -221,6 +221,16 @@ fn log_panics() {
             .location()
             .map(|l| l.to_string())
             .unwrap_or_else(|| "an unknown location".into());
+        // A worker thread runs under its seccomp filter, which forbids what resolving a
+        // backtrace's symbols does (open the executable, map it): there the message goes alone.
+        if xblade::privilege::sandboxed() {
+            tracing::error!(
+                thread = name,
+                "thread '{name}' panicked at {at}: {msg} (no backtrace: a worker thread runs \
+                 under a seccomp filter)"
+            );
+            return;
+        }
         let bt = std::backtrace::Backtrace::capture();
         if bt.status() == std::backtrace::BacktraceStatus::Captured {
             tracing::error!(

@@ -26,14 +26,20 @@ fuzz_target!(|data: &[u8]| {
     if knobs[4] & 4 != 0 {
         export.config = b"fuzz".to_vec();
     }
+    if knobs[4] & 16 != 0 {
+        export.set_acl(&[[2, 0, 0, 0, 0, 2]]).expect("one MAC");
+    }
     let mtu = 1042 + u16::from(knobs[5]) * 31;
     let iface = Iface { mac: [2, 0, 0, 0, 0, 1], mtu };
     let mut buf = vec![0u8; iface.max_frame().max(frame.len()).max(60)];
     buf[..frame.len()].copy_from_slice(frame);
     // Most inputs get a well-formed request header so the fuzzer spends its time past the
-    // address filter: EtherType, version 1, R=0, a source MAC that the mask may list, and the
-    // export's own address (or a wildcard), with the command from the frame.
+    // address filter: EtherType, version 1, R=0, our MAC (or broadcast) as the destination, a
+    // source MAC that the mask may list, and the export's own address (or a wildcard), with
+    // the command from the frame.
     if knobs[1] & 0x80 == 0 && frame.len() >= 24 {
+        let dst = if knobs[4] & 8 == 0 { iface.mac } else { [0xff; 6] };
+        buf[0..6].copy_from_slice(&dst);
         buf[6..12].copy_from_slice(&[2, 0, 0, 0, 0, if knobs[1] & 0x40 == 0 { 2 } else { 3 }]);
         buf[12..14].copy_from_slice(&0x88a2u16.to_be_bytes());
         buf[14] = 0x10;
