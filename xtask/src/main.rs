@@ -46,8 +46,8 @@ Task {
 },
 Task {
     name: "vm-test",
-    usage: "[--target vblade|xblade] [--xblade-bin PATH] [--mtu 1500|9000] [--keep] [--test io,fs,restart]",
-    about: "boot Debian's kernel in qemu (TCG) and run its aoe initiator against a target on a tap (needs root)",
+    usage: "[--client linux|ipxe] [--target vblade|xblade] [--xblade-bin PATH] [--mtu 1500|9000] [--backing file,blk] [--keep] [--pcap] [--test io,fs,restart|sanboot]",
+    about: "boot Debian's kernel in qemu (TCG) and run its aoe initiator, or iPXE's sanboot, against a target on a tap (needs root)",
     run: vm::run,
 },
 Task {

@@ -36,6 +36,12 @@ pub const TOOLS: &[(&str, &str)] = &[
     // A Python module, not a command: an absolute path is checked as it is (`Path::join`).
     // tests/durability.rs runs tests/fixtures/faultfs.py with /usr/bin/python3.
     ("/usr/lib/python3/dist-packages/fusepy.py", "python3-fusepy"),
+    // `vm-test --client ipxe`: the firmware, and what builds the disk it boots from.
+    ("/usr/lib/ipxe/ipxe.lkrn", "ipxe"),
+    ("extlinux", "extlinux"),
+    ("/usr/lib/syslinux/mbr/mbr.bin", "syslinux-common"),
+    // deploy_check scores the systemd units with `systemd-analyze security --offline=yes`.
+    ("systemd-analyze", "systemd"),
 ];
 
 fn have(cmd: &str) -> bool {
@@ -122,6 +128,45 @@ const STAGES: &[(&str, &[&str])] = &[
     (
         "the same guest test vs vblade, for comparison",
         &["vm-test", "--target", "vblade", "--test", "io"],
+    ),
+    // iPXE boots Linux from the export through INT 13h (sanboot), then Linux's aoe driver
+    // takes the disk over. The vblade stages come last: their table shows this run's boot
+    // times side by side (reported, not asserted).
+    (
+        "iPXE sanboot (firmware initiator) vs xblade, MTU 1500",
+        &[
+            "vm-test",
+            "--client",
+            "ipxe",
+            "--target",
+            "xblade",
+            "--backing",
+            "file,blk",
+        ],
+    ),
+    (
+        "iPXE sanboot vs xblade, MTU 9000",
+        &[
+            "vm-test", "--client", "ipxe", "--target", "xblade", "--mtu", "9000",
+        ],
+    ),
+    (
+        "iPXE sanboot vs vblade, MTU 1500, for comparison",
+        &[
+            "vm-test",
+            "--client",
+            "ipxe",
+            "--target",
+            "vblade",
+            "--backing",
+            "file,blk",
+        ],
+    ),
+    (
+        "iPXE sanboot vs vblade, MTU 9000: boot times side by side",
+        &[
+            "vm-test", "--client", "ipxe", "--target", "vblade", "--mtu", "9000",
+        ],
     ),
 ];
 

@@ -1,10 +1,16 @@
-//! `cargo xtask vm-test`: Linux's own AoE initiator (`aoe.ko`) against a target on this host.
+//! `cargo xtask vm-test`: Linux's own AoE initiator (`aoe.ko`) against a target on this host,
+//! or, with `--client ipxe`, iPXE booting Linux from the target's export (see [`ipxe`]).
 //!
 //! ```text
-//! cargo xtask vm-test [--target vblade|xblade] [--xblade-bin PATH] [--mtu 1500|9000] [--keep]
-//!                     [--test io,fs,restart] [--backing file,blk] [--size-mib 128]
-//!                     [--pattern-mib 32] [--timeout 180] [--target-arg ARG]... [--vblade-bin PATH]
+//! cargo xtask vm-test [--client linux|ipxe] [--target vblade|xblade] [--xblade-bin PATH]
+//!                     [--mtu 1500|9000] [--keep] [--pcap] [--test io,fs,restart]
+//!                     [--backing file,blk] [--size-mib 128] [--pattern-mib 32] [--timeout 180]
+//!                     [--target-arg ARG]... [--vblade-bin PATH] [--ipxe PATH]
 //! ```
+//!
+//! `--pcap` records the VM's frames (both ways, from qemu) to
+//! `target/vm/frames-<label>-<test>.pcap`. What follows is the Linux client (`--client linux`,
+//! the default).
 //!
 //! Each test boots Debian's kernel (TCG, 1 vCPU, 512 MiB) with a busybox initramfs whose
 //! `/init` is `xtask/vm/init.sh`. The VM's virtio NIC is a tap (`xbvm<N>`) on this host, and the
@@ -39,8 +45,10 @@
 //! `/dev/shm`, and for `blk` the image files in `target/vm/`), the initrd and the pattern. More
 //! in `xtask/vm/README.md`.
 
+mod bootdisk;
 mod guest;
 mod host;
+mod ipxe;
 
 use std::{
     collections::BTreeMap,
@@ -57,11 +65,14 @@ use anyhow::{bail, ensure, Context, Result};
 
 use host::{Event, LoopDevice, Qemu, Stopped, Tap, Target, TargetCommand};
 
-const USAGE: &str = "usage: cargo xtask vm-test [--target vblade|xblade] [--xblade-bin PATH] \
-[--vblade-bin PATH] [--mtu 1500|9000] [--keep] [--test io,fs,restart] [--backing file,blk] \
-[--size-mib N] [--pattern-mib N] [--timeout SECS] [--target-arg ARG]...";
+const USAGE: &str = "usage: cargo xtask vm-test [--client linux|ipxe] [--target vblade|xblade] \
+[--xblade-bin PATH] [--vblade-bin PATH] [--mtu 1500|9000] [--keep] [--test io,fs,restart] \
+[--backing file,blk] [--size-mib N] [--pattern-mib N] [--timeout SECS] [--target-arg ARG]... \
+[--ipxe PATH] [--pcap]";
 
 const TESTS: &[&str] = &["io", "fs", "restart"];
+/// `--client ipxe` has one test: iPXE boots Linux from the export, Linux checks it.
+const IPXE_TESTS: &[&str] = &["sanboot"];
 const SHELF: u16 = 1;
 const SLOT: u8 = 0;
 /// How long after `LOAD-STARTED` the restart test kills the target, and how long it stays down.
@@ -84,6 +95,15 @@ impl TargetKind {
             TargetKind::Xblade => "xblade",
         }
     }
+}
+
+/// Which initiator the VM runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Client {
+    /// Linux's `aoe` driver, in a kernel qemu boots directly (the `io`, `fs`, `restart` tests).
+    Linux,
+    /// iPXE (`sanboot aoe:e1.0`, INT 13h), then Linux's `aoe` driver in the kernel it booted.
+    Ipxe,
 }
 
 /// What the target exports.
@@ -114,11 +134,16 @@ impl Backing {
 }
 
 struct Options {
+    client: Client,
+    /// The iPXE image for `--client ipxe` (Debian's `ipxe` package).
+    ipxe: PathBuf,
     target: TargetKind,
     xblade_bin: Option<PathBuf>,
     vblade_bin: PathBuf,
     mtu: u32,
     keep: bool,
+    /// Record the VM's frames to `target/vm/frames-<label>-<test>.pcap`.
+    pcap: bool,
     tests: Vec<String>,
     /// Each test runs once per backing, in this order.
     backings: Vec<Backing>,
@@ -131,11 +156,14 @@ struct Options {
 impl Options {
     fn parse(args: &[String]) -> Result<Option<Self>> {
         let mut options = Options {
+            client: Client::Linux,
+            ipxe: PathBuf::from(ipxe::IPXE_LKRN),
             target: TargetKind::Vblade,
             xblade_bin: None,
             vblade_bin: PathBuf::from("/usr/sbin/vblade"),
             mtu: 1500,
             keep: false,
+            pcap: false,
             tests: Vec::new(),
             backings: Vec::new(),
             size_mib: 128,
@@ -143,6 +171,7 @@ impl Options {
             timeout: Duration::from_secs(180),
             target_args: Vec::new(),
         };
+        let (mut size_given, mut timeout_given) = (false, false);
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -160,6 +189,14 @@ impl Options {
                     eprintln!("{USAGE}");
                     return Ok(None);
                 }
+                "--client" => {
+                    options.client = match value()?.as_str() {
+                        "linux" => Client::Linux,
+                        "ipxe" => Client::Ipxe,
+                        other => bail!("--client {other}: expected linux or ipxe"),
+                    }
+                }
+                "--ipxe" => options.ipxe = PathBuf::from(value()?),
                 "--target" => {
                     options.target = match value()?.as_str() {
                         "vblade" => TargetKind::Vblade,
@@ -171,13 +208,9 @@ impl Options {
                 "--vblade-bin" => options.vblade_bin = PathBuf::from(value()?),
                 "--mtu" => options.mtu = value()?.parse().context("--mtu")?,
                 "--keep" => options.keep = true,
+                "--pcap" => options.pcap = true,
                 "--test" => {
                     for test in value()?.split(',') {
-                        ensure!(
-                            TESTS.contains(&test),
-                            "unknown test `{test}` (tests: {})",
-                            TESTS.join(", ")
-                        );
                         options.tests.push(test.to_owned());
                     }
                 }
@@ -189,19 +222,45 @@ impl Options {
                         }
                     }
                 }
-                "--size-mib" => options.size_mib = value()?.parse().context("--size-mib")?,
+                "--size-mib" => {
+                    options.size_mib = value()?.parse().context("--size-mib")?;
+                    size_given = true;
+                }
                 "--pattern-mib" => {
-                    options.pattern_mib = value()?.parse().context("--pattern-mib")?
+                    options.pattern_mib = value()?.parse().context("--pattern-mib")?;
+                    size_given = true;
                 }
                 "--timeout" => {
-                    options.timeout = Duration::from_secs(value()?.parse().context("--timeout")?)
+                    options.timeout = Duration::from_secs(value()?.parse().context("--timeout")?);
+                    timeout_given = true;
                 }
                 "--target-arg" => options.target_args.push(value()?),
                 other => bail!("unknown argument `{other}`\n{USAGE}"),
             }
         }
+        let tests = match options.client {
+            Client::Linux => TESTS,
+            Client::Ipxe => {
+                // The exported disk is built to size, and holds no pattern.
+                ensure!(
+                    !size_given,
+                    "--size-mib and --pattern-mib do not apply to --client ipxe"
+                );
+                if !timeout_given {
+                    options.timeout = ipxe::TIMEOUT;
+                }
+                IPXE_TESTS
+            }
+        };
+        for test in &options.tests {
+            ensure!(
+                tests.contains(&test.as_str()),
+                "unknown test `{test}` (tests: {})",
+                tests.join(", ")
+            );
+        }
         if options.tests.is_empty() {
-            options.tests = TESTS.iter().map(|test| (*test).to_owned()).collect();
+            options.tests = tests.iter().map(|test| (*test).to_owned()).collect();
         }
         if options.backings.is_empty() {
             options.backings.push(Backing::File);
@@ -225,6 +284,9 @@ impl Options {
             1500 => self.target.name().to_owned(),
             mtu => format!("{}-mtu{mtu}", self.target.name()),
         };
+        if self.client == Client::Ipxe {
+            label += "-ipxe";
+        }
         if backing != Backing::File {
             let _ = write!(label, "-{}", backing.name());
         }
@@ -255,8 +317,16 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let out = root.join("target/vm");
     fs::create_dir_all(&out)?;
+    match options.client {
+        Client::Linux => run_linux(&options, &root, &out, &target_bin),
+        Client::Ipxe => ipxe::run(&options, &root, &out, &target_bin),
+    }
+}
+
+/// The Linux initiator's tests (`--client linux`, the default).
+fn run_linux(options: &Options, root: &Path, out: &Path, target_bin: &Path) -> Result<()> {
     let prepare_started = Instant::now();
-    let image = guest::prepare(&root.join("target/vm-cache"), &root)?;
+    let image = guest::prepare(&root.join("target/vm-cache"), root)?;
     eprintln!(
         "vm-test: guest {} (ready in {:.1}s)",
         image.description,
@@ -283,23 +353,75 @@ pub fn run(args: &[String]) -> Result<()> {
         options.tests.join(", "),
         backings.join(", ")
     );
+    let results = run_tests(options, |backing, test| {
+        TestContext {
+            options,
+            image: &image,
+            initrd: &initrd,
+            tap: &tap,
+            out,
+            pattern: &pattern,
+            target_bin,
+            backing,
+        }
+        .run(test)
+    })?;
+    drop(tap);
+
+    let header = format!(
+        "vm-test against {} ({}), MTU {}, {} MiB export ({}), {} MiB pattern\nguest: {}\n",
+        options.target.name(),
+        target_bin.display(),
+        options.mtu,
+        options.size_mib,
+        options
+            .backings
+            .iter()
+            .map(|b| match b {
+                Backing::File => "file: a sparse file in /dev/shm",
+                Backing::Blk => {
+                    "blk: a loop device, direct I/O, 512-byte sectors, over a sparse file in target/vm"
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        options.pattern_mib,
+        image.description
+    );
+    let failed = write_summary(options, out, header, &results)?;
+    if options.keep {
+        println!(
+            "kept: {}, {} and the backing files /dev/shm/xbvm-{run_id}-*.img{}",
+            pattern_path.display(),
+            initrd.display(),
+            if options.backings.contains(&Backing::Blk) {
+                format!(" and {}/xbvm-{run_id}-*-blk.img", out.display())
+            } else {
+                String::new()
+            }
+        );
+    }
+    ensure!(
+        failed == 0,
+        "{failed} VM test(s) failed; logs in {}",
+        out.display()
+    );
+    Ok(())
+}
+
+/// Runs every (backing, test) of `options` with `run_one`, in order, running a test again
+/// only after an initiator stall (see [`initiator_stall`]), at most [`STALL_RETRIES`] times.
+fn run_tests(
+    options: &Options,
+    run_one: impl Fn(Backing, &str) -> TestResult,
+) -> Result<Vec<TestResult>> {
     let runs = options
         .backings
         .iter()
         .flat_map(|&backing| options.tests.iter().map(move |test| (backing, test)));
     let mut results = Vec::new();
     for (backing, test) in runs {
-        let context = TestContext {
-            options: &options,
-            image: &image,
-            initrd: &initrd,
-            tap: &tap,
-            out: &out,
-            pattern: &pattern,
-            target_bin: &target_bin,
-            backing,
-        };
-        let mut result = context.run(test);
+        let mut result = run_one(backing, test);
         host::check_interrupted()?;
         let mut kept_logs = Vec::new();
         while let Some(why) = initiator_stall(&result, options.target) {
@@ -326,7 +448,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 kept.display()
             );
             kept_logs.push(kept.display().to_string());
-            result = context.run(test);
+            result = run_one(backing, test);
             host::check_interrupted()?;
         }
         if !kept_logs.is_empty() {
@@ -339,29 +461,18 @@ pub fn run(args: &[String]) -> Result<()> {
         eprintln!("vm-test: {}", result.summary_line());
         results.push(result);
     }
-    drop(tap);
+    Ok(results)
+}
 
-    let mut summary = format!(
-        "vm-test against {} ({}), MTU {}, {} MiB export ({}), {} MiB pattern\nguest: {}\n",
-        options.target.name(),
-        target_bin.display(),
-        options.mtu,
-        options.size_mib,
-        options
-            .backings
-            .iter()
-            .map(|b| match b {
-                Backing::File => "file: a sparse file in /dev/shm",
-                Backing::Blk => {
-                    "blk: a loop device, direct I/O, 512-byte sectors, over a sparse file in target/vm"
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
-        options.pattern_mib,
-        image.description
-    );
-    for result in &results {
+/// Writes `target/vm/summary-<label>.txt` (`header`, then one line per result) and prints it;
+/// returns how many results failed.
+fn write_summary(
+    options: &Options,
+    out: &Path,
+    mut summary: String,
+    results: &[TestResult],
+) -> Result<usize> {
+    for result in results {
         summary += &result.summary_line();
         summary.push('\n');
         for failure in &result.failures {
@@ -378,24 +489,35 @@ pub fn run(args: &[String]) -> Result<()> {
     let summary_path = out.join(format!("summary-{}.txt", options.summary_label()));
     fs::write(&summary_path, &summary)?;
     println!("{summary}");
-    if options.keep {
-        println!(
-            "kept: {}, {} and the backing files /dev/shm/xbvm-{run_id}-*.img{}",
-            pattern_path.display(),
-            initrd.display(),
-            if options.backings.contains(&Backing::Blk) {
-                format!(" and {}/xbvm-{run_id}-*-blk.img", out.display())
-            } else {
-                String::new()
-            }
-        );
+    Ok(failed)
+}
+
+/// The VM's NIC: virtio-net on the tap, with the tap's MTU as `host_mtu` and no option ROM.
+/// With `pcap`, qemu records every frame both ways there (`filter-dump`; the tap then carries
+/// no virtio-net header, which would otherwise precede each frame in the file). `tcpdump` on
+/// the tap would not do: xblade's XDP program redirects AoE frames to its AF_XDP socket before
+/// the kernel's packet taps see them, and its replies leave without passing them either.
+fn add_nic(command: &mut Command, tap: &str, mtu: u32, pcap: Option<&Path>) {
+    let vnet_hdr = if pcap.is_some() { ",vnet_hdr=off" } else { "" };
+    command
+        .arg("-netdev")
+        .arg(format!(
+            "tap,id=n0,ifname={tap},script=no,downscript=no{vnet_hdr}"
+        ))
+        .arg("-device")
+        .arg(format!("virtio-net-pci,netdev=n0,host_mtu={mtu},romfile="));
+    if let Some(pcap) = pcap {
+        let _ = fs::remove_file(pcap);
+        command.arg("-object").arg(format!(
+            "filter-dump,id=dump0,netdev=n0,file={}",
+            pcap.display()
+        ));
     }
-    ensure!(
-        failed == 0,
-        "{failed} VM test(s) failed; logs in {}",
-        out.display()
-    );
-    Ok(())
+}
+
+/// `target/vm/frames-<label>-<test>.pcap`.
+fn pcap_path(out: &Path, label: &str, test: &str) -> PathBuf {
+    out.join(format!("frames-{label}-{test}.pcap"))
 }
 
 fn target_binary(options: &Options, root: &Path) -> Result<PathBuf> {
@@ -549,6 +671,8 @@ struct TestResult {
     /// `INFO <what> key=value...` lines, by what.
     info: BTreeMap<String, BTreeMap<String, String>>,
     notes: Vec<String>,
+    /// `--client ipxe`: when the firmware got where.
+    firmware: Option<ipxe::Firmware>,
 }
 
 impl TestResult {
@@ -564,13 +688,16 @@ impl TestResult {
             _ => "-".to_owned(),
         };
         let mut line = format!(
-            "{:<11} {}  boot {}  discover {}  test {}  total {:.1}s",
+            "{:<11} {}  {}boot {}  discover {}  test {}  total {:.1}s",
             self.name,
             if self.failures.is_empty() {
                 "PASS"
             } else {
                 "FAIL"
             },
+            self.firmware
+                .as_ref()
+                .map_or_else(String::new, |firmware| format!("{}  ", firmware.describe())),
             seconds(self.booted),
             span(self.booted, self.ready),
             span(self.ready, self.verdict),
@@ -621,6 +748,7 @@ impl TestContext<'_> {
             frame_bytes: None,
             info: BTreeMap::new(),
             notes: Vec::new(),
+            firmware: None,
         };
         let pid = std::process::id();
         let backing = match self.backing {
@@ -705,17 +833,16 @@ impl TestContext<'_> {
             .arg(&self.image.kernel)
             .arg("-initrd")
             .arg(self.initrd)
-            .args(["-append", &append])
-            .arg("-netdev")
-            .arg(format!(
-                "tap,id=n0,ifname={},script=no,downscript=no",
-                self.tap.name
-            ))
-            .arg("-device")
-            .arg(format!(
-                "virtio-net-pci,netdev=n0,host_mtu={},romfile=",
-                self.options.mtu
-            ));
+            .args(["-append", &append]);
+        add_nic(
+            &mut command,
+            &self.tap.name,
+            self.options.mtu,
+            self.options
+                .pcap
+                .then(|| pcap_path(self.out, &self.options.label(self.backing), test))
+                .as_deref(),
+        );
         let spawned = Instant::now();
         let mut qemu = Qemu::spawn(&mut command, console)?;
         qemu.note(&format!("{command:?}"));
@@ -1008,7 +1135,9 @@ mod stall_tests {
 
 #[cfg(test)]
 mod option_tests {
-    use super::{Backing, Options};
+    use std::time::Duration;
+
+    use super::{ipxe, Backing, Client, Options};
 
     fn parse(line: &str) -> anyhow::Result<Options> {
         let args: Vec<String> = line.split_whitespace().map(String::from).collect();
@@ -1032,5 +1161,27 @@ mod option_tests {
         assert_eq!(o.summary_label(), "vblade-file+blk");
         let err = parse("--backing nvme").err().unwrap().to_string();
         assert!(err.contains("expected file or blk"), "{err}");
+    }
+
+    #[test]
+    fn the_ipxe_client_has_its_own_test_labels_and_timeout() {
+        let o = parse("--client ipxe --target xblade --mtu 9000").unwrap();
+        assert_eq!(o.client, Client::Ipxe);
+        assert_eq!(o.tests, ["sanboot"]);
+        assert_eq!(o.timeout, ipxe::TIMEOUT);
+        assert_eq!(o.summary_label(), "xblade-mtu9000-ipxe");
+        let o = parse("--backing file,blk --client=ipxe").unwrap();
+        assert_eq!(o.label(Backing::Blk), "vblade-ipxe-blk");
+        assert_eq!(
+            parse("--client ipxe --timeout 30").unwrap().timeout,
+            Duration::from_secs(30)
+        );
+        let err = parse("--client ipxe --test io").err().unwrap().to_string();
+        assert!(err.contains("tests: sanboot"), "{err}");
+        assert!(parse("--test sanboot").is_err());
+        assert!(parse("--client ipxe --size-mib 64").is_err());
+        assert!(parse("--client efi").is_err());
+        let o = parse("--test fs --client linux").unwrap();
+        assert_eq!((o.client, o.tests), (Client::Linux, vec!["fs".to_owned()]));
     }
 }

@@ -19,6 +19,11 @@
 //!
 //! Each run appends an uncompressed cpio segment holding `/pattern.bin` (random bytes) to a
 //! copy of it; the kernel unpacks concatenated segments in order.
+//!
+//! `vm-test --client ipxe` has its own guest, from the same two packages, in
+//! `target/vm-cache/sanboot-guest-<key>/` ([`prepare_sanboot`]): Debian's bzImage as shipped
+//! (`vmlinuz`, for the boot loader), and an initramfs like the one above with
+//! `xtask/src/vm/sanboot-init.sh` as `/init` and no e2fsprogs.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -92,30 +97,94 @@ pub fn prepare(cache: &Path, project_root: &Path) -> Result<GuestImage> {
             .with_context(|| format!("reading {}", host_path.display()))?
             .hash(&mut hasher);
     }
-    let key = format!("{:016x}", hasher.finish());
-    let dir = cache.join(format!("guest-{key}"));
-    let image = GuestImage {
+    let (dir, description) = cached(
+        cache,
+        "guest-",
+        hasher.finish(),
+        &["kernel", "initramfs.cpio.gz"],
+        "the guest image",
+        |scratch| build(&kernel, &busybox, &debs, &init, &host_files, scratch),
+    )?;
+    Ok(GuestImage {
         kernel: dir.join("kernel"),
         initramfs: dir.join("initramfs.cpio.gz"),
-        description: String::new(),
-    };
-    let manifest_path = dir.join("manifest.txt");
-    if let Ok(manifest) = fs::read_to_string(&manifest_path) {
-        if image.kernel.exists() && image.initramfs.exists() {
+        description,
+    })
+}
+
+/// What `vm-test --client ipxe` puts on the disk it exports: Debian's kernel as the bzImage a
+/// boot loader loads, and a small initramfs whose `/init` is `xtask/src/vm/sanboot-init.sh`.
+pub struct SanbootGuest {
+    /// Holds `vmlinuz` and `initramfs.cpio.gz`; its name is a hash of every input.
+    pub dir: PathBuf,
+    pub vmlinuz: PathBuf,
+    pub initramfs: PathBuf,
+    /// `kernel 6.1.0-57-amd64 (...), busybox-static ...`
+    pub description: String,
+}
+
+/// Where the `/init` of the sanboot guest lives, from the project root.
+pub const SANBOOT_INIT: &str = "xtask/src/vm/sanboot-init.sh";
+/// Bump when `build_sanboot` changes what it produces.
+const SANBOOT_FORMAT: u32 = 1;
+
+/// Returns the cached sanboot guest (kernel + initramfs), building what is missing. Uses the
+/// same two Debian packages as [`prepare`], so nothing new is downloaded.
+pub fn prepare_sanboot(cache: &Path, project_root: &Path) -> Result<SanbootGuest> {
+    let debs = cache.join("debs");
+    fs::create_dir_all(&debs).with_context(|| format!("creating {}", debs.display()))?;
+    let kernel = resolve_kernel_package(&debs)?;
+    let busybox = resolve_package(BUSYBOX, &debs)?;
+    let init_path = project_root.join(SANBOOT_INIT);
+    let init = fs::read(&init_path).with_context(|| format!("reading {}", init_path.display()))?;
+
+    let mut hasher = Fnv::default();
+    SANBOOT_FORMAT.hash(&mut hasher);
+    kernel.file_stem().hash(&mut hasher);
+    busybox.file_stem().hash(&mut hasher);
+    init.hash(&mut hasher);
+    GUEST_MODULES.hash(&mut hasher);
+    AOE_MODULE.hash(&mut hasher);
+    let (dir, description) = cached(
+        cache,
+        "sanboot-guest-",
+        hasher.finish(),
+        &["vmlinuz", "initramfs.cpio.gz"],
+        "the sanboot guest",
+        |scratch| build_sanboot(&kernel, &busybox, &debs, &init, scratch),
+    )?;
+    Ok(SanbootGuest {
+        vmlinuz: dir.join("vmlinuz"),
+        initramfs: dir.join("initramfs.cpio.gz"),
+        dir,
+        description,
+    })
+}
+
+/// The directory `<cache>/<prefix><key>` holding `files` and a `manifest.txt` whose first line
+/// describes it: reused when complete, else built by `build` (which returns the manifest) in a
+/// scratch directory renamed into place. Other `<prefix>*` directories are deleted.
+pub(super) fn cached(
+    cache: &Path,
+    prefix: &str,
+    key: u64,
+    files: &[&str],
+    what: &str,
+    build: impl FnOnce(&Path) -> Result<String>,
+) -> Result<(PathBuf, String)> {
+    let dir = cache.join(format!("{prefix}{key:016x}"));
+    if let Ok(manifest) = fs::read_to_string(dir.join("manifest.txt")) {
+        if files.iter().all(|file| dir.join(file).exists()) {
             let description = manifest.lines().next().unwrap_or_default().to_owned();
-            return Ok(GuestImage {
-                description,
-                ..image
-            });
+            return Ok((dir, description));
         }
     }
 
-    eprintln!("vm-test: building the guest image in {}", dir.display());
+    eprintln!("vm-test: building {what} in {}", dir.display());
     let scratch = dir.with_extension("tmp");
     let _ = fs::remove_dir_all(&scratch);
     fs::create_dir_all(&scratch).with_context(|| format!("creating {}", scratch.display()))?;
-    let result = build(&kernel, &busybox, &debs, &init, &host_files, &scratch);
-    let built = match result {
+    let built = match build(&scratch) {
         Ok(built) => built,
         Err(error) => {
             let _ = fs::remove_dir_all(&scratch);
@@ -126,20 +195,119 @@ pub fn prepare(cache: &Path, project_root: &Path) -> Result<GuestImage> {
     fs::write(scratch.join("manifest.txt"), &built)?;
     let _ = fs::remove_dir_all(&dir);
     fs::rename(&scratch, &dir).with_context(|| format!("renaming into {}", dir.display()))?;
-    // Older images (other keys) are dead weight: ~70 MB each.
+    // Older builds (other keys) are dead weight: ~70 MB each for the guest image.
     for name in read_dir_names(cache)? {
-        if name.starts_with("guest-") && !name.ends_with(".tmp") && cache.join(&name) != dir {
+        if name.starts_with(prefix) && !name.ends_with(".tmp") && cache.join(&name) != dir {
             let _ = fs::remove_dir_all(cache.join(name));
         }
     }
     let description = built.lines().next().unwrap_or_default().to_owned();
-    Ok(GuestImage {
-        description,
-        ..image
-    })
+    Ok((dir, description))
 }
 
-/// Builds `vmlinuz` and `initramfs.cpio.gz` in `out`; returns the manifest text.
+/// The kernel and busybox packages unpacked under `out/unpacked`.
+struct Unpacked {
+    kernel_root: PathBuf,
+    busybox_root: PathBuf,
+    kernel_version: String,
+}
+
+impl Unpacked {
+    fn new(kernel: &Package, busybox: &Package, debs: &Path, out: &Path) -> Result<Self> {
+        let unpacked = out.join("unpacked");
+        let kernel_root = unpacked.join("kernel");
+        let busybox_root = unpacked.join("busybox");
+        extract(
+            &debs.join(format!("{}_amd64.deb", kernel.file_stem())),
+            &kernel_root,
+        )?;
+        extract(
+            &debs.join(format!("{}_amd64.deb", busybox.file_stem())),
+            &busybox_root,
+        )?;
+        let versions: Vec<_> = read_dir_names(&kernel_root.join("lib/modules"))?;
+        let [kernel_version] = versions.as_slice() else {
+            bail!(
+                "expected one kernel under {}, found {versions:?}",
+                kernel_root.join("lib/modules").display()
+            );
+        };
+        Ok(Unpacked {
+            kernel_version: kernel_version.clone(),
+            kernel_root,
+            busybox_root,
+        })
+    }
+
+    fn module_dir(&self) -> PathBuf {
+        self.kernel_root
+            .join("lib/modules")
+            .join(&self.kernel_version)
+    }
+
+    fn vmlinuz(&self) -> PathBuf {
+        self.kernel_root
+            .join(format!("boot/vmlinuz-{}", self.kernel_version))
+    }
+
+    /// An initramfs with `/init`, busybox, [`GUEST_MODULES`] (and their dependencies, listed
+    /// in `lib/modules/load-order`) and `aoe.ko`. Returns it and the load order.
+    fn initramfs(&self, init: &[u8]) -> Result<(Cpio, Vec<String>)> {
+        let module_dir = self.module_dir();
+        let modules = ModuleSet::resolve(&module_dir, GUEST_MODULES)?;
+        let aoe = ModuleSet::resolve(&module_dir, &[AOE_MODULE])?;
+        let aoe_deps: Vec<_> = aoe
+            .order
+            .iter()
+            .filter(|name| name.as_str() != AOE_MODULE)
+            .collect();
+        ensure!(
+            aoe_deps.is_empty(),
+            "aoe.ko has dependencies {aoe_deps:?}; teach init.sh to load them"
+        );
+        ensure!(
+            aoe.order.iter().any(|name| name == AOE_MODULE),
+            "this kernel has aoe built in; init.sh expects a module"
+        );
+
+        let mut cpio = Cpio::default();
+        cpio.file("init", 0o755, init)?;
+        cpio.char_device("dev/console", 0o600, 5, 1)?;
+        for dir in ["proc", "sys", "tmp", "mnt", "etc", "root"] {
+            cpio.dir(dir)?;
+        }
+        let busybox_bin = self.busybox_root.join("bin/busybox");
+        cpio.file(
+            "bin/busybox",
+            0o755,
+            &fs::read(&busybox_bin)
+                .with_context(|| format!("reading {}", busybox_bin.display()))?,
+        )?;
+        for (name, bytes) in modules.bytes.iter().chain(&aoe.bytes) {
+            cpio.file(&format!("lib/modules/{name}.ko"), 0o644, bytes)?;
+        }
+        let load_order: String = modules
+            .order
+            .iter()
+            .map(|name| format!("{name}\n"))
+            .collect();
+        cpio.file("lib/modules/load-order", 0o644, load_order.as_bytes())?;
+        Ok((cpio, modules.order))
+    }
+}
+
+/// Writes `cpio` gzipped to `out/initramfs.cpio.gz`.
+fn write_gzipped(cpio: Cpio, out: &Path) -> Result<()> {
+    let cpio_path = out.join("initramfs.cpio");
+    fs::write(&cpio_path, cpio.finish())?;
+    run_checked(
+        Command::new("gzip")
+            .args(["-n", "-6", "-f"])
+            .arg(&cpio_path),
+    )
+}
+
+/// Builds `kernel` and `initramfs.cpio.gz` in `out`; returns the manifest text.
 fn build(
     kernel: &Package,
     busybox: &Package,
@@ -148,29 +316,15 @@ fn build(
     host_files: &[(String, PathBuf)],
     out: &Path,
 ) -> Result<String> {
-    let unpacked = out.join("unpacked");
-    let kernel_root = unpacked.join("kernel");
-    let busybox_root = unpacked.join("busybox");
-    extract(
-        &debs.join(format!("{}_amd64.deb", kernel.file_stem())),
-        &kernel_root,
-    )?;
-    extract(
-        &debs.join(format!("{}_amd64.deb", busybox.file_stem())),
-        &busybox_root,
-    )?;
-
-    let modules_root = kernel_root.join("lib/modules");
-    let versions: Vec<_> = read_dir_names(&modules_root)?;
-    let [kernel_version] = versions.as_slice() else {
-        bail!(
-            "expected one kernel under {}, found {versions:?}",
-            modules_root.display()
-        );
-    };
-    let vmlinuz = kernel_root.join(format!("boot/vmlinuz-{kernel_version}"));
-    let config = fs::read_to_string(kernel_root.join(format!("boot/config-{kernel_version}")))
-        .unwrap_or_default();
+    let unpacked = Unpacked::new(kernel, busybox, debs, out)?;
+    let kernel_version = &unpacked.kernel_version;
+    let vmlinuz = unpacked.vmlinuz();
+    let config = fs::read_to_string(
+        unpacked
+            .kernel_root
+            .join(format!("boot/config-{kernel_version}")),
+    )
+    .unwrap_or_default();
     let kernel_image = out.join("kernel");
     let boot_note = if config.lines().any(|line| line == "CONFIG_PVH=y")
         && extract_vmlinux(&vmlinuz, &kernel_image, out)?
@@ -182,66 +336,49 @@ fn build(
         "booted as bzImage"
     };
 
-    let module_dir = modules_root.join(kernel_version);
-    let modules = ModuleSet::resolve(&module_dir, GUEST_MODULES)?;
-    let aoe = ModuleSet::resolve(&module_dir, &[AOE_MODULE])?;
-    let aoe_deps: Vec<_> = aoe
-        .order
-        .iter()
-        .filter(|name| name.as_str() != AOE_MODULE)
-        .collect();
-    ensure!(
-        aoe_deps.is_empty(),
-        "aoe.ko has dependencies {aoe_deps:?}; teach init.sh to load them"
-    );
-    ensure!(
-        aoe.order.iter().any(|name| name == AOE_MODULE),
-        "this kernel has aoe built in; init.sh expects a module"
-    );
-
-    let mut cpio = Cpio::default();
-    cpio.file("init", 0o755, init)?;
-    cpio.char_device("dev/console", 0o600, 5, 1)?;
-    for dir in ["proc", "sys", "tmp", "mnt", "etc", "root"] {
-        cpio.dir(dir)?;
-    }
-    let busybox_bin = busybox_root.join("bin/busybox");
-    cpio.file(
-        "bin/busybox",
-        0o755,
-        &fs::read(&busybox_bin).with_context(|| format!("reading {}", busybox_bin.display()))?,
-    )?;
-    for (name, bytes) in modules.bytes.iter().chain(&aoe.bytes) {
-        cpio.file(&format!("lib/modules/{name}.ko"), 0o644, bytes)?;
-    }
-    let load_order: String = modules
-        .order
-        .iter()
-        .map(|name| format!("{name}\n"))
-        .collect();
-    cpio.file("lib/modules/load-order", 0o644, load_order.as_bytes())?;
+    let (mut cpio, modules) = unpacked.initramfs(init)?;
     for (guest_path, host_path) in host_files {
         let bytes =
             fs::read(host_path).with_context(|| format!("reading {}", host_path.display()))?;
         cpio.file(guest_path.trim_start_matches('/'), 0o755, &bytes)?;
     }
-    let cpio_path = out.join("initramfs.cpio");
-    fs::write(&cpio_path, cpio.finish())?;
-    run_checked(
-        Command::new("gzip")
-            .args(["-n", "-6", "-f"])
-            .arg(&cpio_path),
-    )?;
+    write_gzipped(cpio, out)?;
 
     let mut manifest = format!(
         "kernel {kernel_version} ({} {}, {boot_note}), {} {}\n",
         kernel.name, kernel.version, busybox.name, busybox.version
     );
-    manifest += &format!("modules: {} (then {AOE_MODULE})\n", modules.order.join(" "));
+    manifest += &format!("modules: {} (then {AOE_MODULE})\n", modules.join(" "));
     for (guest_path, host_path) in host_files {
         manifest += &format!("{guest_path} <- {}\n", host_path.display());
     }
     Ok(manifest)
+}
+
+/// Builds `vmlinuz` (the bzImage as Debian ships it) and `initramfs.cpio.gz` (init, busybox,
+/// modules; no e2fsprogs) in `out`; returns the manifest text.
+fn build_sanboot(
+    kernel: &Package,
+    busybox: &Package,
+    debs: &Path,
+    init: &[u8],
+    out: &Path,
+) -> Result<String> {
+    let unpacked = Unpacked::new(kernel, busybox, debs, out)?;
+    let vmlinuz = unpacked.vmlinuz();
+    fs::copy(&vmlinuz, out.join("vmlinuz"))
+        .with_context(|| format!("copying {}", vmlinuz.display()))?;
+    let (cpio, modules) = unpacked.initramfs(init)?;
+    write_gzipped(cpio, out)?;
+    Ok(format!(
+        "kernel {} ({} {}, bzImage), {} {}\nmodules: {} (then {AOE_MODULE})\n",
+        unpacked.kernel_version,
+        kernel.name,
+        kernel.version,
+        busybox.name,
+        busybox.version,
+        modules.join(" ")
+    ))
 }
 
 /// Writes the ELF kernel inside a bzImage to `out`; false if there is none to be found.
@@ -624,7 +761,7 @@ impl Cpio {
 }
 
 /// FNV-1a: a hash that, unlike `DefaultHasher`, is the same in every build (cache keys).
-struct Fnv(u64);
+pub(super) struct Fnv(u64);
 
 impl Default for Fnv {
     fn default() -> Self {

@@ -1,5 +1,6 @@
-//! The host side of a VM test: the tap, the loop device of `--backing blk`, the AoE target
-//! process and qemu with its console.
+//! The host side of a VM test: the tap, the loop device of `--backing blk` (and the loop
+//! device and mount that build the `--client ipxe` boot disk), the AoE target process and
+//! qemu with its console.
 //!
 //! Everything that must not outlive the run is a guard whose `Drop` undoes it (tap deleted,
 //! loop device detached, processes killed), and SIGINT/SIGTERM/SIGHUP only set a flag that every wait here polls,
@@ -145,6 +146,59 @@ impl LoopDevice {
             .join("loop/dio");
         let direct_io = fs::read_to_string(dio).is_ok_and(|v| v.trim() == "1");
         Ok(LoopDevice { path, direct_io })
+    }
+}
+
+impl LoopDevice {
+    /// A plain loop device over `size` bytes of `file` from `offset` (a partition of a disk
+    /// image: this host's kernel may lack the partition table parsers, so no `--partscan`).
+    pub fn attach_range(file: &Path, offset: u64, size: u64) -> Result<Self> {
+        let out = run_capture(
+            Command::new("losetup")
+                .args(["--find", "--show", "--offset"])
+                .arg(offset.to_string())
+                .arg("--sizelimit")
+                .arg(size.to_string())
+                .arg(file),
+        )
+        .context(
+            "attaching a loop device (building the boot disk needs root and the loop driver)",
+        )?;
+        Ok(LoopDevice {
+            path: PathBuf::from(out.trim()),
+            direct_io: false,
+        })
+    }
+}
+
+/// A filesystem mounted on a directory; unmounted on drop.
+pub struct Mount {
+    pub dir: PathBuf,
+}
+
+impl Mount {
+    pub fn new(device: &Path, dir: &Path) -> Result<Self> {
+        fs::create_dir_all(dir)?;
+        run_checked(Command::new("mount").arg(device).arg(dir))
+            .with_context(|| format!("mounting {} on {}", device.display(), dir.display()))?;
+        Ok(Mount {
+            dir: dir.to_owned(),
+        })
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if run_checked(Command::new("umount").arg(&self.dir)).is_err() {
+            // Busy for a moment (a process still had a file open): detach it now, the kernel
+            // finishes when the last user goes.
+            if let Err(error) = run_checked(Command::new("umount").arg("-l").arg(&self.dir)) {
+                eprintln!(
+                    "vm-test: could not unmount {}: {error:#}",
+                    self.dir.display()
+                );
+            }
+        }
     }
 }
 
