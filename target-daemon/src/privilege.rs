@@ -629,9 +629,8 @@ mod tests {
                     0
                 }
             };
-            // SAFETY: raw system calls whose pointers are null or static C strings, and whose
-            // lengths are 0 or within those strings; the memory calls cover zero bytes at
-            // address 0. None writes to this process's memory.
+            // Pointers are null or static C strings, lengths 0 or within those strings.
+            // SAFETY: the memory calls cover zero bytes at address 0: none writes our memory.
             unsafe {
                 [
                     ("sched_yield", errno(libc::syscall(libc::SYS_sched_yield))),

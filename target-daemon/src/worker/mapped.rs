@@ -114,18 +114,16 @@ fn copy(export: &Export, map: &sys::FileMap, op: Op) -> i32 {
     let base = export.backing.byte_offset();
     match op {
         Op::Read { ptr, len, offset } => {
-            // SAFETY: the worker only pushes a chunk or bounce-slot range parked in its
-            // in-flight table under this operation's user data: writable, untouched until the
-            // completion is reaped.
+            // SAFETY: the worker pushes only a chunk/bounce range parked in its in-flight
+            // table under this op's user data: writable and untouched until it is reaped.
             unsafe { map.read_into(offset.saturating_sub(base), ptr, len as usize) };
             len as i32
         }
         Op::Write {
             ptr, len, offset, ..
         } => {
-            // SAFETY: as for the read, only read; a read-only export never decides a write, so
-            // the mapping is writable. The store was allocated in full at start-up, so the copy
-            // cannot fault for want of memory.
+            // The store was allocated in full at start-up, so the copy cannot fault for memory.
+            // SAFETY: as for the read (only read); a read-only export never decides a write.
             unsafe { map.write_from(offset.saturating_sub(base), ptr, len as usize) };
             len as i32
         }

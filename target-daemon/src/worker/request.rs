@@ -301,9 +301,8 @@ impl<P: Packets, S: Storage> Worker<P, S> {
         let Some((file, o)) = self.op_of(slot, op) else {
             return true;
         };
-        // SAFETY: `op_of` only names the request's own chunk(s) or bounce slot, which stay
-        // parked in the in-flight table under this slot, untouched, until the completion with
-        // this user data is reaped in `finish`.
+        // `op_of` names only the request's own chunk(s) or bounce slot, parked in the table.
+        // SAFETY: they stay untouched under this slot until this completion is reaped (`finish`).
         unsafe { self.store.push(file, o, user_data(slot, op)) }.is_ok()
     }
 
