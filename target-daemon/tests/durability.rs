@@ -951,15 +951,6 @@ fn a_hung_block_device_does_not_starve_the_other_exports() {
     );
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
-    let no_slot: u64 = log
-        .split("no_slot: ")
-        .skip(1)
-        .filter_map(|t| {
-            t.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum();
+    let no_slot = common::counter(&log, "no_slot");
     assert!(no_slot > 0, "the flood never met the share:\n{log}");
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use aoe::ata;
 use aoe::initiator::{self, AtaRequest};
-use common::{pattern, privileged, Client, Lab};
+use common::{counter, pattern, privileged, Client, Lab};
 
 const MIB: u64 = 1 << 20;
 
@@ -19,19 +19,6 @@ fn disk_image(dir: &Path, bytes: u64) -> std::path::PathBuf {
     // Written, so O_DIRECT reads of unwritten extents are not a special case.
     std::fs::write(&p, vec![0u8; bytes as usize]).unwrap();
     p
-}
-
-/// The sum of a worker counter over the "worker stopped" lines of a log.
-fn counter(log: &str, name: &str) -> u64 {
-    log.split(&format!("{name}: "))
-        .skip(1)
-        .filter_map(|t| {
-            t.split(|c: char| !c.is_ascii_digit())
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
 }
 
 /// Send a request without waiting; returns its tag.

@@ -459,3 +459,16 @@ pub fn file_bytes(path: &Path, offset: u64, len: usize) -> Vec<u8> {
     f.read_exact(&mut v).unwrap();
     v
 }
+
+/// The sum of a worker counter (`name: N` in the "worker stopped" stats lines) over a log.
+pub fn counter(log: &str, name: &str) -> u64 {
+    log.split(&format!("{name}: "))
+        .skip(1)
+        .filter_map(|t| {
+            t.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
