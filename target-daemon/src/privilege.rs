@@ -428,6 +428,13 @@ pub const WORKER_SYSCALLS: &[Allowed] = &[
         "at exit: the AF_XDP socket and the io_uring",
     ),
     allow(
+        libc::SYS_fcntl,
+        "fcntl",
+        Args::OneOf(1, &[libc::F_GETFD as u64]),
+        "at exit, in builds with debug assertions: std checks that a descriptor is still open \
+         before closing it (F_GETFD only)",
+    ),
+    allow(
         libc::SYS_io_uring_register,
         "io_uring_register",
         Args::OneOf(1, IORING_UNREGISTER),
