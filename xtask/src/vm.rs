@@ -655,6 +655,44 @@ fn initiator_stall_in(
     ))
 }
 
+/// The image a test exports: on tmpfs for a file, on the root filesystem (like a disk, and like
+/// the bench's disk image) under a loop device.
+fn backing_image(backing: Backing, out: &Path, test: &str) -> PathBuf {
+    let pid = std::process::id();
+    match backing {
+        Backing::File => PathBuf::from(format!("/dev/shm/xbvm-{pid}-{test}.img")),
+        Backing::Blk => out.join(format!("xbvm-{pid}-{test}-blk.img")),
+    }
+}
+
+/// What the target exports for `image`: the file itself, or a loop device over it (returned,
+/// detached on drop: keep it until the target is gone). A loop device that fell back to
+/// buffered I/O is noted in `result`.
+fn export_backing(
+    backing: Backing,
+    image: &Path,
+    result: &mut TestResult,
+) -> Result<(Option<LoopDevice>, PathBuf)> {
+    let device = match backing {
+        Backing::File => None,
+        Backing::Blk => {
+            let device = LoopDevice::attach(image)?;
+            if !device.direct_io {
+                result.notes.push(format!(
+                    "{} fell back to buffered I/O over {}",
+                    device.path.display(),
+                    image.display()
+                ));
+            }
+            Some(device)
+        }
+    };
+    let export = device
+        .as_ref()
+        .map_or_else(|| image.to_owned(), |device| device.path.clone());
+    Ok((device, export))
+}
+
 /// What one test boot produced.
 struct TestResult {
     name: String,
@@ -676,6 +714,29 @@ struct TestResult {
 }
 
 impl TestResult {
+    /// An empty result for `test` on `backing`, with the console and target logs named after
+    /// the run's label in `out`.
+    fn new(options: &Options, backing: Backing, out: &Path, test: &str) -> TestResult {
+        let label = options.label(backing);
+        TestResult {
+            name: match backing {
+                Backing::File => test.to_owned(),
+                other => format!("{test}/{}", other.name()),
+            },
+            console: out.join(format!("console-{label}-{test}.log")),
+            target_log: out.join(format!("target-{label}-{test}.log")),
+            failures: Vec::new(),
+            booted: None,
+            ready: None,
+            verdict: None,
+            total: Duration::ZERO,
+            frame_bytes: None,
+            info: BTreeMap::new(),
+            notes: Vec::new(),
+            firmware: None,
+        }
+    }
+
     fn summary_line(&self) -> String {
         let seconds = |duration: Option<Duration>| {
             duration.map_or_else(
@@ -731,31 +792,9 @@ impl TestResult {
 
 impl TestContext<'_> {
     fn run(&self, test: &str) -> TestResult {
-        let label = self.options.label(self.backing);
-        let console = self.out.join(format!("console-{label}-{test}.log"));
-        let mut result = TestResult {
-            name: match self.backing {
-                Backing::File => test.to_owned(),
-                other => format!("{test}/{}", other.name()),
-            },
-            console: console.clone(),
-            target_log: self.out.join(format!("target-{label}-{test}.log")),
-            failures: Vec::new(),
-            booted: None,
-            ready: None,
-            verdict: None,
-            total: Duration::ZERO,
-            frame_bytes: None,
-            info: BTreeMap::new(),
-            notes: Vec::new(),
-            firmware: None,
-        };
-        let pid = std::process::id();
-        let backing = match self.backing {
-            Backing::File => PathBuf::from(format!("/dev/shm/xbvm-{pid}-{test}.img")),
-            // On the root filesystem, like a disk (and like the bench's disk image).
-            Backing::Blk => self.out.join(format!("xbvm-{pid}-{test}-blk.img")),
-        };
+        let mut result = TestResult::new(self.options, self.backing, self.out, test);
+        let console = result.console.clone();
+        let backing = backing_image(self.backing, self.out, test);
         if let Err(error) = self.boot_and_check(test, &backing, &console, &mut result) {
             result.failures.push(format!("{error:#}"));
         }
@@ -782,23 +821,7 @@ impl TestContext<'_> {
         drop(file);
 
         // Declared before the target, so it is dropped (detached) after the target is killed.
-        let loop_device = match self.backing {
-            Backing::File => None,
-            Backing::Blk => {
-                let device = LoopDevice::attach(backing)?;
-                if !device.direct_io {
-                    result.notes.push(format!(
-                        "{} fell back to buffered I/O over {}",
-                        device.path.display(),
-                        backing.display()
-                    ));
-                }
-                Some(device)
-            }
-        };
-        let export = loop_device
-            .as_ref()
-            .map_or_else(|| backing.to_owned(), |device| device.path.clone());
+        let (_loop_device, export) = export_backing(self.backing, backing, result)?;
 
         let mut target = Target::start(TargetCommand {
             bin: self.target_bin.to_owned(),

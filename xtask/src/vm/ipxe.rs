@@ -31,7 +31,7 @@ use std::{
     fmt::Write as _,
     fs,
     os::unix::process::ExitStatusExt,
-    path::{Path, PathBuf},
+    path::Path,
     process::Command,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -42,7 +42,7 @@ use super::{
     add_nic,
     bootdisk::{self, BootDisk, PARTITION_START},
     fields, guest,
-    host::{self, run_capture, Event, LoopDevice, Qemu, Stopped, Tap, Target},
+    host::{self, run_capture, Event, Qemu, Stopped, Tap, Target},
     pcap_path, run_tests, write_summary, Backing, Options, RemoveOnDrop, TestResult, MARKER, SHELF,
     SLOT,
 };
@@ -325,33 +325,13 @@ struct Sanboot<'a> {
 
 impl Sanboot<'_> {
     fn run(&self, test: &str) -> TestResult {
-        let label = self.options.label(self.backing);
-        let console = self.out.join(format!("console-{label}-{test}.log"));
-        let mut result = TestResult {
-            name: match self.backing {
-                Backing::File => test.to_owned(),
-                other => format!("{test}/{}", other.name()),
-            },
-            console: console.clone(),
-            target_log: self.out.join(format!("target-{label}-{test}.log")),
-            failures: Vec::new(),
-            booted: None,
-            ready: None,
-            verdict: None,
-            total: Duration::ZERO,
-            frame_bytes: None,
-            info: Default::default(),
-            notes: Vec::new(),
-            firmware: Some(Firmware {
-                payload_bytes: self.disk.payload_bytes,
-                ..Firmware::default()
-            }),
-        };
-        let pid = std::process::id();
-        let backing = match self.backing {
-            Backing::File => PathBuf::from(format!("/dev/shm/xbvm-{pid}-{test}.img")),
-            Backing::Blk => self.out.join(format!("xbvm-{pid}-{test}-blk.img")),
-        };
+        let mut result = TestResult::new(self.options, self.backing, self.out, test);
+        result.firmware = Some(Firmware {
+            payload_bytes: self.disk.payload_bytes,
+            ..Firmware::default()
+        });
+        let console = result.console.clone();
+        let backing = super::backing_image(self.backing, self.out, test);
         if let Err(error) = self.boot_and_check(&backing, &console, &mut result) {
             result.failures.push(format!("{error:#}"));
         }
@@ -370,23 +350,7 @@ impl Sanboot<'_> {
         fs::copy(&self.disk.image, backing)
             .with_context(|| format!("copying the boot disk to {}", backing.display()))?;
         // Declared before the target, so it is dropped (detached) after the target is killed.
-        let loop_device = match self.backing {
-            Backing::File => None,
-            Backing::Blk => {
-                let device = LoopDevice::attach(backing)?;
-                if !device.direct_io {
-                    result.notes.push(format!(
-                        "{} fell back to buffered I/O over {}",
-                        device.path.display(),
-                        backing.display()
-                    ));
-                }
-                Some(device)
-            }
-        };
-        let export = loop_device
-            .as_ref()
-            .map_or_else(|| backing.to_owned(), |device| device.path.clone());
+        let (_loop_device, export) = super::export_backing(self.backing, backing, result)?;
         let mut target = Target::start(host::TargetCommand {
             bin: self.target_bin.to_owned(),
             args: self.options.target_args.clone(),
