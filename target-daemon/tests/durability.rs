@@ -885,20 +885,8 @@ fn a_hung_block_device_does_not_starve_the_other_exports() {
     let fuse = FaultFs::start_with(&lab, 4, MIB, MIB, Some(&flag));
     let lo = LoopDev::new(&fuse.file, &[]);
     let other = lab.image("other.img", 4 * MIB);
-    let conf = lab.dir.join("xblade.toml");
     // bufcnt 16 each: a 64-slot table, 16 slots guaranteed to each export.
-    std::fs::write(
-        &conf,
-        format!(
-            "[[interface]]\nname = \"{}\"\n\n\
-             [[export]]\nshelf = 1\nslot = 0\npath = \"{}\"\nbufcnt = 16\n\n\
-             [[export]]\nshelf = 1\nslot = 1\npath = \"{}\"\nbufcnt = 16\n",
-            lab.target_if(),
-            lo.path(),
-            other.display()
-        ),
-    )
-    .unwrap();
+    let conf = lab.config_file(&[Path::new(lo.path()), &other], 16);
     let d = Running(Some(lab.xblade(&[
         "serve",
         "--config",

@@ -164,19 +164,7 @@ fn a_wildcard_read_burst_is_absorbed() {
     let dir_b = tempfile::tempdir_in("/var/tmp").unwrap();
     let a = disk_image(dir_a.path(), 4 * MIB);
     let b = disk_image(dir_b.path(), 4 * MIB);
-    let conf = lab.dir.join("xblade.toml");
-    std::fs::write(
-        &conf,
-        format!(
-            "[[interface]]\nname = \"{}\"\n\n\
-             [[export]]\nshelf = 1\nslot = 0\npath = \"{}\"\nbufcnt = 16\n\n\
-             [[export]]\nshelf = 1\nslot = 1\npath = \"{}\"\nbufcnt = 16\n",
-            lab.target_if(),
-            a.display(),
-            b.display()
-        ),
-    )
-    .unwrap();
+    let conf = lab.config_file(&[&a, &b], 16);
     let d = lab.xblade(&["serve", "--config", conf.to_str().unwrap()]);
     let mut c = lab.client();
     c.shelf = 0xffff;

@@ -131,38 +131,27 @@ impl Lab {
     /// Start xblade in the target namespace with `args` (NETIF is the lab's target interface,
     /// substitute `{if}`), and wait until it serves.
     pub fn xblade(&self, args: &[&str]) -> Daemon {
-        Daemon::start(self, args).unwrap_or_else(|log| panic!("xblade did not start:\n{log}"))
+        self.xblade_with(&[], args)
     }
 
     /// Start xblade and expect it to fail; returns its exit status and log.
     pub fn xblade_fails(&self, args: &[&str]) -> (ExitStatus, String) {
-        match Daemon::start(self, args) {
-            Ok(mut d) => {
-                let log = d.log();
-                d.kill9();
-                panic!("xblade started but should have failed:\n{log}");
-            }
-            Err(log) => {
-                let mut c = self.spawn(args, &self.dir.join("fail.log"));
-                (c.wait().unwrap(), log)
-            }
-        }
+        self.xblade_fails_with(&[], args)
     }
 
-    fn spawn(&self, args: &[&str], log: &Path) -> Child {
-        let args: Vec<String> = args
-            .iter()
-            .map(|a| a.replace("{if}", self.target_if()))
-            .collect();
-        Command::new("ip")
-            .args(["netns", "exec", self.target_ns(), &xblade_bin()])
-            .args(&args)
-            .env("XBLADE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(log).unwrap())
-            .spawn()
-            .unwrap()
+    /// A TOML configuration (in the lab's directory) serving `paths` as shelf 1, slots 0, 1, …
+    /// on the lab's target interface, each advertising `bufcnt`.
+    pub fn config_file(&self, paths: &[&Path], bufcnt: u16) -> PathBuf {
+        let mut toml = format!("[[interface]]\nname = \"{}\"\n", self.target_if());
+        for (slot, path) in paths.iter().enumerate() {
+            toml += &format!(
+                "\n[[export]]\nshelf = 1\nslot = {slot}\npath = \"{}\"\nbufcnt = {bufcnt}\n",
+                path.display()
+            );
+        }
+        let conf = self.dir.join("xblade.toml");
+        std::fs::write(&conf, toml).unwrap();
+        conf
     }
 
     /// Like [`Lab::xblade`], with `prefix` run before the binary inside the namespace (a
@@ -227,27 +216,6 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn start(lab: &Lab, args: &[&str]) -> Result<Daemon, String> {
-        let n = SEQ.fetch_add(1, Ordering::Relaxed);
-        let log = lab.dir.join(format!("xblade-{n}.log"));
-        let mut child = lab.spawn(args, &log);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("serving workers=") {
-                return Ok(Daemon { child, log });
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                return Err(format!("exit {status}\n{text}"));
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                return Err(format!("timeout\n{text}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
     fn start_with(lab: &Lab, prefix: &[&str], args: &[&str]) -> Result<Daemon, String> {
         let n = SEQ.fetch_add(1, Ordering::Relaxed);
         let log = lab.dir.join(format!("xblade-{n}.log"));

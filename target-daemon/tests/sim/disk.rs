@@ -429,10 +429,9 @@ fn apply(stores: &mut [Vec<u8>], op: &mut DOp) {
     match op.kind {
         Kind::Read => {
             let src = &stores[op.file as usize][at..at + k];
-            // SAFETY: `validate` checked that `ptr..ptr + len` (k ≤ len) lies in one UMEM chunk or
-            // bounce slot, memory the worker keeps alive and untouched until this operation's
-            // completion is reaped (the `Storage::push` contract), and that no other unreaped
-            // operation uses it; the store is a separate allocation.
+            // `validate` checked that `ptr..ptr + len` (k ≤ len) lies in one UMEM chunk or bounce
+            // slot that no other unreaped operation uses; the store is a separate allocation.
+            // SAFETY: the worker keeps it alive and untouched until this completion is reaped.
             unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), op.ptr, k) };
         }
         Kind::Write => {
