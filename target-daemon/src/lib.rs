@@ -13,6 +13,8 @@ pub mod config;
 pub mod daemon;
 pub mod export;
 pub mod privilege;
+pub mod latency;
+pub mod status;
 pub mod sys;
 pub mod uring;
 pub mod worker;
