@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use aoe::target::ExportState;
 use aoe::wire::{parse_mac, Mac};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// How XDP is attached.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -42,6 +42,14 @@ pub struct Daemon {
     pub sqpoll: bool,
     /// io_uring completion polling (IOPOLL; NVMe with poll queues only).
     pub iopoll: bool,
+    /// The control socket (default: `/run/xblade/control.sock` for `xblade serve`,
+    /// `/run/xblade/IFACE.sock` for the vblade-style form).
+    pub control: Option<PathBuf>,
+    /// Where the exports' AoE state (config string, mask and reserve lists) is kept across
+    /// restarts (default `/var/lib/xblade`).
+    pub state_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (`127.0.0.1:9477`); off when unset.
+    pub metrics: Option<String>,
 }
 
 impl Default for Daemon {
@@ -55,6 +63,9 @@ impl Default for Daemon {
             busy_poll_budget: 64,
             sqpoll: false,
             iopoll: false,
+            control: None,
+            state_dir: None,
+            metrics: None,
         }
     }
 }
@@ -75,7 +86,7 @@ fn default_queues() -> Vec<u32> {
 }
 
 /// How the backing store is opened.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum IoArg {
     /// O_DIRECT (default).
@@ -86,7 +97,7 @@ pub enum IoArg {
 }
 
 /// One export.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Export {
     /// Shelf (0..=65534, not 4095).

@@ -12,7 +12,7 @@
 //! (see [`ChangeLog`]); the count of changes never logged is logged when the export is dropped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use aoe::target::{ExportState, StateChange};
@@ -34,6 +34,16 @@ pub struct Export {
     version: AtomicU64,
     /// Rate limit of the "export state changed" log line.
     changes: Mutex<ChangeLog>,
+    /// The last version of `state` known to be on disk (see [`crate::persist`]).
+    persisted: AtomicU64,
+    /// Who writes the state to disk; none: nothing is persisted, every version counts as such.
+    writer: OnceLock<Arc<dyn Persist>>,
+}
+
+/// Who persists an export's state: told when it changed.
+pub trait Persist: Send + Sync {
+    /// The state of some export changed: write it soon.
+    fn kick(&self);
 }
 
 impl Export {
@@ -60,6 +70,8 @@ impl Export {
             state: RwLock::new(state),
             version: AtomicU64::new(0),
             changes: Mutex::new(ChangeLog::default()),
+            persisted: AtomicU64::new(0),
+            writer: OnceLock::new(),
         })
     }
 
@@ -91,15 +103,44 @@ impl Export {
         snap.1.clone_from(&state);
     }
 
-    /// Apply a change decided by the protocol layer. (Changes are whole new lists or strings,
-    /// so two initiators editing at once on different queues may each see their own edit win.)
-    /// Allocates nothing; logs at most once a second (see [`ChangeLog`]).
-    pub fn apply(&self, change: StateChange) {
+    /// The last version of the state known to be persisted (every version, when nothing is).
+    pub fn persisted(&self) -> u64 {
+        self.persisted.load(Ordering::Acquire)
+    }
+
+    /// Version `v` (or a later one) is on disk.
+    pub fn mark_persisted(&self, v: u64) {
+        self.persisted.fetch_max(v, Ordering::AcqRel);
+    }
+
+    /// From now on, changes are persisted by `writer` (the state as it is now is taken to be on
+    /// disk already: it was loaded from there, or is the default).
+    pub fn persist_with(&self, writer: Arc<dyn Persist>) {
+        self.mark_persisted(self.version());
+        let _ = self.writer.set(writer);
+    }
+
+    /// Whether changes of the state are persisted (the export has a writer).
+    pub fn is_persisted(&self) -> bool {
+        self.writer.get().is_some()
+    }
+
+    /// Apply a change decided by the protocol layer, or by the admin; returns the new version
+    /// of the state. (Changes are whole new lists or strings, so two initiators editing at once
+    /// on different queues may each see their own edit win.) Allocates nothing; logs at most
+    /// once a second (see [`ChangeLog`]). The change is persisted by the export's writer, if it
+    /// has one: replies confirming it wait for [`Export::persisted`] to reach the version.
+    pub fn apply(&self, change: StateChange) -> u64 {
         let what = ChangeKind::of(&change);
+        let version;
         {
             let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
             state.apply(change);
-            self.version.fetch_add(1, Ordering::Release);
+            version = self.version.fetch_add(1, Ordering::AcqRel) + 1;
+        }
+        match self.writer.get() {
+            Some(w) => w.kick(),
+            None => self.mark_persisted(version),
         }
         let mut log = self.changes.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(changes) = log.record(Instant::now()) {
@@ -116,6 +157,7 @@ impl Export {
                  line; at most one line a second)"
             );
         }
+        version
     }
 
     /// Whether writes must be durable before they are acknowledged (RWF_DSYNC).

@@ -300,8 +300,9 @@ const fn allow(nr: libc::c_long, name: &'static str, args: Args, why: &'static s
     }
 }
 
-/// `IORING_UNREGISTER_BUFFERS`, `IORING_UNREGISTER_FILES` (linux/io_uring.h).
-const IORING_UNREGISTER: &[u64] = &[1, 3];
+/// `IORING_UNREGISTER_BUFFERS`, `IORING_REGISTER_FILES`, `IORING_UNREGISTER_FILES`
+/// (linux/io_uring.h).
+const IORING_REGISTER: &[u64] = &[1, 2, 3];
 
 /// The system calls of a worker thread once it serves, found by tracing the daemon
 /// (`strace -f`) through the end-to-end tests and benchmark runs (RAM, file and block-device
@@ -437,8 +438,10 @@ pub const WORKER_SYSCALLS: &[Allowed] = &[
     allow(
         libc::SYS_io_uring_register,
         "io_uring_register",
-        Args::OneOf(1, IORING_UNREGISTER),
-        "at exit: unregister files and buffers (IORING_UNREGISTER_FILES/BUFFERS only)",
+        Args::OneOf(1, IORING_REGISTER),
+        "at exit: unregister files and buffers; when exports are added or removed at run time: \
+         replace the registered files (IORING_UNREGISTER_FILES/BUFFERS, IORING_REGISTER_FILES \
+         only)",
     ),
     allow(
         libc::SYS_sigaltstack,

@@ -476,6 +476,39 @@ impl Uring {
 
     /// The ring's descriptor, for `poll(2)`/`epoll`: it is readable
     /// (`POLLIN`) while completions wait in the CQ. Owned by this `Uring`.
+    /// Replace the registered files with `files` (the exports of a worker changed at run
+    /// time). Only while nothing is in flight: the worker quiesces first.
+    pub fn replace_files(&mut self, files: &[RawFd]) -> io::Result<()> {
+        if self.submitted != self.reaped || self.queued() > 0 {
+            return Err(io::Error::other(
+                "io_uring files replaced with operations in flight (a bug: the worker quiesces first)",
+            ));
+        }
+        let submitter = self.ring.submitter();
+        if self.files > 0 {
+            submitter.unregister_files().map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("unregistering io_uring files failed: {e}"),
+                )
+            })?;
+            self.files = 0;
+        }
+        if !files.is_empty() {
+            submitter.register_files(files).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "registering {} files with io_uring failed: {e}",
+                        files.len()
+                    ),
+                )
+            })?;
+        }
+        self.files = files.len() as u32;
+        Ok(())
+    }
+
     pub fn fd(&self) -> RawFd {
         self.ring.as_raw_fd()
     }
@@ -675,12 +708,14 @@ fn io_uring_disabled() -> bool {
 /// `IORING_UNREGISTER_BUFFERS` and `IORING_UNREGISTER_FILES` (linux/io_uring.h): the only
 /// registrations a locked-down ring still takes (at drop).
 const UNREGISTER_BUFFERS: u8 = 1;
+const REGISTER_FILES: u8 = 2;
 const UNREGISTER_FILES: u8 = 3;
 
 /// Restrict what the ring may do, then enable it (it is set up disabled). Its operations run in
 /// the kernel, outside the workers' seccomp filter, so this is their allow-list: reads, writes
 /// and fsync, on registered files only (every entry must carry IOSQE_FIXED_FILE and no other
-/// flag), and, of the registrations, only the two unregisters of the drop.
+/// flag), and, of the registrations, only the two unregisters of the drop and the file table's
+/// replacement when the exports change at run time ([`Uring::replace_files`]).
 fn lock_down(ring: &IoUring) -> io::Result<()> {
     use io_uring::register::Restriction;
     let fixed = io_uring::squeue::Flags::FIXED_FILE.bits();
@@ -693,6 +728,7 @@ fn lock_down(ring: &IoUring) -> io::Result<()> {
         Restriction::sqe_flags_allowed(fixed),
         Restriction::sqe_flags_required(fixed),
         Restriction::register_op(UNREGISTER_BUFFERS),
+        Restriction::register_op(REGISTER_FILES),
         Restriction::register_op(UNREGISTER_FILES),
     ];
     let submitter = ring.submitter();

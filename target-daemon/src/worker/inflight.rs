@@ -31,6 +31,8 @@ pub(crate) struct Pending {
     pub chunks: Vec<Frame>,
     /// Bounce slot of a gathered write.
     pub bounce: Option<u32>,
+    /// When the request arrived (the worker's loop clock).
+    pub arrived: std::time::Instant,
 }
 
 impl Pending {
@@ -162,7 +164,6 @@ impl InFlight {
     }
 
     /// Slots held by export `export`.
-    #[cfg(test)]
     pub fn held(&self, export: usize) -> u32 {
         self.held.get(export).copied().unwrap_or(0)
     }
@@ -201,6 +202,7 @@ mod tests {
 
     fn pending(export: usize, umem: &mut xsk::Umem) -> Pending {
         Pending {
+            arrived: std::time::Instant::now(),
             frame: umem.alloc().unwrap(),
             export,
             decision: Decision::Flush,

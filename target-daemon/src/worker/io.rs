@@ -8,10 +8,12 @@
 
 use std::io;
 use std::os::fd::RawFd;
+use std::sync::Arc;
 
 use xsk::{Frame, Socket, Umem};
 
 use super::mapped::Mapped;
+use crate::export::Export;
 use crate::uring::{Completion, SqFull, Uring};
 
 /// One storage operation on an export's store (offsets are store offsets, in bytes).
@@ -100,6 +102,9 @@ pub trait Storage {
     fn in_flight(&self) -> u64;
     /// A descriptor that becomes readable when completions wait, if the storage has one.
     fn fd(&self) -> Option<RawFd>;
+    /// Serve `exports` from now on (file `i` is `exports[i]`'s store). Called only while
+    /// nothing is queued or in flight.
+    fn set_exports(&mut self, exports: &[Arc<Export>]) -> io::Result<()>;
 }
 
 /// The real packet side: an AF_XDP socket bound over its UMEM.
@@ -251,5 +256,12 @@ impl Storage for Engines {
 
     fn fd(&self) -> Option<RawFd> {
         (self.uring.in_flight() > 0).then(|| self.uring.fd())
+    }
+
+    fn set_exports(&mut self, exports: &[Arc<Export>]) -> io::Result<()> {
+        let fds: Vec<RawFd> = exports.iter().map(|e| e.backing.fd()).collect();
+        self.uring.replace_files(&fds)?;
+        self.mapped.set_exports(exports);
+        Ok(())
     }
 }

@@ -33,6 +33,14 @@ impl Mapped {
         }
     }
 
+    /// Serve `exports` from now on (nothing queued or carried out may be pending).
+    pub fn set_exports(&mut self, exports: &[Arc<Export>]) {
+        self.exports = exports
+            .iter()
+            .map(|e| e.map.is_some().then(|| Arc::clone(e)))
+            .collect();
+    }
+
     /// Whether file `file` is a mapped store.
     #[inline]
     pub fn serves(&self, file: u32) -> bool {

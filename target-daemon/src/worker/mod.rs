@@ -22,6 +22,7 @@
 //! operation) and `reply` (from completion to reply).
 
 mod bounce;
+pub mod control;
 mod inflight;
 pub mod io;
 pub mod mapped;
@@ -40,6 +41,7 @@ use aoe::wire::BROADCAST;
 use xsk::Frame;
 
 pub use self::bounce::Bounce;
+use self::control::{Control, ExportTally, Initiators, Published, Shared};
 use self::inflight::InFlight;
 pub use self::io::{Engines, Op, Packets, Storage, XskPackets};
 use self::pacing::{IdleSpin, ReapBatch, RX_BATCH};
@@ -154,7 +156,33 @@ pub struct Worker<P = XskPackets, S = Engines> {
     done: Vec<Frame>,
     completions: Vec<Completion>,
     stats: WorkerStats,
+    /// In-flight table size.
+    capacity: usize,
+    /// Per export (in `exports` order): what this worker counted for it.
+    tallies: Vec<ExportTally>,
+    /// Initiators seen.
+    initiators: Initiators,
+    /// This loop's clock, read at most once per loop, when first needed.
+    clock: Option<Instant>,
+    /// The line to the control plane, and the last request served on it.
+    control: Arc<Control>,
+    served: u64,
+    /// An export list to switch to once quiet (its generation): no request is taken meanwhile.
+    switching: Option<(u64, Vec<Arc<Export>>)>,
+    /// Replies held until their export's AoE state is persisted.
+    held: Vec<Held>,
 }
+
+/// A reply held until its export's state is on disk (see [`crate::export::Export::persisted`]).
+struct Held {
+    frame: Frame,
+    export: Arc<Export>,
+    version: u64,
+}
+
+/// Replies held at most; beyond, replies of unpersisted exports are dropped (the initiator
+/// retransmits).
+const MAX_HELD: usize = 256;
 
 impl<P: Packets, S: Storage> Worker<P, S> {
     /// Drive RX by busy polling (`recvfrom` every idle loop, never sleep) instead of
@@ -179,6 +207,7 @@ impl<P: Packets, S: Storage> Worker<P, S> {
         let rx_offset = net.umem().config().rx_offset() as usize;
         let chunk = net.umem().config().chunk_size as usize;
         let snaps: Vec<(u64, ExportState)> = exports.iter().map(|e| e.snapshot()).collect();
+        let tallies = vec![ExportTally::default(); exports.len()];
         let bufcnts: Vec<u16> = snaps.iter().map(|(_, s)| s.bufcnt).collect();
         // At most one operation per data chunk of the largest frame, per slot.
         let ops = (usize::from(iface.mtu) / chunk + 2).max(1);
@@ -209,7 +238,26 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             done: Vec::with_capacity(RX_BATCH),
             completions: Vec::with_capacity(RX_BATCH),
             stats: WorkerStats::default(),
+            capacity,
+            tallies,
+            initiators: Initiators::default(),
+            clock: None,
+            control: Arc::new(Control::default()),
+            served: 0,
+            switching: None,
+            held: Vec::new(),
         }
+    }
+
+    /// The line to the control plane (counters on request, export-set changes).
+    pub fn control(&self) -> Arc<Control> {
+        Arc::clone(&self.control)
+    }
+
+    /// This loop's clock (read once per loop, when first needed).
+    #[inline]
+    fn now(&mut self) -> Instant {
+        *self.clock.get_or_insert_with(Instant::now)
     }
 
     /// The packet side.
@@ -298,7 +346,14 @@ impl<P: Packets, S: Storage> Worker<P, S> {
                 if self.net.needs_wakeup_fill() {
                     self.net.wake_rx()?;
                 }
-                sys::poll_readable(self.net.fd(), self.store.fd(), POLL_MS)?;
+                // Held replies and a pending export change wait for something no descriptor
+                // signals (a state file written, the last request answered): look again soon.
+                let ms = if self.held.is_empty() && self.switching.is_none() {
+                    POLL_MS
+                } else {
+                    1
+                };
+                sys::poll_readable(self.net.fd(), self.store.fd(), ms)?;
                 idle = 0;
             }
         }
@@ -313,13 +368,22 @@ impl<P: Packets, S: Storage> Worker<P, S> {
 
     /// Whether no request is in flight and no reply waits to be queued.
     pub fn quiet(&self) -> bool {
-        self.inflight.is_empty() && self.tx.is_empty() && self.store.queued() == 0
+        self.inflight.is_empty()
+            && self.tx.is_empty()
+            && self.store.queued() == 0
+            && self.held.is_empty()
     }
 
     /// One loop: completions become replies, replies go out, requests come in (when `take`)
     /// and go to storage. Returns whether it found any work.
     pub fn turn(&mut self, take: bool) -> std::io::Result<bool> {
         let mut work = false;
+        self.clock = None;
+        if let Some(n) = self.control.pending(self.served) {
+            self.serve_control(n);
+        }
+        // While switching to a new export list, take nothing new: drain, then switch.
+        let take = take && self.switching.is_none();
         // Storage completions become replies.
         if self.store.in_flight() > 0 {
             let mut completions = std::mem::take(&mut self.completions);
@@ -342,6 +406,9 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             }
         }
         self.refill();
+        if !self.held.is_empty() {
+            self.release_held();
+        }
         // Replies out.
         if !self.tx.is_empty() {
             let n = self.net.send(&mut self.tx);
@@ -381,33 +448,155 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             work = true;
             self.store.submit()?;
         }
+        if self.switching.is_some() && self.quiet() {
+            self.switch_exports()?;
+            work = true;
+        }
         Ok(work)
+    }
+
+    /// Serve control request `n`: take a pending export change, publish the counters.
+    fn serve_control(&mut self, n: u64) {
+        let control = Arc::clone(&self.control);
+        let mut shared = control.lock();
+        if let Some((gen, list)) = shared.change.take() {
+            if gen > shared.applied {
+                self.switching = Some((gen, list));
+            }
+        }
+        self.publish(&mut shared);
+        drop(shared);
+        self.served = n;
+        control.served(n);
+    }
+
+    /// Copy the counters into the control plane's view.
+    fn publish(&mut self, shared: &mut Shared) {
+        let p: &mut Published = &mut shared.published;
+        p.stats.clone_from(&self.stats);
+        p.exports.clear();
+        for (i, (e, t)) in self.exports.iter().zip(&self.tallies).enumerate() {
+            p.exports
+                .push((Arc::clone(e), t.clone(), u64::from(self.inflight.held(i))));
+        }
+        p.initiators.clear();
+        p.initiators.extend(self.initiators.iter().copied());
+        p.in_flight = self.ranges.present() as u64;
+        p.at = Some(Instant::now());
+    }
+
+    /// Switch to the pending export list (the worker is quiet: nothing in flight, nothing
+    /// held). Counters of the exports that stay are kept; new exports are announced.
+    fn switch_exports(&mut self) -> std::io::Result<()> {
+        let Some((gen, list)) = self.switching.take() else {
+            return Ok(());
+        };
+        let result = self.store.set_exports(&list);
+        let control = Arc::clone(&self.control);
+        if let Err(e) = result {
+            control.lock().failed = Some(format!(
+                "worker {} queue {}: switching exports: {e}",
+                self.ifname, self.queue
+            ));
+            return Err(e);
+        }
+        let old = std::mem::replace(&mut self.exports, list);
+        let mut old_tallies = std::mem::take(&mut self.tallies);
+        let mut fresh = Vec::new();
+        for (i, e) in self.exports.iter().enumerate() {
+            match old.iter().position(|o| Arc::ptr_eq(o, e)) {
+                Some(j) => self.tallies.push(std::mem::take(&mut old_tallies[j])),
+                None => {
+                    self.tallies.push(ExportTally::default());
+                    fresh.push(i);
+                }
+            }
+        }
+        self.snaps = self.exports.iter().map(|e| e.snapshot()).collect();
+        let bufcnts: Vec<u16> = self.snaps.iter().map(|(_, s)| s.bufcnt).collect();
+        self.inflight = InFlight::new(self.capacity, &bufcnts);
+        self.ranges = Ranges::new(self.capacity, self.exports.len());
+        for i in fresh {
+            self.announce_export(i);
+        }
+        let mut shared = control.lock();
+        shared.applied = gen;
+        shared.failed = None;
+        self.publish(&mut shared);
+        drop(shared);
+        drop(old);
+        Ok(())
+    }
+
+    /// Queue replies whose export's state is persisted now.
+    fn release_held(&mut self) {
+        let mut i = 0;
+        while i < self.held.len() {
+            let h = &self.held[i];
+            if h.export.persisted() >= h.version {
+                let h = self.held.swap_remove(i);
+                self.tx.push(h.frame);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Queue a reply for export `ei`, or hold it while the export's AoE state changed and is
+    /// not on disk yet (so a reply confirming a change never leaves before the change is
+    /// persisted).
+    pub(super) fn reply_or_hold(&mut self, ei: usize, frame: Frame) {
+        let Some(e) = self.exports.get(ei) else {
+            return self.recycle(frame);
+        };
+        let version = e.version();
+        if e.persisted() >= version {
+            return self.tx.push(frame);
+        }
+        if self.held.len() >= MAX_HELD {
+            self.stats.dropped += 1;
+            return self.recycle(frame);
+        }
+        let export = Arc::clone(e);
+        self.held.push(Held {
+            frame,
+            export,
+            version,
+        });
     }
 
     /// Send the unsolicited config response for every export: to broadcast, or to each MAC of
     /// the export's mask list.
     fn announce(&mut self) {
         for i in 0..self.exports.len() {
-            self.refresh(i);
-            let state = self.snaps[i].1.clone();
-            let dsts = if state.mask.is_empty() {
-                vec![BROADCAST]
-            } else {
-                state.mask.clone()
+            self.announce_export(i);
+        }
+    }
+
+    /// Send export `i`'s unsolicited config response.
+    fn announce_export(&mut self, i: usize) {
+        self.refresh(i);
+        let Some((_, state)) = self.snaps.get(i) else {
+            return;
+        };
+        let state = state.clone();
+        let dsts = if state.mask.is_empty() {
+            vec![BROADCAST]
+        } else {
+            state.mask.clone()
+        };
+        for dst in dsts {
+            let Some(mut f) = self.net.umem_mut().alloc() else {
+                return;
             };
-            for dst in dsts {
-                let Some(mut f) = self.net.umem_mut().alloc() else {
-                    return;
-                };
-                let n = target::advertisement(
-                    &state,
-                    &self.iface,
-                    dst,
-                    &mut self.net.umem().chunk_mut(&mut f)[..],
-                );
-                f.set(0, n as u32);
-                self.tx.push(f);
-            }
+            let n = target::advertisement(
+                &state,
+                &self.iface,
+                dst,
+                &mut self.net.umem().chunk_mut(&mut f)[..],
+            );
+            f.set(0, n as u32);
+            self.tx.push(f);
         }
     }
 

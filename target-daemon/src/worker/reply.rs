@@ -7,6 +7,7 @@ use aoe::wire::ATA_HLEN;
 use xsk::if_xdp::XDP_PKT_CONTD;
 use xsk::Frame;
 
+use super::control::ExportTally;
 use super::inflight::{op_len, slot_op, Pending};
 use super::io::{Packets, Storage};
 use super::{Worker, WorkerStats};
@@ -63,7 +64,10 @@ impl<P: Packets, S: Storage> Worker<P, S> {
         // The last operation. The outcome is worked out from the slot in place, before the
         // `Pending` moves, once, out of the table and into `reply_io` (see ARCHITECTURE.md on
         // store forwarding).
-        let outcome = account(&mut self.stats, &self.exports[p.export].name, p);
+        let now = *self.clock.get_or_insert_with(std::time::Instant::now);
+        let name = self.exports.get(p.export).map_or("?", |e| e.name.as_str());
+        let tally = self.tallies.get_mut(p.export);
+        let outcome = account(&mut self.stats, tally, name, p, now);
         self.retire(slot, outcome);
     }
 
@@ -144,9 +148,21 @@ impl<P: Packets, S: Storage> Worker<P, S> {
 
 /// Counts a finished request in `stats` and says how it went; a failure is logged at the 1st,
 /// 2nd, 4th, 8th, … time, never once per frame.
-fn account(stats: &mut WorkerStats, export: &str, p: &Pending) -> IoOutcome {
+fn account(
+    stats: &mut WorkerStats,
+    tally: Option<&mut ExportTally>,
+    export: &str,
+    p: &Pending,
+    now: std::time::Instant,
+) -> IoOutcome {
+    let mut spare = ExportTally::default();
+    let tally = tally.unwrap_or(&mut spare);
+    tally
+        .latency
+        .record(now.saturating_duration_since(p.arrived).as_nanos() as u64);
     if let Some(e) = p.error {
         stats.io_errors += 1;
+        tally.errors += 1;
         if stats.io_errors.is_power_of_two() {
             tracing::warn!(export, errno = e, error = %std::io::Error::from_raw_os_error(e), decision = ?p.decision, failures = stats.io_errors, "storage I/O failed; answering with an ATA error");
         }
@@ -156,13 +172,20 @@ fn account(stats: &mut WorkerStats, export: &str, p: &Pending) -> IoOutcome {
         Decision::Read { .. } => {
             stats.reads += 1;
             stats.read_bytes += u64::from(p.bytes);
+            tally.reads += 1;
+            tally.read_bytes += u64::from(p.bytes);
         }
         Decision::Write { .. } => {
             stats.writes += 1;
             stats.write_bytes += u64::from(p.bytes);
             stats.gathered_writes += u64::from(p.bounce.is_some());
+            tally.writes += 1;
+            tally.write_bytes += u64::from(p.bytes);
         }
-        _ => stats.flushes += 1,
+        _ => {
+            stats.flushes += 1;
+            tally.flushes += 1;
+        }
     }
     IoOutcome::Ok
 }

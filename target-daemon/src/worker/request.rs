@@ -95,7 +95,12 @@ impl<P: Packets, S: Storage> Worker<P, S> {
     /// addresses and decide for each.
     fn handle(&mut self, frame: Frame, gathered: Gathered) {
         let (shelf, slot) = match Header::new(self.net.umem().data(&frame)) {
-            Some(h) if h.ethertype() == ETHERTYPE_AOE && !h.is_response() => (h.shelf(), h.slot()),
+            Some(h) if h.ethertype() == ETHERTYPE_AOE && !h.is_response() => {
+                let (src, addr) = (h.src(), (h.shelf(), h.slot()));
+                let now = self.now();
+                self.initiators.record(src, now);
+                addr
+            }
             _ => {
                 self.stats.dropped += 1;
                 self.free_bounce(gathered.map(|g| g.0));
@@ -173,6 +178,7 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             ),
         };
         if let Some(change) = out.change {
+            // The reply below waits until the change is persisted (`reply_or_hold`).
             export.apply(change);
         }
         match out.decision {
@@ -185,7 +191,7 @@ impl<P: Packets, S: Storage> Worker<P, S> {
                     umem.chunk_mut(&mut frame)[off..off + n].copy_from_slice(&src[..n]);
                     b.put(slot);
                 }
-                self.tx.push(frame.with_packet(off as u32, n as u32, 0));
+                self.reply_or_hold(ei, frame.with_packet(off as u32, n as u32, 0));
             }
             Decision::Drop => {
                 self.stats.dropped += 1;
@@ -244,6 +250,7 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             retries: 0,
             chunks,
             bounce,
+            arrived: self.now(),
         };
         self.inflight.put(slot, p);
         if self

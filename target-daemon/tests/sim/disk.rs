@@ -521,4 +521,16 @@ impl Storage for SimDisk {
     fn fd(&self) -> Option<RawFd> {
         None
     }
+
+    fn set_exports(
+        &mut self,
+        exports: &[std::sync::Arc<xblade::export::Export>],
+    ) -> io::Result<()> {
+        assert!(
+            self.queued.is_empty() && self.running.is_empty() && self.cq.is_empty(),
+            "exports changed with operations queued or in flight"
+        );
+        self.durable = exports.iter().map(|e| e.durable_writes()).collect();
+        Ok(())
+    }
 }
