@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod export;
 pub mod latency;
 pub mod metrics;
+pub mod notify;
 pub mod privilege;
 pub mod status;
 pub mod sys;
