@@ -16,6 +16,7 @@ pub mod latency;
 pub mod metrics;
 pub mod notify;
 pub mod privilege;
+pub mod statefile;
 pub mod status;
 pub mod sys;
 pub mod uring;
