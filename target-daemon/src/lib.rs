@@ -18,6 +18,7 @@ pub mod notify;
 pub mod privilege;
 pub mod statefile;
 pub mod status;
+pub mod statview;
 pub mod sys;
 pub mod uring;
 pub mod worker;

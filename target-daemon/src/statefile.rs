@@ -259,7 +259,8 @@ fn macs(field: &str, list: &[String]) -> anyhow::Result<Vec<Mac>> {
         .collect()
 }
 
-fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
+/// The bytes of lower- or upper-case hex `s`.
+pub(crate) fn unhex(s: &str) -> anyhow::Result<Vec<u8>> {
     if !s.len().is_multiple_of(2) {
         bail!("{} hex digits, not an even number", s.len());
     }
