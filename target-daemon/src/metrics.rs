@@ -397,14 +397,15 @@ pub fn serve(
     let server = tiny_http::Server::http(addr).map_err(|e| {
         anyhow!(
             "cannot listen for Prometheus scrapes on {addr}: {e}; give the metrics endpoint a \
-             free local address and port (host:port, e.g. 127.0.0.1:9477), or stop whatever \
+             free local address and port (host:port, e.g. 127.0.0.1:9477) with --metrics ADDR \
+             or `metrics` in the [daemon] section of the configuration, or stop whatever \
              listens there already (ss -ltnp shows it)"
         )
     })?;
     let Some(local) = server.server_addr().to_ip() else {
         return Err(anyhow!(
             "the metrics endpoint {addr} is not an IP address and port; give host:port, e.g. \
-             127.0.0.1:9477"
+             127.0.0.1:9477, to --metrics or `metrics` in the [daemon] section"
         ));
     };
     let server = Arc::new(server);
@@ -874,5 +875,6 @@ mod tests {
         let msg = format!("{err:#}");
         assert!(msg.contains(&addr), "{msg}");
         assert!(msg.contains("free local address"), "{msg}");
+        assert!(msg.contains("--metrics"), "{msg}");
     }
 }
