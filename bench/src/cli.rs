@@ -31,6 +31,72 @@ pub enum Command {
     Run(RunArgs),
     /// Answer every AoE request at once, with no storage: the ceiling for `run`.
     Echo(EchoArgs),
+    /// Write the manual pages (aoe-bench.1, and aoe-bench-SUBCOMMAND.1 for each subcommand)
+    /// into DIR.
+    Man(ManArgs),
+    /// Print a shell completion script to stdout (bash: save it as
+    /// /usr/share/bash-completion/completions/aoe-bench; zsh: as _aoe-bench in a directory of
+    /// $fpath; fish: as ~/.config/fish/completions/aoe-bench.fish).
+    Completions(CompletionsArgs),
+}
+
+/// `aoe-bench man`.
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Directory to write the pages into (created if missing).
+    #[arg(value_name = "DIR")]
+    pub dir: std::path::PathBuf,
+}
+
+/// `aoe-bench completions`.
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: Shell,
+}
+
+/// The shells `aoe-bench completions` writes for.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shell {
+    /// bash (bash-completion).
+    Bash,
+    /// zsh.
+    Zsh,
+    /// fish.
+    Fish,
+}
+
+impl Shell {
+    /// The clap_complete generator for this shell.
+    pub fn generator(self) -> clap_complete::Shell {
+        match self {
+            Shell::Bash => clap_complete::Shell::Bash,
+            Shell::Zsh => clap_complete::Shell::Zsh,
+            Shell::Fish => clap_complete::Shell::Fish,
+        }
+    }
+}
+
+/// Writes aoe-bench's manual pages into `dir` (section 1: aoe-bench.1, then one page per
+/// subcommand, aoe-bench-run.1 ...), and returns their paths.
+pub fn write_man_pages(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let mut pages = Vec::new();
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        pages.push(clap_mangen::Man::new(sub.clone()).generate_to(dir)?);
+    }
+    pages.insert(0, clap_mangen::Man::new(cmd).generate_to(dir)?);
+    Ok(pages)
+}
+
+/// Writes the completion script for `shell` to `out`.
+pub fn write_completions(shell: Shell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    clap_complete::generate(shell.generator(), &mut Cli::command(), "aoe-bench", out);
 }
 
 /// Where the packets go: interface, queue, XDP.
@@ -426,6 +492,54 @@ mod tests {
         );
         assert!(parse(&["echo", "-i", "x", "--bufcnt", "1"]).is_err());
         assert!(parse(&["echo", "-i", "x", "--shelf", "4095"]).is_err());
+    }
+
+    #[test]
+    fn man_pages_and_completions() {
+        let dir = std::env::temp_dir().join(format!("aoe-bench-man-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let pages = write_man_pages(&dir).unwrap();
+        let names: Vec<String> = pages
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        for want in [
+            "aoe-bench.1",
+            "aoe-bench-run.1",
+            "aoe-bench-discover.1",
+            "aoe-bench-echo.1",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+        }
+        let main = std::fs::read_to_string(dir.join("aoe-bench.1")).unwrap();
+        assert!(main.contains(".TH aoe-bench 1"), "{main}");
+        assert!(main.contains("discover"), "subcommands listed");
+        let run = std::fs::read_to_string(dir.join("aoe-bench-run.1")).unwrap();
+        assert!(run.contains("\\-\\-qd"), "options of run documented");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        for (shell, needle) in [
+            (Shell::Bash, "complete -F"),
+            (Shell::Zsh, "#compdef aoe-bench"),
+            (Shell::Fish, "complete -c aoe-bench"),
+        ] {
+            let mut out = Vec::new();
+            write_completions(shell, &mut out);
+            let text = String::from_utf8(out).unwrap();
+            assert!(
+                text.contains(needle) && text.contains("randread"),
+                "{shell:?}"
+            );
+        }
+        let Command::Completions(c) = parse(&["completions", "zsh"]).unwrap().command else {
+            panic!("not completions")
+        };
+        assert_eq!(c.shell, Shell::Zsh);
+        assert!(parse(&["completions", "tcsh"]).is_err());
+        let Command::Man(m) = parse(&["man", "/tmp/x"]).unwrap().command else {
+            panic!("not man")
+        };
+        assert_eq!(m.dir, std::path::PathBuf::from("/tmp/x"));
     }
 
     #[test]

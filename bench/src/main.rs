@@ -5,6 +5,8 @@
 //!   retransmit timer, latency histogram, optional self-checking data (`--verify`).
 //! - `aoe-bench echo -i IFACE`: a storage-less responder, the ceiling `run` can be measured
 //!   against.
+//! - `aoe-bench man DIR`, `aoe-bench completions bash|zsh|fish`: the manual pages and the
+//!   shell completions the Debian package ships.
 //!
 //! Exit status: 0 on success; 1 on a fatal error, or if `run` saw any ATA, AoE, short-read or
 //! verify error; 2 on a usage error.
@@ -52,6 +54,31 @@ fn pin(port: &PortArgs) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The two that write files or stdout need no signal handling and no NIC.
+    match &cli.command {
+        Command::Man(a) => {
+            return match cli::write_man_pages(&a.dir) {
+                Ok(pages) => {
+                    for p in pages {
+                        println!("{}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!(
+                        "aoe-bench: error: writing manual pages into {}: {e}",
+                        a.dir.display()
+                    );
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Command::Completions(a) => {
+            cli::write_completions(a.shell, &mut std::io::stdout().lock());
+            return ExitCode::SUCCESS;
+        }
+        _ => {}
+    }
     let result = install_signals().and_then(|stop| match &cli.command {
         Command::Discover(a) => pin(&a.port)
             .and_then(|()| discover::discover(a, &stop))
@@ -60,6 +87,7 @@ fn main() -> ExitCode {
         Command::Echo(a) => pin(&a.port)
             .and_then(|()| echo::echo(a, &stop))
             .map(|()| true),
+        Command::Man(_) | Command::Completions(_) => unreachable!("handled above"),
     });
     match result {
         Ok(true) => ExitCode::SUCCESS,
