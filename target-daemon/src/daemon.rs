@@ -1,6 +1,7 @@
 //! Start-up and shutdown: preflight, open exports, attach XDP, build one worker per
 //! (interface, queue), run them on their threads, and report.
 
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -13,7 +14,11 @@ use xsk::{Socket, SocketConfig, Umem, UmemConfig};
 use crate::backing::{Backing, BackingConfig, Durability, IoMode};
 use crate::config::{self, Config, IoArg, XdpModeArg};
 use crate::export::Export;
+use crate::persist::StateWriter;
 use crate::privilege::{self, WorkerFilter};
+use crate::runtime::{Live, Port as LivePort, Runtime, State as RuntimeState, WorkerLine};
+use crate::services::{Opener, Services};
+use crate::statefile::StateDir;
 use crate::sys::{self, cap};
 use crate::uring::{Uring, UringConfig};
 use crate::worker::mapped::Mapped;
@@ -152,81 +157,182 @@ fn log_mapped(name: &str, map: &sys::FileMap) {
     );
 }
 
-/// Open every export's backing store and build its protocol state.
-fn open_exports(cfg: &Config, max_sectors: u8) -> Result<Vec<Arc<Export>>> {
+/// Open every export's backing store and build its protocol state (with the AoE state
+/// persisted in `state`, if any).
+fn open_exports(
+    cfg: &Config,
+    max_sectors: u8,
+    state: Option<&StateDir>,
+) -> Result<Vec<Arc<Export>>> {
     let host = sys::hostname();
-    let mut out = Vec::new();
-    for e in &cfg.exports {
-        let backing = Backing::open(&backing_config(e))
-            .with_context(|| format!("export e{}.{}", e.shelf, e.slot))?;
-        if backing.io_mode() == IoMode::Direct
-            && backing.dio_offset_align().max(backing.dio_mem_align()) > SECTOR as u32
-        {
-            bail!(
-                "export e{}.{}: {} has {}-byte logical blocks, but AoE addresses 512-byte sectors and \
-                 O_DIRECT cannot do 512-byte I/O on it. Export a device with 512-byte sectors, or choose \
-                 buffered I/O explicitly (--buffered, or io = \"buffered\")",
-                e.shelf,
-                e.slot,
-                e.path.display(),
-                backing.dio_offset_align().max(backing.logical_block_size()),
-            );
-        }
-        let mut st = ExportState::new(e.shelf, e.slot, backing.sectors());
-        st.read_only = e.read_only;
-        st.bufcnt = e.bufcnt;
-        st.max_sectors = max_sectors;
-        st.write_cache = e.write_back;
-        st.set_acl(&e.mask_macs())
-            .with_context(|| format!("export e{}.{}: mask", e.shelf, e.slot))?;
-        st.serial = e
-            .serial
-            .clone()
-            .unwrap_or_else(|| format!("{}.{}:{host}", e.shelf, e.slot));
-        log_export_ready(e, st.sectors, &backing);
-        let export = Export::new(st, backing).with_context(|| {
-            format!(
-                "export e{}.{}: mapping the in-memory store {}",
-                e.shelf,
-                e.slot,
-                e.path.display()
-            )
-        })?;
-        if let Some(map) = &export.map {
-            sys::explain_sigbus();
-            log_mapped(&export.name, map);
-        }
-        out.push(Arc::new(export));
-    }
-    Ok(out)
+    cfg.exports
+        .iter()
+        .map(|e| open_export(e, max_sectors, &host, state))
+        .collect()
 }
 
+/// Open export `e`'s backing store and build its protocol state, with its persisted AoE state
+/// (config string, mask and reserve lists) from `state`.
+pub(crate) fn open_export(
+    e: &config::Export,
+    max_sectors: u8,
+    host: &str,
+    state: Option<&StateDir>,
+) -> Result<Arc<Export>> {
+    let backing = Backing::open(&backing_config(e))
+        .with_context(|| format!("export e{}.{}", e.shelf, e.slot))?;
+    if backing.io_mode() == IoMode::Direct
+        && backing.dio_offset_align().max(backing.dio_mem_align()) > SECTOR as u32
+    {
+        bail!(
+            "export e{}.{}: {} has {}-byte logical blocks, but AoE addresses 512-byte sectors and \
+             O_DIRECT cannot do 512-byte I/O on it. Export a device with 512-byte sectors, or choose \
+             buffered I/O explicitly (--buffered, or io = \"buffered\")",
+            e.shelf,
+            e.slot,
+            e.path.display(),
+            backing.dio_offset_align().max(backing.logical_block_size()),
+        );
+    }
+    let mut st = ExportState::new(e.shelf, e.slot, backing.sectors());
+    st.read_only = e.read_only;
+    st.bufcnt = e.bufcnt;
+    st.max_sectors = max_sectors;
+    st.write_cache = e.write_back;
+    st.set_acl(&e.mask_macs())
+        .with_context(|| format!("export e{}.{}: mask", e.shelf, e.slot))?;
+    st.serial = e
+        .serial
+        .clone()
+        .unwrap_or_else(|| format!("{}.{}:{host}", e.shelf, e.slot));
+    let name = format!("e{}.{}", e.shelf, e.slot);
+    if let Some(saved) = state.map(|d| d.load(&name)).transpose()?.flatten() {
+        tracing::info!(
+            export = %name,
+            file = %state.map(|d| d.path(&name).display().to_string()).unwrap_or_default(),
+            config_bytes = saved.config.len(),
+            mask = saved.mask.len(),
+            reserve = saved.reserve.len(),
+            "AoE state restored (config string, mask and reserve lists)"
+        );
+        st.apply(aoe::target::StateChange::Config(saved.config));
+        st.apply(aoe::target::StateChange::Mask(saved.mask));
+        st.apply(aoe::target::StateChange::Reserve(saved.reserve));
+    }
+    log_export_ready(e, st.sectors, &backing);
+    let export = Export::new(st, backing).with_context(|| {
+        format!(
+            "export e{}.{}: mapping the in-memory store {}",
+            e.shelf,
+            e.slot,
+            e.path.display()
+        )
+    })?;
+    if let Some(map) = &export.map {
+        sys::explain_sigbus();
+        log_mapped(&export.name, map);
+    }
+    Ok(Arc::new(export))
+}
+
+/// How the daemon was started, beyond its configuration.
+#[derive(Default)]
+pub struct Options {
+    /// The configuration file (`xblade serve`), for reloads.
+    pub config_path: Option<PathBuf>,
+    /// Set by SIGHUP: reload the configuration.
+    pub reload: Arc<AtomicBool>,
+}
+
+/// The default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/xblade";
+
 /// Run the daemon until `stop` is set. Returns the workers' counters.
-pub fn run(cfg: &Config, stop: Arc<AtomicBool>) -> Result<Summary> {
+pub fn run(cfg: &Config, stop: Arc<AtomicBool>, opts: Options) -> Result<Summary> {
     cfg.validate()?;
     let nworkers: usize = cfg.interfaces.iter().map(|i| i.queues.len()).sum();
     preflight(cfg, nworkers)?;
     let ucfg = umem_config(cfg.daemon.frames);
+    let state_dir = cfg
+        .daemon
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let writer = StateWriter::new(StateDir::open(&state_dir)?);
     // The MTU bounds sectors per command (Iface::advertised_sectors); the datapath does not:
     // frames larger than a chunk arrive and leave as multi-buffer frames.
-    let exports = open_exports(cfg, 255)?;
+    let exports = open_exports(cfg, 255, Some(writer.dir()))?;
+    for e in &exports {
+        writer.watch(e);
+    }
 
-    let mut steerings = Vec::new();
+    let mut ports = Vec::new();
     let mut workers = Vec::new();
     for icfg in &cfg.interfaces {
-        let (steering, built) = attach_interface(cfg, icfg, &exports, ucfg)?;
+        let (port, built) = attach_interface(cfg, icfg, &exports, ucfg)?;
         workers.extend(built);
-        steerings.push(steering);
+        ports.push(port);
     }
 
     let cpus = worker_cpus(cfg, workers.len())?;
+    let mut lines = workers.iter().zip(&cpus).map(|(w, cpu)| WorkerLine {
+        queue: w.queue,
+        cpu: *cpu,
+        control: w.control(),
+    });
+    for (p, icfg) in ports.iter_mut().zip(&cfg.interfaces) {
+        p.workers = lines.by_ref().take(icfg.queues.len()).collect();
+    }
     let fault = InjectedFault::from_env(&workers)?;
     let filter = worker_filter()?;
     // Everything that needs a capability is done: drop them all, while this is the only
     // thread, so that the worker threads are born without them.
     privilege::drop_capabilities()?;
-    let (summary, failed) = run_workers(workers, &cpus, fault.as_ref(), &filter, &stop);
-    detach(steerings);
+    let control_path = cfg
+        .daemon
+        .control
+        .clone()
+        .unwrap_or_else(crate::ctl::default_serve_path);
+    let listener = crate::ctl::bind(&control_path)?;
+    let live = cfg
+        .exports
+        .iter()
+        .cloned()
+        .zip(exports)
+        .map(|(cfg, export)| Live { cfg, export })
+        .collect();
+    let runtime = Arc::new(Runtime::new(
+        RuntimeState {
+            cfg: cfg.clone(),
+            exports: live,
+            ports,
+        },
+        control_path,
+        opts.config_path,
+        Some(Arc::clone(&writer)),
+    ));
+    let opener: Opener = {
+        let host = sys::hostname();
+        let w = Arc::clone(&writer);
+        Arc::new(move |e: &config::Export| open_export(e, 255, &host, Some(w.dir())))
+    };
+    let services = match Services::start(
+        &runtime,
+        listener,
+        opener,
+        opts.reload,
+        cfg.daemon.metrics.as_deref(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            detach(runtime.take_steerings());
+            return Err(e);
+        }
+    };
+    let (summary, failed) = run_workers(workers, &cpus, fault.as_ref(), &filter, &stop, &runtime);
+    crate::notify::stopping();
+    services.stop();
+    detach(runtime.take_steerings());
     match failed {
         Some(e) => Err(e),
         None => Ok(summary),
@@ -278,7 +384,7 @@ fn attach_interface(
     icfg: &config::Interface,
     exports: &[Arc<Export>],
     ucfg: UmemConfig,
-) -> Result<(Steering, Vec<Worker>)> {
+) -> Result<(LivePort, Vec<Worker>)> {
     let (mac, mtu) = sys::iface_info(&icfg.name)?;
     if mtu < MIN_MTU {
         bail!("interface {} has MTU {mtu}; AoE needs at least {MIN_MTU} (raise it with `ip link set {} mtu 1500`)", icfg.name, icfg.name);
@@ -320,7 +426,16 @@ fn attach_interface(
     for &q in &icfg.queues {
         workers.push(build_worker(cfg, &port, ucfg, q, &mut steering)?);
     }
-    Ok((steering, workers))
+    let live = LivePort {
+        name: icfg.name.clone(),
+        mac,
+        mtu,
+        zero_copy: workers.iter().all(|w| w.net().sock.zero_copy()),
+        steering,
+        workers: Vec::new(),
+        exports: port.exports,
+    };
+    Ok((live, workers))
 }
 
 /// Set up what XDP filters by address on interface `name` (MAC `mac`), serving `exports`:
@@ -330,7 +445,7 @@ fn attach_interface(
 /// (a request for export A from a MAC that only export B lists still reaches the worker,
 /// whose protocol layer drops it); when one has none, every source passes and the workers
 /// decide per export. No export at all: no request passes.
-fn steer_sources(
+pub(crate) fn steer_sources(
     steering: &mut Steering,
     name: &str,
     mac: aoe::Mac,
@@ -669,6 +784,7 @@ fn run_workers(
     fault: Option<&InjectedFault>,
     filter: &Arc<WorkerFilter>,
     stop: &Arc<AtomicBool>,
+    runtime: &Runtime,
 ) -> (Summary, Option<anyhow::Error>) {
     let (tx, rx) = std::sync::mpsc::channel();
     let threads = spawn_workers(workers, cpus, fault, filter, stop, &tx);
@@ -677,7 +793,7 @@ fn run_workers(
         results,
         finished,
         failed,
-    } = supervise(&rx, &threads.ids, threads.failed, stop);
+    } = supervise(&rx, &threads.ids, threads.failed, stop, runtime);
     let summary = summarize(threads.handles, &finished, threads.ids, results);
     (summary, failed)
 }
@@ -809,6 +925,7 @@ fn supervise(
     ids: &[(String, u32)],
     failed: Option<anyhow::Error>,
     stop: &AtomicBool,
+    runtime: &Runtime,
 ) -> Outcome {
     let n = ids.len();
     let mut started = 0;
@@ -824,6 +941,7 @@ fn supervise(
         .map(|_| std::time::Instant::now() + DRAIN_AFTER_FAILURE);
     if n == 0 && out.failed.is_none() {
         tracing::info!(workers = 0, "serving");
+        crate::notify::ready(&runtime.summary());
     }
     while running > 0 {
         let Some(event) = next_event(rx, drain_deadline, running) else {
@@ -836,6 +954,8 @@ fn supervise(
                     // "serving workers=N" is the readiness line the tests, the bench and scripts
                     // wait for.
                     tracing::info!(workers = n, "serving");
+                    // XDP is attached, the control socket bound, the exports announced.
+                    crate::notify::ready(&runtime.summary());
                 }
             }
             // From the closure of a thread that could not be started (dropped unrun).

@@ -75,6 +75,16 @@ impl Export {
         })
     }
 
+    /// The shelf address.
+    pub fn shelf(&self) -> u16 {
+        self.shelf
+    }
+
+    /// The slot address.
+    pub fn slot(&self) -> u8 {
+        self.slot
+    }
+
     /// Read the protocol state.
     pub fn state(&self) -> RwLockReadGuard<'_, ExportState> {
         self.state.read().unwrap_or_else(|p| p.into_inner())

@@ -10,13 +10,17 @@
 //! - [`privilege`]: least privilege once serving: capabilities dropped, workers' seccomp filter.
 pub mod backing;
 pub mod config;
+pub mod ctl;
 pub mod daemon;
 pub mod export;
 pub mod import_vblade;
 pub mod latency;
 pub mod metrics;
 pub mod notify;
+pub mod persist;
 pub mod privilege;
+pub mod runtime;
+pub mod services;
 pub mod statefile;
 pub mod status;
 pub mod statview;

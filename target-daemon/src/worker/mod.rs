@@ -318,6 +318,13 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             if stopping {
                 let deadline =
                     *drain_deadline.get_or_insert_with(|| Instant::now() + DRAIN_TIMEOUT);
+                if Instant::now() > deadline && !self.held.is_empty() {
+                    // Their state never reached the disk: the replies are not sent.
+                    for h in std::mem::take(&mut self.held) {
+                        self.stats.dropped += 1;
+                        self.recycle(h.frame);
+                    }
+                }
                 if self.quiet() && (self.tx_outstanding == 0 || Instant::now() > deadline) {
                     break;
                 }

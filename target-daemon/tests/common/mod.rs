@@ -183,17 +183,62 @@ impl Lab {
                 .map(|a| a.replace("{if}", self.target_if()))
                 .collect()
         };
+        // Every daemon of a lab gets the lab's control socket and state directory, unless the
+        // test names its own: never /run/xblade or /var/lib/xblade.
+        let mut own = Vec::new();
+        if !args.contains(&"--control") {
+            own.push("--control".to_owned());
+            own.push(self.control_path().display().to_string());
+        }
+        if !args.contains(&"--state-dir") {
+            own.push("--state-dir".to_owned());
+            own.push(self.state_dir().display().to_string());
+        }
         Command::new("ip")
             .args(["netns", "exec", self.target_ns()])
             .args(subst(prefix))
             .arg(xblade_bin())
             .args(subst(args))
+            .args(own)
             .env("XBLADE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(File::create(log).unwrap())
             .spawn()
             .unwrap()
+    }
+
+    /// The control socket of the lab's daemons.
+    pub fn control_path(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    /// The state directory of the lab's daemons.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Run the client command `xblade ARGS --control SOCKET` (outside the namespaces: the
+    /// socket is a file); returns whether it succeeded, its stdout and its stderr.
+    pub fn ctl(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(xblade_bin())
+            .args(args)
+            .arg("--control")
+            .arg(self.control_path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `xblade status --json`, parsed.
+    pub fn status(&self) -> xblade::status::Status {
+        let (ok, out, err) = self.ctl(&["status", "--json"]);
+        assert!(ok, "xblade status failed: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status JSON: {e}\n{out}"))
     }
 
     /// An AoE client on the initiator side.
@@ -321,6 +366,12 @@ impl Client {
             v.push(f);
         }
         v
+    }
+
+    /// Start this client's tags at `base` (two clients on one interface see each other's
+    /// replies: distinct tag ranges keep them apart).
+    pub fn set_tag_base(&mut self, base: u32) {
+        self.tag = base;
     }
 
     pub fn next_tag(&mut self) -> u32 {
