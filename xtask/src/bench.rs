@@ -59,7 +59,8 @@
 //!    next to echo: what a RAM target can reach on this machine at best. (On this lab's VM an
 //!    8 KiB copy from a 256 MiB image takes about 0.6 µs, a quarter of echo's time per frame.)
 //! 6. Prints the table, writes `target/bench/bench-<UTC time>.json` (everything, including each
-//!    tool's own JSON) and `.svg` (throughput and p99 latency against QD, one line per target),
+//!    tool's own JSON; [`report`]) and `.svg` (throughput and p99 latency against QD, one line
+//!    per target; [`plot`]),
 //!    copies them to `latest.json`/`latest.svg`, and takes the lab down (also after an error or
 //!    Ctrl-C; `--keep-lab` leaves it up). Target logs are in `target/bench/logs/`.
 //!
@@ -67,35 +68,44 @@
 //! missing; "n/a" cells are not errors. Speed is reported, never asserted. `--quick` (CI's
 //! smoke test) runs fewer cases for 1 s each (blk among them) and finishes in about a minute.
 
-mod json;
 mod mem;
+mod plot;
 mod procs;
 mod report;
-mod svg;
 
 use std::{
+    collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::{
+    cmd::{self, check_interrupted, from_argv, shell_words, CommandExt as _},
     lab::{self, Lab, LabConfig},
     project_root,
 };
-use json::{obj, Json};
-use procs::{capture, check_interrupt, shell_line, Service, Ticks};
+use procs::{Service, Ticks};
 
-const USAGE: &str = "usage: cargo xtask bench [--quick] [--time SECS] [--keep-lab]
-
-  --quick      fewer cases, 1 s each (CI's smoke test; about a minute)
-  --time SECS  length of each measurement (default 1.5, --quick 1)
-  --keep-lab   leave the lab up afterwards (default: take it down)
-
-Needs root. Writes target/bench/bench-<time>.json and .svg (and latest.json, latest.svg).";
+/// `cargo xtask bench` (needs root). Writes target/bench/bench-<time>.json and .svg (and
+/// latest.json, latest.svg).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Fewer cases, 1 s each (CI's smoke test; about a minute)
+    #[arg(long)]
+    quick: bool,
+    /// Length of each measurement, 0.2 to 600 (default 1.5, --quick 1)
+    #[arg(long, value_name = "SECS")]
+    time: Option<f64>,
+    /// Leave the lab up afterwards (default: take it down)
+    #[arg(long)]
+    keep_lab: bool,
+}
 
 /// Debian packages the bench drives (command, package).
 const TOOLS: &[(&str, &str)] = &[
@@ -133,36 +143,16 @@ struct Opts {
 }
 
 impl Opts {
-    fn parse(args: &[String]) -> Result<Opts> {
-        let mut quick = false;
-        let mut keep_lab = false;
-        let mut time = None;
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            match arg.as_str() {
-                "--quick" => quick = true,
-                "--keep-lab" => keep_lab = true,
-                "--time" => {
-                    let v = it.next().context("--time needs a value")?;
-                    let t: f64 = v
-                        .parse()
-                        .with_context(|| format!("--time {v:?}: expected seconds"))?;
-                    if !(0.2..=600.0).contains(&t) {
-                        bail!("--time {t}: expected 0.2 to 600 seconds");
-                    }
-                    time = Some(t);
-                }
-                "-h" | "--help" => {
-                    eprintln!("{USAGE}");
-                    std::process::exit(0);
-                }
-                other => bail!("unknown argument {other:?}\n\n{USAGE}"),
+    fn new(args: Args) -> Result<Opts> {
+        if let Some(t) = args.time {
+            if !(0.2..=600.0).contains(&t) {
+                bail!("--time {t}: expected 0.2 to 600 seconds");
             }
         }
         Ok(Opts {
-            quick,
-            time_s: time.unwrap_or(if quick { 1.0 } else { 1.5 }),
-            keep_lab,
+            quick: args.quick,
+            time_s: args.time.unwrap_or(if args.quick { 1.0 } else { 1.5 }),
+            keep_lab: args.keep_lab,
         })
     }
 
@@ -374,8 +364,74 @@ struct Measure {
     command: String,
     target_command: String,
     /// aoe-bench's JSON, and the target's (echo's counters).
-    result: Json,
-    target_result: Option<Json>,
+    result: Value,
+    target_result: Option<Value>,
+    /// aoe-bench's first error message, if any.
+    first_error: Option<String>,
+}
+
+/// What the bench reads of `aoe-bench run --json` (schema `aoe-bench/run/1`); missing or null
+/// numbers read as 0.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RunReport {
+    schema: String,
+    ok: bool,
+    stop_reason: Option<String>,
+    iops: Option<f64>,
+    mb_s: Option<f64>,
+    latency_us: RunLatency,
+    config: RunConfig,
+    frames: RunFrames,
+    flow: RunFlow,
+    errors: RunErrors,
+    verify: RunVerify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RunLatency {
+    all: Percentiles,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Percentiles {
+    p50: Option<f64>,
+    p99: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RunConfig {
+    qd: u32,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RunFrames {
+    rx: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RunFlow {
+    retransmits: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RunErrors {
+    total: u64,
+    messages: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RunVerify {
+    enabled: bool,
+    checked_sectors: u64,
+    errors: u64,
 }
 
 impl Measure {
@@ -385,15 +441,8 @@ impl Measure {
 
     fn trouble(&self) -> String {
         let messages = self
-            .result
-            .at(&["errors", "messages"])
-            .and_then(|m| match m {
-                Json::Arr(items) => items.first().and_then(|f| match f {
-                    Json::Str(s) => Some(s.clone()),
-                    _ => None,
-                }),
-                _ => None,
-            })
+            .first_error
+            .as_ref()
             .map(|m| format!(" (first: {m})"))
             .unwrap_or_default();
         format!(
@@ -402,27 +451,28 @@ impl Measure {
         )
     }
 
-    fn from_json(j: Json, command: String, target_command: String) -> Measure {
-        let n = |p: &[&str]| j.num(p).unwrap_or(0.0);
+    /// From aoe-bench's report (`r`, read from `j`).
+    fn new(r: RunReport, j: Value, command: String, target_command: String) -> Measure {
         Measure {
-            iops: n(&["iops"]),
-            mb_s: n(&["mb_s"]),
-            p99_us: n(&["latency_us", "all", "p99"]),
-            p50_us: n(&["latency_us", "all", "p50"]),
-            qd: n(&["config", "qd"]) as u32,
-            frames_rx: n(&["frames", "rx"]) as u64,
-            retransmits: n(&["flow", "retransmits"]) as u64,
-            errors: n(&["errors", "total"]) as u64,
-            verify: j.bool(&["verify", "enabled"]).unwrap_or(false),
-            verify_checked: n(&["verify", "checked_sectors"]) as u64,
-            verify_errors: n(&["verify", "errors"]) as u64,
-            ok: j.bool(&["ok"]).unwrap_or(false),
-            stop_reason: j.str(&["stop_reason"]).unwrap_or("?").to_owned(),
+            iops: r.iops.unwrap_or(0.0),
+            mb_s: r.mb_s.unwrap_or(0.0),
+            p99_us: r.latency_us.all.p99.unwrap_or(0.0),
+            p50_us: r.latency_us.all.p50.unwrap_or(0.0),
+            qd: r.config.qd,
+            frames_rx: r.frames.rx,
+            retransmits: r.flow.retransmits,
+            errors: r.errors.total,
+            verify: r.verify.enabled,
+            verify_checked: r.verify.checked_sectors,
+            verify_errors: r.verify.errors,
+            ok: r.ok,
+            stop_reason: r.stop_reason.unwrap_or_else(|| "?".to_owned()),
             cpu: None,
             command,
             target_command,
             result: j,
             target_result: None,
+            first_error: r.errors.messages.into_iter().next(),
         }
     }
 }
@@ -435,7 +485,38 @@ struct FioMeasure {
     p99_us: Option<f64>,
     command: String,
     /// fio's `jobs[0]`.
-    result: Json,
+    result: Value,
+}
+
+/// fio's `--output-format=json`.
+#[derive(Debug, Deserialize)]
+struct FioOutput {
+    jobs: Vec<Value>,
+}
+
+/// What the bench reads of one of fio's `jobs`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct FioJob {
+    error: i64,
+    read: FioDirection,
+    write: FioDirection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct FioDirection {
+    iops: Option<f64>,
+    bw_bytes: Option<f64>,
+    lat_ns: FioLatency,
+    clat_ns: FioLatency,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct FioLatency {
+    /// `"99.000000": ns`.
+    percentile: BTreeMap<String, f64>,
 }
 
 /// The 1-queue against 2-queue comparison.
@@ -461,7 +542,7 @@ struct QueueRun {
     workers_us_per_frame: f64,
     process_us_per_frame: f64,
     commands: Vec<String>,
-    results: Vec<Json>,
+    results: Vec<Value>,
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -607,8 +688,8 @@ struct Bins {
 }
 
 /// `cargo xtask bench`.
-pub fn run(args: &[String]) -> Result<()> {
-    let opts = Opts::parse(args)?;
+pub fn run(args: Args) -> Result<()> {
+    let opts = Opts::new(args)?;
     let started = Instant::now();
     let started_at = SystemTime::now();
     if !crate::test::is_root() {
@@ -623,7 +704,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let logs = out_dir.join("logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
     refuse_busy_lab()?;
-    procs::install_signal_handlers();
+    cmd::install_signal_handlers();
 
     let (rows, groups) = plan(opts.quick);
     let mut bench = Bench {
@@ -698,11 +779,22 @@ impl Drop for DownOnPanic {
     }
 }
 
+/// One line of cargo's `--message-format=json` (the fields the bench reads).
+#[derive(Debug, Deserialize)]
+struct CargoMessage {
+    reason: String,
+    target: Option<CargoTarget>,
+    executable: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+struct CargoTarget {
+    name: String,
+}
+
 /// `cargo build --release -p xblade -p aoe-bench`; the executables' paths from cargo.
 fn build() -> Result<Bins> {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let argv = [
-        cargo.as_str(),
+    let args = [
         "build",
         "--release",
         "-p",
@@ -711,33 +803,22 @@ fn build() -> Result<Bins> {
         "aoe-bench",
         "--message-format=json-render-diagnostics",
     ];
-    eprintln!("bench: building: {}", argv[1..].join(" "));
-    let out = Command::new(argv[0])
-        .args(&argv[1..])
-        .current_dir(project_root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .output()
-        .context("running cargo build")?;
-    if !out.status.success() {
-        bail!(
-            "cargo build --release -p xblade -p aoe-bench failed ({})",
-            out.status
-        );
-    }
+    eprintln!("bench: building: {}", args.join(" "));
+    let out = crate::test::cargo().args(args).read_showing_stderr()?;
     let (mut xblade, mut aoe_bench) = (None, None);
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Ok(msg) = Json::parse(line) else { continue };
-        if msg.str(&["reason"]) != Some("compiler-artifact") {
-            continue;
-        }
-        let (Some(name), Some(exe)) = (msg.str(&["target", "name"]), msg.str(&["executable"]))
-        else {
+    for line in out.lines() {
+        let Ok(msg) = serde_json::from_str::<CargoMessage>(line) else {
             continue;
         };
-        match name {
-            "xblade" => xblade = Some(PathBuf::from(exe)),
-            "aoe-bench" => aoe_bench = Some(PathBuf::from(exe)),
+        let (Some(target), Some(exe)) = (msg.target, msg.executable) else {
+            continue;
+        };
+        if msg.reason != "compiler-artifact" {
+            continue;
+        }
+        match target.name.as_str() {
+            "xblade" => xblade = Some(exe),
+            "aoe-bench" => aoe_bench = Some(exe),
             _ => {}
         }
     }
@@ -751,8 +832,7 @@ fn build() -> Result<Bins> {
 fn refuse_busy_lab() -> Result<()> {
     let namespaces = Command::new("ip")
         .args(["netns", "list"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .read()
         .unwrap_or_default();
     let mut busy = Vec::new();
     for ns in ["xbl-t", "xbl-i"] {
@@ -764,8 +844,7 @@ fn refuse_busy_lab() -> Result<()> {
         }
         let pids = Command::new("ip")
             .args(["netns", "pids", ns])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .read()
             .unwrap_or_default();
         for pid in pids.split_whitespace() {
             let cmd = fs::read(format!("/proc/{pid}/cmdline"))
@@ -809,8 +888,9 @@ struct Bench {
 
 /// How a generator run went.
 enum GenOutcome {
-    /// aoe-bench printed its JSON (the run may still have had errors).
-    Report(Json),
+    /// aoe-bench printed its JSON (the run may still have had errors): what the bench reads,
+    /// and all of it.
+    Report(Box<RunReport>, Value),
     /// It failed before it could report (no target, a request size it cannot do, ...).
     Fatal(String),
 }
@@ -947,7 +1027,7 @@ impl Bench {
 
     fn run_all(&mut self, groups: &[Group]) -> Result<()> {
         for (gi, g) in groups.iter().enumerate() {
-            check_interrupt()?;
+            check_interrupted()?;
             self.ensure_lab(g.mtu, 1)?;
             match g.section {
                 Section::Verify => self.run_verify_group(gi, g)?,
@@ -1010,7 +1090,7 @@ impl Bench {
     fn run_group(&mut self, gi: usize, g: &Group) -> Result<()> {
         let jumbo = g.section == Section::Jumbo;
         for thing in Self::order(gi, &THINGS) {
-            check_interrupt()?;
+            check_interrupted()?;
             match thing {
                 Thing::Echo => {
                     let first = self.rows[g.rows[0]].clone();
@@ -1026,7 +1106,7 @@ impl Bench {
                 }
                 Thing::Fio => {
                     for &r in &g.rows {
-                        check_interrupt()?;
+                        check_interrupted()?;
                         let row = self.rows[r].clone();
                         let cell = self.fio(&row);
                         let what =
@@ -1037,7 +1117,7 @@ impl Bench {
                 }
                 Thing::Xblade | Thing::Vblade => {
                     for &r in &g.rows {
-                        check_interrupt()?;
+                        check_interrupted()?;
                         let row = self.rows[r].clone();
                         let spec = self.gen_spec(&row);
                         let writes = row.rw.contains("write");
@@ -1064,7 +1144,7 @@ impl Bench {
         let (w, r) = (g.rows[0], g.rows[1]);
         let backend = self.rows[w].backend;
         for thing in Self::order(gi, &[Thing::Xblade, Thing::Vblade]) {
-            check_interrupt()?;
+            check_interrupted()?;
             // A seed per target and back end: a read-back cannot pass on another's data.
             let seed = 100 * (thing as u64 + 1) + backend as u64;
             let base = GenSpec {
@@ -1163,9 +1243,9 @@ impl Bench {
 
     fn run_gen(&self, g: &GenSpec) -> Result<(GenOutcome, String)> {
         let argv = self.gen_argv(g);
-        let line = shell_line(&argv);
+        let line = shell_words(&argv);
         let limit = g.time_s.unwrap_or(60.0) + 45.0;
-        let out = capture(&argv, Duration::from_secs_f64(limit))?;
+        let out = from_argv(&argv).capture_within(Duration::from_secs_f64(limit))?;
         Ok((classify(&out), line))
     }
 
@@ -1311,14 +1391,14 @@ impl Bench {
         {
             Ok(s) => s,
             Err(e) => {
-                check_interrupt()?;
+                check_interrupted()?;
                 return Ok(vec![
                     fail(format!("{} did not start: {e:#}", thing.name()));
                     specs.len()
                 ]);
             }
         };
-        let target_command = shell_line(&svc.argv);
+        let target_command = shell_words(&svc.argv);
         let hz = procs::clock_ticks_per_sec();
         let prefix = if thing == Thing::Xblade {
             "xblade-"
@@ -1338,11 +1418,11 @@ impl Bench {
             let before = procs::ticks(svc.pid(), prefix);
             let (outcome, command) = self.run_gen(spec)?;
             let after = procs::ticks(svc.pid(), prefix);
-            check_interrupt()?;
+            check_interrupted()?;
             let mut cell = match outcome {
                 GenOutcome::Fatal(reason) => fail(reason),
-                GenOutcome::Report(j) => {
-                    let mut m = Measure::from_json(j, command, target_command.clone());
+                GenOutcome::Report(r, j) => {
+                    let mut m = Measure::new(*r, j, command, target_command.clone());
                     m.cpu = cpu_per_frame(&before, &after, m.frames_rx, hz, thing == Thing::Xblade);
                     Cell::Run(Box::new(m))
                 }
@@ -1358,7 +1438,7 @@ impl Bench {
         }
         let status = svc.stop(STOP_GRACE)?;
         if thing == Thing::Echo {
-            if let Ok(j) = Json::parse_embedded(&svc.output()) {
+            if let Some(j) = embedded_json::<Value>(&svc.output()) {
                 for c in &mut cells {
                     if let Cell::Run(m) = c {
                         m.target_result = Some(j.clone());
@@ -1408,35 +1488,39 @@ impl Bench {
         if writes {
             argv.push("--sync=dsync".into());
         }
-        let line = shell_line(&argv);
-        let out = match capture(&argv, Duration::from_secs_f64(self.opts.time_s + 60.0)) {
+        let line = shell_words(&argv);
+        let timeout = Duration::from_secs_f64(self.opts.time_s + 60.0);
+        let out = match from_argv(&argv).capture_within(timeout) {
             Ok(o) => o,
             Err(e) => return Cell::Error(format!("{e:#}")),
         };
-        if procs::interrupted() {
+        if cmd::interrupted() {
             // Stopped by the signal: not measured, rather than failed.
             return Cell::Pending;
         }
-        let job = Json::parse_embedded(&out.stdout)
-            .ok()
-            .and_then(|j| j.at(&["jobs", "0"]).cloned());
-        let Some(job) = job.filter(|_| out.status.success()) else {
+        let job = embedded_json::<FioOutput>(&out.stdout_text())
+            .and_then(|fio| fio.jobs.into_iter().next())
+            .filter(|_| out.status.success());
+        let parsed = job
+            .clone()
+            .and_then(|job| serde_json::from_value::<FioJob>(job).ok());
+        let (Some(job), Some(parsed)) = (job, parsed) else {
             return Cell::Error(format!(
                 "fio failed ({}): {}",
                 out.status,
-                procs::tail(&format!("{}\n{}", out.stdout, out.stderr), 4)
+                procs::tail(&format!("{}\n{}", out.stdout_text(), out.stderr_text()), 4)
             ));
         };
-        if job.num(&["error"]).unwrap_or(0.0) != 0.0 {
-            return Cell::Error(format!("fio reported error {:?}", job.num(&["error"])));
+        if parsed.error != 0 {
+            return Cell::Error(format!("fio reported error {}", parsed.error));
         }
-        let dir = if writes { "write" } else { "read" };
-        let n = |p: &[&str]| job.num(&[&[dir][..], p].concat());
+        let dir = if writes { parsed.write } else { parsed.read };
+        let p99 = |lat: &FioLatency| lat.percentile.get("99.000000").copied();
         Cell::Fio(Box::new(FioMeasure {
-            iops: n(&["iops"]).unwrap_or(0.0),
-            mb_s: n(&["bw_bytes"]).unwrap_or(0.0) / 1e6,
-            p99_us: n(&["lat_ns", "percentile", "99.000000"])
-                .or_else(|| n(&["clat_ns", "percentile", "99.000000"]))
+            iops: dir.iops.unwrap_or(0.0),
+            mb_s: dir.bw_bytes.unwrap_or(0.0) / 1e6,
+            p99_us: p99(&dir.lat_ns)
+                .or_else(|| p99(&dir.clat_ns))
                 .map(|ns| ns / 1000.0),
             command: line,
             result: job,
@@ -1454,13 +1538,12 @@ impl Bench {
         for q in 0..2 {
             let _ = Command::new("ip")
                 .args(["-n", &ns, "link", "del", &format!("xbl-m{q}")])
-                .stderr(Stdio::null())
-                .status();
+                .read();
         }
         match result {
             Ok(runs) => self.queues = QueueCmp::Done(runs),
             Err(e) => {
-                check_interrupt()?;
+                check_interrupted()?;
                 let reason = format!("{e:#}");
                 eprintln!("bench: 1 vs 2 queues: n/a: {reason}");
                 self.queues = QueueCmp::NotApplicable(reason);
@@ -1472,13 +1555,11 @@ impl Bench {
     fn queue_comparison(&mut self) -> Result<Vec<QueueRun>> {
         let lab = self.lab().clone();
         let ns = lab.init_ns.as_str();
-        let sh = |cmd: &str| -> Result<()> {
-            let argv = ["ip", "netns", "exec", ns, "sh", "-c", cmd].map(String::from);
-            let out = capture(&argv, Duration::from_secs(10))?;
-            if !out.status.success() {
-                bail!("`{}` failed: {}", shell_line(&argv), out.stderr.trim());
-            }
-            Ok(())
+        let sh = |script: &str| -> Result<()> {
+            from_argv(&["ip", "netns", "exec", ns, "sh", "-c", script])
+                .capture_within(Duration::from_secs(10))?
+                .check()
+                .map(drop)
         };
         // New links in the initiator namespace come up without IPv6, so they stay silent.
         let _ = sh("sysctl -q -w net.ipv6.conf.default.disable_ipv6=1");
@@ -1500,7 +1581,7 @@ impl Bench {
         };
         let mut runs: Vec<QueueRun> = Vec::new();
         for &n in order {
-            check_interrupt()?;
+            check_interrupted()?;
             let (queues, cpus) = if n == 1 {
                 ("0".to_owned(), TARGET_CPU.to_string())
             } else {
@@ -1543,15 +1624,15 @@ impl Bench {
             }
             let mut iops = 0.0;
             let mut frames = 0;
-            let mut commands = vec![shell_line(&svc.argv)];
+            let mut commands = vec![shell_words(&svc.argv)];
             let mut results = Vec::new();
             for outcome in outcomes {
                 let (outcome, command) = outcome?;
                 commands.push(command);
                 match outcome {
                     GenOutcome::Fatal(r) => bail!("a generator failed: {r}"),
-                    GenOutcome::Report(j) => {
-                        let m = Measure::from_json(j.clone(), String::new(), String::new());
+                    GenOutcome::Report(r, j) => {
+                        let m = Measure::new(*r, j.clone(), String::new(), String::new());
                         if !m.clean() {
                             bail!("a generator had errors: {}", m.trouble());
                         }
@@ -1684,18 +1765,31 @@ fn filesystem_of(path: &Path) -> Option<String> {
     let out = Command::new("findmnt")
         .args(["-n", "-o", "FSTYPE", "--target"])
         .arg(path)
-        .output()
+        .read()
         .ok()?;
-    let fs = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    (out.status.success() && !fs.is_empty()).then_some(fs)
+    let fs = out.trim().to_owned();
+    (!fs.is_empty()).then_some(fs)
+}
+
+/// The first JSON object in `text` (tools print warnings and logs around their JSON), read as
+/// a `T`.
+fn embedded_json<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
+    let start = text.find('{')?;
+    let end = text.rfind('}')?;
+    serde_json::from_str(text.get(start..=end)?).ok()
 }
 
 /// What an `aoe-bench run` said: its report, or why it had none.
-fn classify(out: &procs::Captured) -> GenOutcome {
-    match Json::parse_embedded(&out.stdout) {
-        Ok(j) if j.str(&["schema"]) == Some("aoe-bench/run/1") => GenOutcome::Report(j),
-        _ => GenOutcome::Fatal(
-            out.stderr
+fn classify(out: &cmd::Captured) -> GenOutcome {
+    let report = embedded_json::<Value>(&out.stdout_text()).and_then(|j| {
+        let r = RunReport::deserialize(&j).ok()?;
+        (r.schema == "aoe-bench/run/1").then_some((r, j))
+    });
+    let stderr = out.stderr_text();
+    match report {
+        Some((r, j)) => GenOutcome::Report(Box::new(r), j),
+        None => GenOutcome::Fatal(
+            stderr
                 .lines()
                 .rev()
                 .find_map(|l| l.strip_prefix("aoe-bench: error: "))
@@ -1704,7 +1798,7 @@ fn classify(out: &procs::Captured) -> GenOutcome {
                     format!(
                         "aoe-bench run failed ({}): {}",
                         out.status,
-                        procs::tail(&out.stderr, 3)
+                        procs::tail(&stderr, 3)
                     )
                 }),
         ),
@@ -1772,32 +1866,36 @@ fn utc(t: SystemTime) -> (String, String) {
 }
 
 /// Host facts for the report.
-fn host_info() -> Json {
+#[derive(Debug, serde::Serialize)]
+struct HostInfo {
+    kernel: String,
+    cpus: usize,
+    cpu_model: Option<String>,
+    clock_ticks_per_s: f64,
+    vblade_package: Option<String>,
+    fio: Option<String>,
+}
+
+fn host_info() -> HostInfo {
     let read = |p: &str| fs::read_to_string(p).unwrap_or_default().trim().to_owned();
-    let model = read("/proc/cpuinfo")
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned());
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get() as u64);
     let version = |argv: &[&str]| {
-        Command::new(argv[0])
-            .args(&argv[1..])
-            .output()
+        from_argv(argv)
+            .read()
             .ok()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .map(|o| o.trim().to_owned())
             .filter(|s| !s.is_empty())
     };
-    obj([
-        ("kernel", read("/proc/sys/kernel/osrelease").into()),
-        ("cpus", cpus.into()),
-        ("cpu_model", model.into()),
-        ("clock_ticks_per_s", procs::clock_ticks_per_sec().into()),
-        (
-            "vblade_package",
-            version(&["dpkg-query", "-W", "-f", "${Version}", "vblade"]).into(),
-        ),
-        ("fio", version(&["fio", "--version"]).into()),
-    ])
+    HostInfo {
+        kernel: read("/proc/sys/kernel/osrelease"),
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model: read("/proc/cpuinfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned()),
+        clock_ticks_per_s: procs::clock_ticks_per_sec(),
+        vblade_package: version(&["dpkg-query", "-W", "-f", "${Version}", "vblade"]),
+        fio: version(&["fio", "--version"]),
+    }
 }
 
 #[cfg(test)]
@@ -1806,13 +1904,24 @@ mod tests {
 
     #[test]
     fn options() {
-        let a = |s: &str| s.split_whitespace().map(String::from).collect::<Vec<_>>();
-        let o = Opts::parse(&a("--quick")).unwrap();
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            bench: Args,
+        }
+        let parse = |line: &str| -> Result<Opts> {
+            let argv = std::iter::once("bench").chain(line.split_whitespace());
+            Opts::new(Cli::try_parse_from(argv)?.bench)
+        };
+        let o = parse("--quick").unwrap();
         assert!(o.quick && !o.keep_lab && o.time_s == 1.0);
-        let o = Opts::parse(&a("--time 3 --keep-lab")).unwrap();
+        let o = parse("--time 3 --keep-lab").unwrap();
         assert!(!o.quick && o.keep_lab && o.time_s == 3.0);
-        assert!(Opts::parse(&a("--time 0")).is_err());
-        assert!(Opts::parse(&a("--fast")).is_err());
+        assert!(parse("").unwrap().time_s == 1.5);
+        assert!(parse("--time 0").is_err());
+        assert!(parse("--time soon").is_err());
+        assert!(parse("--fast").is_err());
     }
 
     #[test]
@@ -1869,7 +1978,8 @@ mod tests {
     #[test]
     fn failed_runs_are_errors_or_na() {
         use std::os::unix::process::ExitStatusExt as _;
-        let out = |stdout: &str, stderr: &str, code: i32| procs::Captured {
+        let out = |stdout: &str, stderr: &str, code: i32| cmd::Captured {
+            line: "aoe-bench run".into(),
             status: std::process::ExitStatus::from_raw(code << 8),
             stdout: stdout.into(),
             stderr: stderr.into(),
@@ -1888,11 +1998,23 @@ mod tests {
         };
         assert!(reason.contains("boom"), "{reason}");
         let report = r#"{"schema": "aoe-bench/run/1", "ok": false, "errors": {"total": 3}}"#;
-        let GenOutcome::Report(j) = classify(&out(report, "", 1)) else {
+        let GenOutcome::Report(r, j) = classify(&out(report, "", 1)) else {
             panic!("no report");
         };
-        let m = Measure::from_json(j, String::new(), String::new());
+        let m = Measure::new(*r, j, String::new(), String::new());
         assert!(!m.clean() && m.trouble().starts_with("3 errors"));
+        // Null numbers (an empty histogram's NaN) read as 0; another schema is no report.
+        let report = r#"warning: x
+            {"schema": "aoe-bench/run/1", "ok": true, "iops": 5.5,
+             "latency_us": {"all": {"p99": null}}, "errors": {"total": 0, "messages": ["m"]}}"#;
+        let GenOutcome::Report(r, j) = classify(&out(report, "", 0)) else {
+            panic!("no report");
+        };
+        let m = Measure::new(*r, j, String::new(), String::new());
+        assert!(m.clean() && m.iops == 5.5 && m.p99_us == 0.0 && m.stop_reason == "?");
+        assert_eq!(m.first_error.as_deref(), Some("m"));
+        let other = r#"{"schema": "aoe-bench/echo/1"}"#;
+        assert!(matches!(classify(&out(other, "", 0)), GenOutcome::Fatal(_)));
     }
 
     #[test]

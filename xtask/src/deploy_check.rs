@@ -8,10 +8,12 @@ use std::{
     fs,
     io::Write as _,
     path::{Path, PathBuf},
-    process::{Command, Output},
+    process::Command,
 };
 
 use labkit::{ip, privileged, Netns};
+
+use crate::cmd::{Captured, CommandExt as _};
 
 fn deploy() -> PathBuf {
     crate::project_root().join("deploy")
@@ -52,11 +54,8 @@ fn which(program: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+fn text(out: &Captured) -> (String, String) {
+    (out.stdout_text(), out.stderr_text())
 }
 
 #[test]
@@ -212,7 +211,7 @@ fn systemd_units_grant_what_the_daemon_needs() {
         .arg("verify")
         .arg(scratch.0.join("xblade.service"))
         .arg(scratch.0.join("xblade@check.service"))
-        .output()
+        .capture()
         .unwrap();
     let (stdout, stderr) = text(&out);
     let ours: Vec<&str> = stdout
@@ -246,7 +245,7 @@ fn systemd_units_expose_2_0_or_less() {
         let out = Command::new(&analyze)
             .args(["security", "--offline=yes", "--threshold=20", "--no-pager"])
             .arg(&unit)
-            .output()
+            .capture()
             .unwrap();
         let (stdout, stderr) = text(&out);
         let score = stdout
@@ -282,7 +281,7 @@ fn tune(args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let out = cmd.output().unwrap();
+    let out = cmd.capture().unwrap();
     let (stdout, stderr) = text(&out);
     (out.status.code().unwrap_or(-1), stdout, stderr)
 }
@@ -301,7 +300,7 @@ fn tune_nic_script_is_valid_and_shellcheck_clean() {
     let out = Command::new("bash")
         .arg("-n")
         .arg(script())
-        .output()
+        .capture()
         .unwrap();
     assert!(out.status.success(), "bash -n: {}", text(&out).1);
     let mode = fs::metadata(script()).unwrap();
@@ -311,7 +310,7 @@ fn tune_nic_script_is_valid_and_shellcheck_clean() {
     );
     match which("shellcheck") {
         Some(sc) => {
-            let out = Command::new(sc).arg(script()).output().unwrap();
+            let out = Command::new(sc).arg(script()).capture().unwrap();
             assert!(out.status.success(), "shellcheck:\n{}", text(&out).0);
         }
         None => {
@@ -346,7 +345,7 @@ fn tune_nic_says_how_to_install_ethtool() {
         .args(["--dry-run", "lo"])
         .env("PATH", "/nonexistent")
         .env_remove("ETHTOOL")
-        .output()
+        .capture()
         .unwrap();
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -531,7 +530,7 @@ fn tune_nic_dry_run_on_a_veth_changes_nothing() {
             .args(["netns", "exec", ns, "bash"])
             .arg(script())
             .args(args)
-            .output()
+            .capture()
             .unwrap();
         let (stdout, stderr) = text(&out);
         (out.status.code().unwrap_or(-1), stdout, stderr)

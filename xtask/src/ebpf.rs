@@ -27,24 +27,22 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+use crate::cmd::CommandExt as _;
+
 /// The clang major version the committed object was built with.
 const EXPECTED_CLANG_MAJOR: &str = "14";
 const SOURCE: &str = "aoe_steer.bpf.c";
 const OBJECT: &str = "aoe_steer.o";
 
-pub fn run(args: &[String]) -> Result<()> {
-    let mut check = false;
-    for arg in args {
-        match arg.as_str() {
-            "--check" => check = true,
-            "-h" | "--help" => {
-                eprintln!("usage: cargo xtask ebpf [--check]");
-                return Ok(());
-            }
-            other => bail!("unknown argument `{other}` for `cargo xtask ebpf` (expected --check)"),
-        }
-    }
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Build into a temporary directory and fail if the result differs from the committed
+    /// object (CI runs this)
+    #[arg(long)]
+    pub check: bool,
+}
 
+pub fn run(Args { check }: Args) -> Result<()> {
     let ebpf_dir = crate::project_root().join("ebpf");
     let committed = ebpf_dir.join(OBJECT);
     let scratch = Scratch::new()?;
@@ -109,23 +107,21 @@ fn build(ebpf_dir: &Path, scratch: &Path, out: &Path) -> Result<String> {
     let mut prefix_map = std::ffi::OsString::from("-fdebug-prefix-map=");
     prefix_map.push(ebpf_dir);
     prefix_map.push("=.");
-    exec(
-        Command::new(&clang)
-            .current_dir(ebpf_dir)
-            .args([
-                "-O2", "-g", "-target", "bpfel", "-Wall", "-Wextra", "-Werror",
-            ])
-            .arg(prefix_map)
-            .args(["-c", SOURCE, "-o"])
-            .arg(&unstripped),
-    )?;
-    exec(
-        Command::new(&strip)
-            .arg("--strip-debug")
-            .arg(&unstripped)
-            .arg("-o")
-            .arg(out),
-    )?;
+    Command::new(&clang)
+        .current_dir(ebpf_dir)
+        .args([
+            "-O2", "-g", "-target", "bpfel", "-Wall", "-Wextra", "-Werror",
+        ])
+        .arg(prefix_map)
+        .args(["-c", SOURCE, "-o"])
+        .arg(&unstripped)
+        .run()?;
+    Command::new(&strip)
+        .arg("--strip-debug")
+        .arg(&unstripped)
+        .arg("-o")
+        .arg(out)
+        .run()?;
     Ok(version)
 }
 
@@ -136,22 +132,9 @@ fn tool(env: &str, default: &str) -> PathBuf {
 fn clang_version(clang: &Path) -> Result<String> {
     let output = Command::new(clang)
         .arg("--version")
-        .output()
-        .with_context(|| {
-            format!(
-            "cannot run `{}`: install clang and llvm (Debian: `apt-get install -y clang llvm`) \
-             or point CLANG=/path/to/clang at one",
-            clang.display()
-        )
-        })?;
-    if !output.status.success() {
-        bail!(
-            "`{} --version` failed with {}",
-            clang.display(),
-            output.status
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout)
+        .read()
+        .context("install clang and llvm (Debian: `apt-get install -y clang llvm`) or point CLANG=/path/to/clang at one")?;
+    Ok(output
         .lines()
         .next()
         .unwrap_or("unknown clang")
@@ -159,31 +142,14 @@ fn clang_version(clang: &Path) -> Result<String> {
         .to_owned())
 }
 
-/// Runs `cmd` to completion; its output goes to our stderr/stdout.
-fn exec(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| {
-        format!("failed to run {cmd:?} (is it installed? Debian: `apt-get install -y clang llvm`)")
-    })?;
-    if !status.success() {
-        bail!("{cmd:?} failed with {status}");
-    }
-    Ok(())
-}
-
 /// The file's sha256 from `sha256sum`, or a placeholder when that tool is missing: the hash is
 /// only informative, the comparison is on the bytes.
 fn sha256(path: &Path) -> String {
     Command::new("sha256sum")
         .arg(path)
-        .output()
+        .read()
         .ok()
-        .filter(|output| output.status.success())
-        .and_then(|output| {
-            String::from_utf8_lossy(&output.stdout)
-                .split_whitespace()
-                .next()
-                .map(str::to_owned)
-        })
+        .and_then(|output| output.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "unavailable (no sha256sum)".to_owned())
 }
 

@@ -35,11 +35,13 @@ use std::{
     fs,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
-    process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+
+use crate::cmd::{from_argv, quote, shell_words, CommandExt as _};
 
 const MIB: u64 = 1 << 20;
 /// Where `up` records what it made (a tmpfs, cleared at boot like the namespaces).
@@ -49,34 +51,41 @@ const AOE_MIN_MTU: u32 = 1042;
 /// How long `down` waits for processes to exit after SIGTERM (xblade drains in-flight I/O).
 const TERM_GRACE: Duration = Duration::from_secs(15);
 
-const USAGE: &str = "\
-usage: cargo xtask lab up [--queues N] [--mtu M] [--ram-mib N] [--disk-mib N] [--loop]
-       cargo xtask lab down
-       cargo xtask lab status
+/// `cargo xtask lab up|down|status` (needs root: namespaces, veth, loop devices).
+#[derive(Debug, clap::Args)]
+#[command(arg_required_else_help = true)]
+pub struct Args {
+    #[command(subcommand)]
+    command: LabCommand,
+}
 
-  up        create (or reconfigure to) the lab: netns xbl-t and xbl-i joined by veth xbl-tv/xbl-iv
-    --queues N    veth RX/TX queues on each end (default 1)
-    --mtu M       MTU of both veth ends (default 1500)
-    --ram-mib N   RAM-backed image /dev/shm/xbl/ram.img of N MiB (default: none)
-    --disk-mib N  image target/lab/disk.img of N MiB on the root filesystem (default: none)
-    --loop        a loop device (direct I/O, 512-byte sectors) over disk.img, else ram.img
-  down      stop processes in the lab, remove loop devices, namespaces, images and state
-  status    show what exists
-
-Needs root (namespaces, veth, loop devices).";
+#[derive(Debug, Subcommand)]
+enum LabCommand {
+    /// Create (or reconfigure to) the lab: netns xbl-t and xbl-i joined by veth xbl-tv/xbl-iv
+    Up(LabConfig),
+    /// Stop processes in the lab, remove loop devices, namespaces, images and state
+    Down,
+    /// Show what exists
+    Status,
+}
 
 /// What `lab up` builds.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, clap::Args)]
 pub struct LabConfig {
-    /// RX and TX queues of each veth end (`numrxqueues`/`numtxqueues`).
+    /// RX and TX queues of each veth end (`numrxqueues`/`numtxqueues`), 1 to 64
+    #[arg(long, value_name = "N", default_value_t = 1)]
     pub queues: u32,
-    /// MTU of both veth ends.
+    /// MTU of both veth ends
+    #[arg(long, value_name = "M", default_value_t = 1500)]
     pub mtu: u32,
-    /// Size of the RAM-backed image on tmpfs, in MiB; 0: none.
+    /// RAM-backed image /dev/shm/xbl/ram.img of N MiB, on tmpfs (0: none)
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub ram_mib: u64,
-    /// Size of the image on the root filesystem, in MiB; 0: none.
+    /// Image target/lab/disk.img of N MiB on the root filesystem (0: none)
+    #[arg(long, value_name = "N", default_value_t = 0)]
     pub disk_mib: u64,
-    /// Also a loop device over the disk image (else the RAM image).
+    /// A loop device (direct I/O, 512-byte sectors) over disk.img, else ram.img
+    #[arg(long = "loop")]
     pub loop_device: bool,
 }
 
@@ -93,46 +102,6 @@ impl Default for LabConfig {
 }
 
 impl LabConfig {
-    /// Parses `up`'s options (`--opt N` or `--opt=N`).
-    pub fn parse(args: &[String]) -> Result<LabConfig> {
-        let mut cfg = LabConfig::default();
-        let mut it = args.iter();
-        while let Some(arg) = it.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((f, v)) if f.starts_with("--") => (f, Some(v.to_owned())),
-                _ => (arg.as_str(), None),
-            };
-            if flag == "--loop" {
-                if inline.is_some() {
-                    bail!("--loop takes no value");
-                }
-                cfg.loop_device = true;
-                continue;
-            }
-            if !matches!(flag, "--queues" | "--mtu" | "--ram-mib" | "--disk-mib") {
-                bail!("unknown option `{arg}` for `lab up`\n\n{USAGE}");
-            }
-            let value = match inline {
-                Some(v) => v,
-                None => it
-                    .next()
-                    .cloned()
-                    .with_context(|| format!("{flag} needs a value"))?,
-            };
-            let number: u64 = value
-                .parse()
-                .with_context(|| format!("{flag} {value:?}: expected a whole number"))?;
-            match flag {
-                "--queues" => cfg.queues = u32::try_from(number).unwrap_or(u32::MAX),
-                "--mtu" => cfg.mtu = u32::try_from(number).unwrap_or(u32::MAX),
-                "--ram-mib" => cfg.ram_mib = number,
-                _ => cfg.disk_mib = number,
-            }
-        }
-        cfg.validate()?;
-        Ok(cfg)
-    }
-
     /// Checks ranges and combinations.
     pub fn validate(&self) -> Result<()> {
         if !(1..=64).contains(&self.queues) {
@@ -188,33 +157,17 @@ pub struct Lab {
 }
 
 /// `cargo xtask lab ...`.
-pub fn run(args: &[String]) -> Result<()> {
-    let Some((sub, rest)) = args.split_first() else {
-        eprintln!("{USAGE}");
-        bail!("`lab` needs a subcommand: up, down or status");
-    };
-    match sub.as_str() {
-        "up" => {
-            let cfg = LabConfig::parse(rest)?;
+pub fn run(args: Args) -> Result<()> {
+    match args.command {
+        LabCommand::Up(cfg) => {
             let lab = up(&cfg)?;
             print_lab(&lab, &cfg);
             Ok(())
         }
-        "down" | "status" if !rest.is_empty() => {
-            bail!("`lab {sub}` takes no options (got {rest:?})")
-        }
-        "down" => down(),
-        "status" => {
+        LabCommand::Down => down(),
+        LabCommand::Status => {
             print!("{}", status()?);
             Ok(())
-        }
-        "-h" | "--help" | "help" => {
-            eprintln!("{USAGE}");
-            Ok(())
-        }
-        other => {
-            eprintln!("{USAGE}");
-            bail!("unknown `lab` subcommand `{other}` (expected up, down or status)")
         }
     }
 }
@@ -714,22 +667,6 @@ impl Op {
     }
 }
 
-fn quote(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c))
-    {
-        word.to_owned()
-    } else {
-        format!("'{}'", word.replace('\'', r"'\''"))
-    }
-}
-
-fn shell_words(argv: &[String]) -> String {
-    argv.iter().map(|w| quote(w)).collect::<Vec<_>>().join(" ")
-}
-
 #[derive(Debug, Default)]
 struct Plan {
     steps: Vec<Op>,
@@ -966,25 +903,22 @@ fn execute(plan: &Plan) -> Result<(Vec<String>, Option<PathBuf>)> {
             }
             Op::DelLink { ns, dev } => {
                 if quiet(&["ip", "-n", ns, "link", "show", "dev", dev]).is_some() {
-                    checked(&["ip", "-n", ns, "link", "del", dev].map(String::from))?;
+                    checked(&["ip", "-n", ns, "link", "del", dev])?;
                 } else {
                     println!("  ({dev} went with its peer)");
                 }
             }
             Op::LoopAttach(file) => {
                 let f = file.to_string_lossy().into_owned();
-                let dev = checked(
-                    &[
-                        "losetup",
-                        "--find",
-                        "--show",
-                        "--direct-io=on",
-                        "--sector-size",
-                        "512",
-                        &f,
-                    ]
-                    .map(String::from),
-                )?;
+                let dev = checked(&[
+                    "losetup",
+                    "--find",
+                    "--show",
+                    "--direct-io=on",
+                    "--sector-size",
+                    "512",
+                    &f,
+                ])?;
                 let dev = PathBuf::from(dev.trim());
                 match loops_over(std::slice::from_ref(file)).iter().find(|l| l.dev == dev) {
                     Some(l) if !l.direct_io => println!(
@@ -1022,7 +956,7 @@ fn stop(procs: &[Proc]) -> Result<()> {
     let mut argv = vec!["kill".to_owned(), "-TERM".to_owned()];
     argv.extend(pids(&all));
     // A process may exit between listing and signalling: not an error.
-    let _ = quiet_owned(&argv);
+    let _ = from_argv(&argv).read();
     for (signal, grace) in [("-KILL", TERM_GRACE), ("", Duration::from_secs(5))] {
         let deadline = Instant::now() + grace;
         let mut left: Vec<&Proc> = all.iter().copied().filter(|p| alive(p.pid)).collect();
@@ -1046,7 +980,7 @@ fn stop(procs: &[Proc]) -> Result<()> {
             shell_words(&argv),
             grace.as_secs()
         );
-        let _ = quiet_owned(&argv);
+        let _ = from_argv(&argv).read();
     }
     Ok(())
 }
@@ -1268,20 +1202,8 @@ fn status_in(layout: &Layout) -> Result<String> {
 // ------------------------------------------------------------------------------------------------
 // Running commands.
 
-/// Whether the effective user is root (from /proc, so the xtask needs no libc).
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .is_some_and(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|euid| euid == "0"))
-                .unwrap_or(false)
-        })
-}
-
 fn need_root(what: &str) -> Result<()> {
-    if !is_root() {
+    if !crate::test::is_root() {
         bail!(
             "`cargo xtask {what}` needs root (network namespaces, veth, loop devices): run \
              `sudo -E \"$(command -v cargo)\" xtask {what}`"
@@ -1290,68 +1212,49 @@ fn need_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The package that provides `program`, for error messages.
-fn package_of(program: &str) -> &'static str {
-    match program {
-        "ip" => "iproute2",
-        "losetup" | "fallocate" | "kill" => "util-linux",
-        "sysctl" => "procps",
-        _ => "coreutils",
-    }
-}
-
-/// Runs `argv`; its stdout on success, `None` on any failure.
+/// Runs `argv`; its stdout on success, `None` on any failure (for looking at what exists).
 fn quiet(argv: &[&str]) -> Option<String> {
-    let out = Command::new(argv[0]).args(&argv[1..]).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    from_argv(argv).read().ok()
 }
 
-fn quiet_owned(argv: &[String]) -> Option<String> {
-    quiet(&argv.iter().map(String::as_str).collect::<Vec<_>>())
-}
-
-/// Runs `argv`; its stdout, or an error with its stderr.
-fn checked(argv: &[String]) -> Result<String> {
-    let out = Command::new(&argv[0])
-        .args(&argv[1..])
-        .output()
-        .with_context(|| {
-            format!(
-                "cannot run `{}`: is it installed? (Debian: `apt-get install {}`)",
-                argv[0],
-                package_of(&argv[0])
-            )
-        })?;
-    if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            shell_words(argv),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+/// Runs `argv`; its stdout, or an error naming the command, its status and its stderr.
+fn checked<S: AsRef<std::ffi::OsStr>>(argv: &[S]) -> Result<String> {
+    from_argv(argv).read()
 }
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write as _;
+    use std::{io::Write as _, process::Command};
 
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
+    /// `cargo xtask lab LINE`, parsed and checked as `run` would.
+    fn parse(line: &str) -> Result<LabCommand> {
+        use clap::Parser as _;
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            lab: Args,
+        }
+        let argv = std::iter::once("lab").chain(line.split_whitespace());
+        let command = Cli::try_parse_from(argv)?.lab.command;
+        if let LabCommand::Up(cfg) = &command {
+            cfg.validate()?;
+        }
+        Ok(command)
+    }
+
+    fn parse_up(line: &str) -> Result<LabConfig> {
+        match parse(&format!("up {line}"))? {
+            LabCommand::Up(cfg) => Ok(cfg),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
     fn parses_up_options() {
-        assert_eq!(LabConfig::parse(&[]).unwrap(), LabConfig::default());
-        let cfg = LabConfig::parse(&args(
-            "--queues 2 --mtu=9000 --ram-mib 256 --disk-mib=64 --loop",
-        ))
-        .unwrap();
+        assert_eq!(parse_up("").unwrap(), LabConfig::default());
+        let cfg = parse_up("--queues 2 --mtu=9000 --ram-mib 256 --disk-mib=64 --loop").unwrap();
         assert_eq!(
             cfg,
             LabConfig {
@@ -1362,29 +1265,31 @@ mod tests {
                 loop_device: true
             }
         );
-        assert_eq!(LabConfig::parse(&args(&cfg.to_args())).unwrap(), cfg);
+        assert_eq!(parse_up(&cfg.to_args()).unwrap(), cfg);
         for (bad, needle) in [
-            ("--queues", "needs a value"),
+            ("--queues", "a value is required"),
             ("--queues 0", "1 to 64"),
-            ("--queues two", "whole number"),
+            ("--queues two", "invalid digit"),
             ("--mtu 70000", "68 to 65535"),
             ("--loop", "--disk-mib"),
-            ("--loop=yes --ram-mib 1", "no value"),
-            ("--ram-mb 5", "unknown option"),
-            ("extra", "unknown option"),
+            ("--loop=yes --ram-mib 1", "unexpected value"),
+            ("--ram-mb 5", "unexpected argument '--ram-mb'"),
+            ("extra", "unexpected argument 'extra'"),
         ] {
-            let err = format!("{:#}", LabConfig::parse(&args(bad)).unwrap_err());
+            let err = format!("{:#}", parse_up(bad).unwrap_err());
             assert!(err.contains(needle), "{bad}: {err}");
         }
     }
 
     #[test]
     fn subcommands_are_checked() {
-        let err = run(&args("status now")).unwrap_err().to_string();
-        assert!(err.contains("takes no options"), "{err}");
-        let err = run(&args("sideways")).unwrap_err().to_string();
-        assert!(err.contains("unknown `lab` subcommand"), "{err}");
-        assert!(run(&[]).is_err());
+        assert!(matches!(parse("status").unwrap(), LabCommand::Status));
+        assert!(matches!(parse("down").unwrap(), LabCommand::Down));
+        let err = parse("status now").unwrap_err().to_string();
+        assert!(err.contains("unexpected argument 'now'"), "{err}");
+        let err = parse("sideways").unwrap_err().to_string();
+        assert!(err.contains("unrecognized subcommand 'sideways'"), "{err}");
+        assert!(parse("").is_err());
     }
 
     #[test]
@@ -1461,11 +1366,6 @@ mod tests {
 
     #[test]
     fn commands_print_as_typed() {
-        assert_eq!(
-            shell_words(&args("ip netns add xbl-t")),
-            "ip netns add xbl-t"
-        );
-        assert_eq!(quote("a b'c"), r"'a b'\''c'");
         assert_eq!(
             Op::RmDir("/dev/shm/xbl".into()).describe(),
             "rmdir /dev/shm/xbl"
@@ -1555,8 +1455,8 @@ mod tests {
                     "xdpgeneric",
                 ])
                 .args(how)
-                .output()
-                .is_ok_and(|o| o.status.success())
+                .read()
+                .is_ok()
         };
         if attach(&["obj", &obj.to_string_lossy(), "sec", "xdp.frags"]) {
             let st = status_in(&layout).unwrap();
@@ -1593,7 +1493,7 @@ mod tests {
         // While something runs in the lab, a disruptive change is refused, an identical `up` is fine.
         let mut busy = Command::new("ip")
             .args(["netns", "exec", "xbltst-t", "sleep", "300"])
-            .spawn()
+            .start()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         while netns_pids("xbltst-t").is_empty() {
@@ -1650,7 +1550,7 @@ mod tests {
         fs::write(&layout.state_file, "queues = many\n").unwrap();
         let mut busy = Command::new("ip")
             .args(["netns", "exec", "xbltst-i", "sleep", "300"])
-            .spawn()
+            .start()
             .unwrap();
         while netns_pids("xbltst-i").is_empty() {
             std::thread::sleep(Duration::from_millis(20));

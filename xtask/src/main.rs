@@ -1,11 +1,13 @@
-//! `cargo xtask <task> [args]`: the project's automation, in Rust.
+//! `cargo xtask <task> [options]`: the project's automation, in Rust.
 //!
-//! Each task is one module with a `run(args)` entry point and one row in [`TASKS`].
-//! To add a task: write `src/<task>.rs` with `pub fn run(args: &[String]) -> anyhow::Result<()>`,
-//! declare the module below and add a row to [`TASKS`]. Argument parsing is plain
-//! `std::env::args`, so the xtask builds in seconds and needs no extra crates.
+//! Each task is one module with an `Args` struct (clap) and a `run(Args)` entry point, and one
+//! variant of [`Task`]. To add a task: write `src/<task>.rs` with `#[derive(clap::Args)] pub
+//! struct Args` and `pub fn run(args: Args) -> anyhow::Result<()>`, declare the module below and
+//! add a variant to [`Task`] (its doc comment is the help line). Programs are run through
+//! [`cmd`], which puts the command line, exit status and stderr tail into every error.
 
 mod bench;
+mod cmd;
 #[cfg(test)]
 mod deploy_check;
 mod ebpf;
@@ -18,54 +20,49 @@ use std::{
     process::ExitCode,
 };
 
-use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
 
-/// One `cargo xtask` subcommand.
-struct Task {
-    /// The subcommand, as typed after `cargo xtask`.
-    name: &'static str,
-    /// The usage line's arguments, shown by `cargo xtask help`.
-    usage: &'static str,
-    /// One line for `cargo xtask help`.
-    about: &'static str,
-    /// Runs the task with the arguments that follow its name.
-    run: fn(&[String]) -> Result<()>,
+/// The project's automation: build, test, benchmark and package xblade.
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
 }
 
-const TASKS: &[Task] = &[Task {
-    name: "ebpf",
-    usage: "[--check]",
-    about: "rebuild ebpf/aoe_steer.o from ebpf/aoe_steer.bpf.c (--check: fail if the committed object is stale)",
-    run: ebpf::run,
-},
-Task {
-    name: "test",
-    usage: "[--quick]",
-    about: "the whole test suite as CI runs it: tools, ebpf check, fmt, clippy, cargo test, VM and bench stages",
-    run: test::run_suite,
-},
-Task {
-    name: "vm-test",
-    usage: "[--client linux|ipxe] [--target vblade|xblade] [--xblade-bin PATH] [--mtu 1500|9000] [--backing file,blk] [--keep] [--pcap] [--test io,fs,restart|sanboot]",
-    about: "boot Debian's kernel in qemu (TCG) and run its aoe initiator, or iPXE's sanboot, against a target on a tap (needs root)",
-    run: vm::run,
-},
-Task {
-    name: "lab",
-    usage: "up [--queues N] [--mtu M] [--ram-mib N] [--disk-mib N] [--loop] | down | status",
-    about: "network-namespace lab: netns xbl-t/xbl-i, veth xbl-tv/xbl-iv, RAM/disk images, loop device (needs root)",
-    run: lab::run,
-},
-Task {
-    name: "bench",
-    usage: "[--quick] [--time SECS] [--keep-lab]",
-    about: "xblade vs vblade vs ceilings (aoe-bench echo, fio) on the lab: table, target/bench/*.json and *.svg (needs root)",
-    run: bench::run,
-}];
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Rebuild ebpf/aoe_steer.o from ebpf/aoe_steer.bpf.c (--check: fail if the committed
+    /// object is stale)
+    Ebpf(ebpf::Args),
+    /// The whole test suite as CI runs it: tools, ebpf check, fmt, clippy, cargo test, then the
+    /// bench and VM stages
+    Test(test::Args),
+    /// Boot Debian's kernel in qemu (TCG) and run its aoe initiator, or iPXE's sanboot, against
+    /// a target on a tap (needs root)
+    VmTest(vm::Args),
+    /// Network-namespace lab: netns xbl-t/xbl-i, veth xbl-tv/xbl-iv, RAM/disk images, loop
+    /// device (needs root)
+    Lab(lab::Args),
+    /// xblade vs vblade vs ceilings (aoe-bench echo, fio) on the lab: table,
+    /// target/bench/*.json and *.svg (needs root)
+    Bench(bench::Args),
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match try_main(&args) {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Ebpf(args) => ebpf::run(args),
+        Task::Test(args) => test::run(args),
+        Task::VmTest(args) => vm::run(args),
+        Task::Lab(args) => lab::run(args),
+        Task::Bench(args) => bench::run(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -74,36 +71,64 @@ fn main() -> ExitCode {
     }
 }
 
-fn try_main(args: &[String]) -> Result<()> {
-    let Some((name, rest)) = args.split_first() else {
-        print_help();
-        bail!("no task given");
-    };
-    if matches!(name.as_str(), "help" | "-h" | "--help") {
-        print_help();
-        return Ok(());
-    }
-    match TASKS.iter().find(|task| task.name == name) {
-        Some(task) => (task.run)(rest),
-        None => {
-            print_help();
-            bail!("unknown task `{name}`")
-        }
-    }
-}
-
-fn print_help() {
-    eprintln!("usage: cargo xtask <task> [args]\n\ntasks:");
-    for task in TASKS {
-        eprintln!("  {} {}\n      {}", task.name, task.usage, task.about);
-    }
-    eprintln!("  help\n      print this message");
-}
-
 /// The workspace root: the parent of this crate's directory.
 pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives one level below the workspace root")
         .to_path_buf()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every `cargo xtask ...` line the docs, CI and `cargo xtask test` give still parses.
+    #[test]
+    fn documented_command_lines_parse() {
+        for line in [
+            "ebpf",
+            "ebpf --check",
+            "test",
+            "test --quick",
+            "bench",
+            "bench --quick",
+            "bench --time 3 --keep-lab",
+            "lab up --ram-mib 256",
+            "lab up --queues 2 --mtu=9000 --disk-mib 64 --loop",
+            "lab down",
+            "lab status",
+            "vm-test",
+            "vm-test --mtu 9000",
+            "vm-test --target xblade",
+            "vm-test --target xblade --xblade-bin PATH --test io,restart",
+            "vm-test --target-arg -d --target-arg -s",
+            "vm-test --keep",
+            "vm-test --client ipxe --target xblade --mtu 9000 --backing file,blk",
+            "vm-test --client ipxe --target vblade",
+            "vm-test --client linux --target vblade --mtu 9000 --backing file,blk --pcap",
+        ] {
+            let argv = std::iter::once("cargo xtask").chain(line.split_whitespace());
+            if let Err(e) = Cli::try_parse_from(argv) {
+                panic!("`cargo xtask {line}`: {e}");
+            }
+        }
+        for (line, stage) in test::STAGES
+            .iter()
+            .map(|(name, argv)| (argv.join(" "), name))
+        {
+            let argv = std::iter::once("cargo xtask").chain(line.split_whitespace());
+            if let Err(e) = Cli::try_parse_from(argv) {
+                panic!("stage {stage}: `cargo xtask {line}`: {e}");
+            }
+        }
+        assert!(Cli::try_parse_from(["cargo xtask", "frobnicate"]).is_err());
+    }
 }

@@ -7,14 +7,21 @@
 //! 4. `cargo test --workspace`: unit, property and privileged end-to-end tests (network
 //!    namespaces, XDP, AF_XDP, io_uring, loop devices, aoetools). Under `CI=true` a privileged
 //!    test that cannot run fails instead of skipping.
-//! 5. Every further stage registered in [`STAGES`] (the VM test with the real Linux initiator,
-//!    the benchmark smoke run) unless `--quick`.
+//! 5. Every further stage registered in [`STAGES`] (the benchmark smoke run, the VM tests with
+//!    the real Linux initiator and iPXE) unless `--quick`.
 
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
-use crate::project_root;
+use crate::{cmd::CommandExt as _, project_root};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Stop after `cargo test`: no bench or VM stages
+    #[arg(long)]
+    pub quick: bool,
+}
 
 /// (command that must exist, Debian package that provides it).
 pub const TOOLS: &[(&str, &str)] = &[
@@ -79,11 +86,13 @@ pub fn ensure_tools(tools: &[(&str, &str)]) -> Result<()> {
         "xtask: installing Debian packages the tests need: {}",
         missing.join(" ")
     );
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))
+    run_loudly(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_loudly(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
 }
 
 /// Whether we run as root.
@@ -98,16 +107,14 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
-    eprintln!("xtask: running {cmd:?}");
-    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
+/// Says what it runs, then runs it ([`CommandExt::run`]).
+fn run_loudly(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: running {}", crate::cmd::line(cmd));
+    cmd.run()
 }
 
-fn cargo() -> Command {
+/// `cargo` (the one running xtask), in the workspace root.
+pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(project_root());
     c
@@ -115,7 +122,7 @@ fn cargo() -> Command {
 
 /// Later stages: (name, xtask arguments). Each runs as `cargo xtask <args>`.
 /// The bench builds xblade in release first, so the VM stages find `target/release/xblade`.
-const STAGES: &[(&str, &[&str])] = &[
+pub const STAGES: &[(&str, &[&str])] = &[
     ("bench smoke", &["bench", "--quick"]),
     (
         "real Linux initiator vs xblade, MTU 1500",
@@ -171,11 +178,7 @@ const STAGES: &[(&str, &[&str])] = &[
 ];
 
 /// Run the suite.
-pub fn run_suite(args: &[String]) -> Result<()> {
-    let quick = args.iter().any(|a| a == "--quick");
-    if let Some(bad) = args.iter().find(|a| *a != "--quick") {
-        bail!("unknown argument {bad:?}; usage: cargo xtask test [--quick]");
-    }
+pub fn run(Args { quick }: Args) -> Result<()> {
     if !is_root() {
         eprintln!(
             "xtask: WARNING: not root: the end-to-end tests (netns, XDP, loop devices) will be SKIPPED \
@@ -183,9 +186,9 @@ pub fn run_suite(args: &[String]) -> Result<()> {
         );
     }
     ensure_tools(TOOLS)?;
-    crate::ebpf::run(&["--check".to_string()])?;
-    run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args([
+    crate::ebpf::run(crate::ebpf::Args { check: true })?;
+    run_loudly(cargo().args(["fmt", "--all", "--check"]))?;
+    run_loudly(cargo().args([
         "clippy",
         "--workspace",
         "--all-targets",
@@ -193,11 +196,11 @@ pub fn run_suite(args: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    run(cargo().args(["test", "--workspace"]))?;
+    run_loudly(cargo().args(["test", "--workspace"]))?;
     if !quick {
         for (name, xargs) in STAGES {
             eprintln!("xtask: stage {name}");
-            run(cargo().args(["xtask"]).args(*xargs))?;
+            run_loudly(cargo().args(["xtask"]).args(*xargs))?;
         }
     }
     eprintln!("xtask: all tests passed");

@@ -7,6 +7,7 @@
 //!                     [--backing file,blk] [--size-mib 128] [--pattern-mib 32] [--timeout 180]
 //!                     [--target-arg ARG]... [--vblade-bin PATH] [--ipxe PATH]
 //! ```
+
 //!
 //! `--pcap` records the VM's frames (both ways, from qemu) to
 //! `target/vm/frames-<label>-<test>.pcap`. What follows is the Linux client (`--client linux`,
@@ -62,15 +63,66 @@ use std::{
 };
 
 use anyhow::{bail, ensure, Context, Result};
+use clap::ValueEnum;
 
+use crate::cmd::{self, CommandExt as _};
 use host::{Event, LoopDevice, Qemu, Stopped, Tap, Target, TargetCommand};
 
-const USAGE: &str = "usage: cargo xtask vm-test [--client linux|ipxe] [--target vblade|xblade] \
-[--xblade-bin PATH] [--vblade-bin PATH] [--mtu 1500|9000] [--keep] [--test io,fs,restart] \
-[--backing file,blk] [--size-mib N] [--pattern-mib N] [--timeout SECS] [--target-arg ARG]... \
-[--ipxe PATH] [--pcap]";
+/// `cargo xtask vm-test` (needs root, /dev/net/tun and qemu-system-x86_64).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The initiator: Linux's aoe driver (tests io, fs, restart), or iPXE's sanboot, then Linux
+    #[arg(long, value_enum, default_value_t = Client::Linux)]
+    client: Client,
+    /// The target the VM's initiator talks to
+    #[arg(long, value_enum, default_value_t = TargetKind::Vblade)]
+    target: TargetKind,
+    /// The xblade binary [default: target/release/xblade, else target/debug/xblade]
+    #[arg(long, value_name = "PATH")]
+    xblade_bin: Option<PathBuf>,
+    /// The vblade binary
+    #[arg(long, value_name = "PATH", default_value = "/usr/sbin/vblade")]
+    vblade_bin: PathBuf,
+    /// MTU of the tap and the VM's NIC (576 to 65000)
+    #[arg(long, default_value_t = 1500)]
+    mtu: u32,
+    /// Keep the backing files, the initrd and the pattern
+    #[arg(long)]
+    keep: bool,
+    /// Record the VM's frames to target/vm/frames-<label>-<test>.pcap
+    #[arg(long)]
+    pcap: bool,
+    /// Tests to run, comma-separated [default: all; linux: io,fs,restart; ipxe: sanboot]
+    #[arg(long = "test", value_name = "TESTS", value_delimiter = ',')]
+    tests: Vec<String>,
+    /// What the target exports, comma-separated: each test runs on each [default: file]
+    #[arg(
+        long = "backing",
+        value_enum,
+        value_name = "BACKINGS",
+        value_delimiter = ','
+    )]
+    backings: Vec<Backing>,
+    /// Size of the export in MiB [default: 128; not with --client ipxe]
+    #[arg(long, value_name = "N")]
+    size_mib: Option<u64>,
+    /// Size of the random pattern the guest writes, in MiB [default: 32; not with --client ipxe]
+    #[arg(long, value_name = "N")]
+    pattern_mib: Option<u64>,
+    /// Seconds a test may take [default: 180; with --client ipxe: 120]
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+    /// An extra target option, before SHELF SLOT NETIF PATH (repeatable: --target-arg -d)
+    #[arg(long = "target-arg", value_name = "ARG", allow_hyphen_values = true)]
+    target_args: Vec<String>,
+    /// The iPXE image for --client ipxe (Debian's ipxe package)
+    #[arg(long, value_name = "PATH", default_value = ipxe::IPXE_LKRN)]
+    ipxe: PathBuf,
+}
 
 const TESTS: &[&str] = &["io", "fs", "restart"];
+/// How long a Linux client's test may take (`--timeout`).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
 /// `--client ipxe` has one test: iPXE boots Linux from the export, Linux checks it.
 const IPXE_TESTS: &[&str] = &["sanboot"];
 const SHELF: u16 = 1;
@@ -82,7 +134,7 @@ const DOWN_FOR: Duration = Duration::from_millis(2000);
 const LOAD_SECS: u32 = 12;
 const MARKER: &str = "XBLADE-VM: ";
 
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum TargetKind {
     Vblade,
     Xblade,
@@ -98,7 +150,7 @@ impl TargetKind {
 }
 
 /// Which initiator the VM runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Client {
     /// Linux's `aoe` driver, in a kernel qemu boots directly (the `io`, `fs`, `restart` tests).
     Linux,
@@ -107,7 +159,7 @@ enum Client {
 }
 
 /// What the target exports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Backing {
     /// A sparse file on tmpfs (`/dev/shm`).
     File,
@@ -121,14 +173,6 @@ impl Backing {
         match self {
             Backing::File => "file",
             Backing::Blk => "blk",
-        }
-    }
-
-    fn parse(name: &str) -> Result<Backing> {
-        match name {
-            "file" => Ok(Backing::File),
-            "blk" => Ok(Backing::Blk),
-            other => bail!("--backing {other}: expected file or blk (or file,blk)"),
         }
     }
 }
@@ -154,117 +198,56 @@ struct Options {
 }
 
 impl Options {
-    fn parse(args: &[String]) -> Result<Option<Self>> {
-        let mut options = Options {
-            client: Client::Linux,
-            ipxe: PathBuf::from(ipxe::IPXE_LKRN),
-            target: TargetKind::Vblade,
-            xblade_bin: None,
-            vblade_bin: PathBuf::from("/usr/sbin/vblade"),
-            mtu: 1500,
-            keep: false,
-            pcap: false,
-            tests: Vec::new(),
-            backings: Vec::new(),
-            size_mib: 128,
-            pattern_mib: 32,
-            timeout: Duration::from_secs(180),
-            target_args: Vec::new(),
-        };
-        let (mut size_given, mut timeout_given) = (false, false);
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            let (flag, inline) = match arg.split_once('=') {
-                Some((flag, value)) if flag.starts_with("--") => (flag, Some(value.to_owned())),
-                _ => (arg.as_str(), None),
-            };
-            let mut value = || -> Result<String> {
-                inline
-                    .clone()
-                    .or_else(|| args.next().cloned())
-                    .with_context(|| format!("{flag} needs a value"))
-            };
-            match flag {
-                "-h" | "--help" => {
-                    eprintln!("{USAGE}");
-                    return Ok(None);
-                }
-                "--client" => {
-                    options.client = match value()?.as_str() {
-                        "linux" => Client::Linux,
-                        "ipxe" => Client::Ipxe,
-                        other => bail!("--client {other}: expected linux or ipxe"),
-                    }
-                }
-                "--ipxe" => options.ipxe = PathBuf::from(value()?),
-                "--target" => {
-                    options.target = match value()?.as_str() {
-                        "vblade" => TargetKind::Vblade,
-                        "xblade" => TargetKind::Xblade,
-                        other => bail!("--target {other}: expected vblade or xblade"),
-                    }
-                }
-                "--xblade-bin" => options.xblade_bin = Some(PathBuf::from(value()?)),
-                "--vblade-bin" => options.vblade_bin = PathBuf::from(value()?),
-                "--mtu" => options.mtu = value()?.parse().context("--mtu")?,
-                "--keep" => options.keep = true,
-                "--pcap" => options.pcap = true,
-                "--test" => {
-                    for test in value()?.split(',') {
-                        options.tests.push(test.to_owned());
-                    }
-                }
-                "--backing" => {
-                    for name in value()?.split(',') {
-                        let backing = Backing::parse(name)?;
-                        if !options.backings.contains(&backing) {
-                            options.backings.push(backing);
-                        }
-                    }
-                }
-                "--size-mib" => {
-                    options.size_mib = value()?.parse().context("--size-mib")?;
-                    size_given = true;
-                }
-                "--pattern-mib" => {
-                    options.pattern_mib = value()?.parse().context("--pattern-mib")?;
-                    size_given = true;
-                }
-                "--timeout" => {
-                    options.timeout = Duration::from_secs(value()?.parse().context("--timeout")?);
-                    timeout_given = true;
-                }
-                "--target-arg" => options.target_args.push(value()?),
-                other => bail!("unknown argument `{other}`\n{USAGE}"),
-            }
-        }
-        let tests = match options.client {
-            Client::Linux => TESTS,
+    /// The options of `args`, with their defaults, checked.
+    fn new(args: Args) -> Result<Self> {
+        let size_given = args.size_mib.is_some() || args.pattern_mib.is_some();
+        let (tests, timeout) = match args.client {
+            Client::Linux => (TESTS, DEFAULT_TIMEOUT),
             Client::Ipxe => {
                 // The exported disk is built to size, and holds no pattern.
                 ensure!(
                     !size_given,
                     "--size-mib and --pattern-mib do not apply to --client ipxe"
                 );
-                if !timeout_given {
-                    options.timeout = ipxe::TIMEOUT;
-                }
-                IPXE_TESTS
+                (IPXE_TESTS, ipxe::TIMEOUT)
             }
         };
-        for test in &options.tests {
+        for test in &args.tests {
             ensure!(
                 tests.contains(&test.as_str()),
                 "unknown test `{test}` (tests: {})",
                 tests.join(", ")
             );
         }
-        if options.tests.is_empty() {
-            options.tests = tests.iter().map(|test| (*test).to_owned()).collect();
+        let mut backings = Vec::new();
+        for backing in args.backings {
+            if !backings.contains(&backing) {
+                backings.push(backing);
+            }
         }
-        if options.backings.is_empty() {
-            options.backings.push(Backing::File);
+        if backings.is_empty() {
+            backings.push(Backing::File);
         }
+        let options = Options {
+            client: args.client,
+            ipxe: args.ipxe,
+            target: args.target,
+            xblade_bin: args.xblade_bin,
+            vblade_bin: args.vblade_bin,
+            mtu: args.mtu,
+            keep: args.keep,
+            pcap: args.pcap,
+            tests: if args.tests.is_empty() {
+                tests.iter().map(|test| (*test).to_owned()).collect()
+            } else {
+                args.tests
+            },
+            backings,
+            size_mib: args.size_mib.unwrap_or(128),
+            pattern_mib: args.pattern_mib.unwrap_or(32),
+            timeout: args.timeout.map_or(timeout, Duration::from_secs),
+            target_args: args.target_args,
+        };
         ensure!(
             (576..=65_000).contains(&options.mtu),
             "--mtu {} is out of range",
@@ -275,7 +258,7 @@ impl Options {
             options.size_mib > 2 * options.pattern_mib,
             "--size-mib must hold two copies of the pattern plus a MiB"
         );
-        Ok(Some(options))
+        Ok(options)
     }
 
     /// `vblade`, `vblade-mtu9000`, `xblade-blk`: the part of log names that says what ran.
@@ -305,14 +288,14 @@ impl Options {
     }
 }
 
-pub fn run(args: &[String]) -> Result<()> {
-    let Some(options) = Options::parse(args)? else {
-        return Ok(());
-    };
-    host::install_signal_handlers();
+pub fn run(args: Args) -> Result<()> {
+    let options = Options::new(args)?;
+    cmd::install_signal_handlers();
     let root = crate::project_root();
     let target_bin = target_binary(&options, &root)?;
-    host::run_checked(Command::new("qemu-system-x86_64").arg("--version"))
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .read()
         .context("qemu-system-x86_64 is missing: apt-get install qemu-system-x86")?;
 
     let out = root.join("target/vm");
@@ -422,7 +405,7 @@ fn run_tests(
     let mut results = Vec::new();
     for (backing, test) in runs {
         let mut result = run_one(backing, test);
-        host::check_interrupted()?;
+        cmd::check_interrupted()?;
         let mut kept_logs = Vec::new();
         while let Some(why) = initiator_stall(&result, options.target) {
             if kept_logs.len() == STALL_RETRIES {
@@ -449,7 +432,7 @@ fn run_tests(
             );
             kept_logs.push(kept.display().to_string());
             result = run_one(backing, test);
-            host::check_interrupted()?;
+            cmd::check_interrupted()?;
         }
         if !kept_logs.is_empty() {
             result.notes.push(format!(
@@ -868,7 +851,7 @@ impl TestContext<'_> {
         );
         let spawned = Instant::now();
         let mut qemu = Qemu::spawn(&mut command, console)?;
-        qemu.note(&format!("{command:?}"));
+        qemu.note(&cmd::line(&command));
 
         let deadline = Instant::now() + self.options.timeout;
         let mut verdict: Option<Result<(), String>> = None;
@@ -909,10 +892,10 @@ impl TestContext<'_> {
                     result.info.insert(what.to_owned(), fields(values));
                 }
                 "LOAD-STARTED" if test == "restart" => {
-                    host::sleep(KILL_AFTER)?;
+                    cmd::sleep(KILL_AFTER)?;
                     target.kill9()?;
                     qemu.note("target killed with SIGKILL");
-                    host::sleep(DOWN_FOR)?;
+                    cmd::sleep(DOWN_FOR)?;
                     target.restart()?;
                     qemu.note("target restarted");
                     restarted_at = Some(qemu.elapsed());
@@ -1012,34 +995,31 @@ impl TestContext<'_> {
     }
 
     fn check_fs(&self, backing: &Path) -> Result<()> {
-        let fsck = Command::new("e2fsck")
-            .arg("-fn")
-            .arg(backing)
-            .output()
-            .context("running e2fsck")?;
+        // e2fsck reports problems on stdout.
+        let fsck = Command::new("e2fsck").arg("-fn").arg(backing).capture()?;
         ensure!(
             fsck.status.success(),
             "host e2fsck -fn: {}\n{}",
             fsck.status,
-            String::from_utf8_lossy(&fsck.stdout)
+            fsck.stdout_text()
         );
         let dump = backing.with_extension("big.bin");
-        let result = host::run_checked(
-            Command::new("debugfs")
-                .arg("-R")
-                .arg(format!("dump /big.bin {}", dump.display()))
-                .arg(backing),
-        )
-        .and_then(|()| {
-            let big = fs::read(&dump)?;
-            ensure!(
-                big.len() == self.pattern.len(),
-                "/big.bin has {} bytes, expected {}",
-                big.len(),
-                self.pattern.len()
-            );
-            compare(&big, 0, self.pattern, "/big.bin (via debugfs)")
-        });
+        let result = Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("dump /big.bin {}", dump.display()))
+            .arg(backing)
+            .read()
+            .map(drop)
+            .and_then(|()| {
+                let big = fs::read(&dump)?;
+                ensure!(
+                    big.len() == self.pattern.len(),
+                    "/big.bin has {} bytes, expected {}",
+                    big.len(),
+                    self.pattern.len()
+                );
+                compare(&big, 0, self.pattern, "/big.bin (via debugfs)")
+            });
         let _ = fs::remove_file(&dump);
         result
     }
@@ -1160,11 +1140,19 @@ mod stall_tests {
 mod option_tests {
     use std::time::Duration;
 
-    use super::{ipxe, Backing, Client, Options};
+    use clap::Parser as _;
 
+    use super::{ipxe, Args, Backing, Client, Options};
+
+    /// `cargo xtask vm-test LINE`, parsed and checked as `run` does.
     fn parse(line: &str) -> anyhow::Result<Options> {
-        let args: Vec<String> = line.split_whitespace().map(String::from).collect();
-        Options::parse(&args).map(|o| o.expect("not --help"))
+        #[derive(Debug, clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            vm: Args,
+        }
+        let argv = std::iter::once("vm-test").chain(line.split_whitespace());
+        Options::new(Cli::try_parse_from(argv)?.vm)
     }
 
     #[test]
@@ -1178,12 +1166,12 @@ mod option_tests {
         let o = parse("--target xblade --mtu 9000 --backing blk").unwrap();
         assert_eq!(o.backings, [Backing::Blk]);
         assert_eq!(o.summary_label(), "xblade-mtu9000-blk");
-        let o = parse("--backing=file,blk --backing blk").unwrap();
+        let o = parse("--backing=file,blk --backing blk --target vblade").unwrap();
         assert_eq!(o.backings, [Backing::File, Backing::Blk]);
         assert_eq!(o.label(Backing::Blk), "vblade-blk");
         assert_eq!(o.summary_label(), "vblade-file+blk");
         let err = parse("--backing nvme").err().unwrap().to_string();
-        assert!(err.contains("expected file or blk"), "{err}");
+        assert!(err.contains("[possible values: file, blk]"), "{err}");
     }
 
     #[test]

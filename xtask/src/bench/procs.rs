@@ -1,85 +1,16 @@
-//! Processes for the benchmark: long-running targets with their output in a log file, short
-//! commands whose output we capture, SIGINT/SIGTERM handling, and CPU time from `/proc`.
+//! Processes for the benchmark: long-running targets with their output in a log file (started
+//! through [`crate::cmd`]), and CPU time from `/proc`.
 
 use std::{
     fs,
-    io::Read as _,
     path::{Path, PathBuf},
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
+    process::{Child, ExitStatus, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// SIGINT, SIGTERM and SIGHUP set a flag instead of killing the xtask, so that it can stop
-/// what it started and take the lab down. (Children started from a terminal get Ctrl-C
-/// themselves: aoe-bench and xblade drain and exit, vblade dies.)
-pub fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: `on_signal` is async-signal-safe (one atomic store); a zeroed sigaction with
-        // only the handler set is a valid argument, and the old action is not needed.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(sig, &action, std::ptr::null_mut());
-        }
-    }
-}
-
-/// Whether a stop signal arrived.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
-
-/// Fails if a stop signal arrived.
-pub fn check_interrupt() -> Result<()> {
-    if interrupted() {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-fn signal(pid: u32, sig: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return;
-    };
-    // SAFETY: kill(2) with a pid of a child we spawned and have not reaped yet (so the pid
-    // cannot have been reused); it has no memory-safety preconditions.
-    unsafe {
-        libc::kill(pid, sig);
-    }
-}
-
-/// `argv` as a person would type it.
-pub fn shell_line(argv: &[String]) -> String {
-    argv.iter()
-        .map(|w| {
-            if !w.is_empty()
-                && w.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,@%+".contains(&b))
-            {
-                w.clone()
-            } else {
-                format!("'{}'", w.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn command(argv: &[String]) -> Command {
-    let mut c = Command::new(&argv[0]);
-    c.args(&argv[1..]);
-    c
-}
+use crate::cmd::{self, check_interrupted, from_argv, CommandExt as _};
 
 /// A long-running process (a target) with its stdout and stderr in a log file.
 pub struct Service {
@@ -95,12 +26,11 @@ impl Service {
     pub fn start(name: &str, argv: &[String], log: &Path) -> Result<Service> {
         let file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let err = file.try_clone()?;
-        let child = command(argv)
+        let child = from_argv(argv)
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)
-            .spawn()
-            .with_context(|| format!("starting {}", shell_line(argv)))?;
+            .start()?;
         Ok(Service {
             name: name.to_owned(),
             argv: argv.to_vec(),
@@ -144,7 +74,7 @@ impl Service {
                     self.tail()
                 );
             }
-            check_interrupt()?;
+            check_interrupted()?;
             if Instant::now() > deadline {
                 bail!(
                     "{} was not ready after {} s (no {marker:?} in its output): {}",
@@ -163,7 +93,7 @@ impl Service {
         if let Some(status) = self.exited() {
             return Ok(status);
         }
-        signal(self.pid(), libc::SIGTERM);
+        cmd::signal(&self.child, libc::SIGTERM);
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Some(status) = self.exited() {
@@ -190,64 +120,6 @@ impl Drop for Service {
             let _ = self.stop(Duration::from_secs(10));
         }
     }
-}
-
-/// What a short command did.
-pub struct Captured {
-    pub status: ExitStatus,
-    pub stdout: String,
-    pub stderr: String,
-}
-
-/// Runs `argv` to completion and captures its output. Stops it (SIGTERM, then SIGKILL) when
-/// it outlives `timeout` or a stop signal arrives.
-pub fn capture(argv: &[String], timeout: Duration) -> Result<Captured> {
-    let mut child = command(argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", shell_line(argv)))?;
-    let reader = |mut pipe: Box<dyn std::io::Read + Send>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            String::from_utf8_lossy(&buf).into_owned()
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().expect("piped")));
-    let err = reader(Box::new(child.stderr.take().expect("piped")));
-    let deadline = Instant::now() + timeout;
-    let mut termed: Option<Instant> = None;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        let late = Instant::now() > deadline;
-        match termed {
-            None if late || interrupted() => {
-                if late {
-                    eprintln!(
-                        "bench: `{}` still runs after {} s: stopping it",
-                        shell_line(argv),
-                        timeout.as_secs()
-                    );
-                }
-                signal(child.id(), libc::SIGTERM);
-                termed = Some(Instant::now());
-            }
-            Some(t) if t.elapsed() > Duration::from_secs(5) => {
-                child.kill().ok();
-            }
-            _ => {}
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Ok(Captured {
-        status,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-    })
 }
 
 /// The last `n` non-empty lines of `text`, joined with " | ".
@@ -350,32 +222,8 @@ mod tests {
     }
 
     #[test]
-    fn quotes_and_tails() {
-        let argv: Vec<String> = ["ip", "netns", "exec", "a b", "x'y"]
-            .map(String::from)
-            .to_vec();
-        assert_eq!(shell_line(&argv), r"ip netns exec 'a b' 'x'\''y'");
+    fn tails() {
         assert_eq!(tail("a\n\nb\nc\n", 2), "b | c");
         assert_eq!(tail("", 2), "(no output)");
-    }
-
-    #[test]
-    fn captures_and_times_out() {
-        let c = capture(
-            &["sh", "-c", "echo out; echo err >&2; exit 3"].map(String::from),
-            Duration::from_secs(10),
-        )
-        .unwrap();
-        assert_eq!(
-            (c.status.code(), c.stdout.as_str(), c.stderr.as_str()),
-            (Some(3), "out\n", "err\n")
-        );
-        let t = Instant::now();
-        let c = capture(
-            &["sleep", "30"].map(String::from),
-            Duration::from_millis(100),
-        )
-        .unwrap();
-        assert!(!c.status.success() && t.elapsed() < Duration::from_secs(10));
     }
 }

@@ -1,4 +1,5 @@
-//! The bench's outputs: the side-by-side table, the JSON of everything, the SVG plot.
+//! The bench's outputs: the side-by-side table, the JSON of everything ([`Report`], written
+//! with serde), the SVG plot ([`super::plot`]).
 
 use std::{
     fmt::Write as _,
@@ -8,10 +9,11 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+use serde::Serialize;
+use serde_json::Value;
 
 use super::{
-    json::{obj, Json},
-    Backend, Bench, Cell, QueueCmp, Row, Section, Thing, GEN_CPU, TARGET_CPU, THINGS,
+    Backend, Bench, Cell, HostInfo, QueueCmp, QueueRun, Row, Section, Thing, GEN_CPU, TARGET_CPU,
 };
 
 /// What [`write_all`] produced.
@@ -330,24 +332,6 @@ fn memory_block(bench: &Bench, out: &mut String) {
     }
 }
 
-fn memory_json(bench: &Bench) -> Json {
-    Json::Arr(
-        bench
-            .mem
-            .iter()
-            .map(|m| {
-                obj([
-                    ("bytes", (m.bytes as u64).into()),
-                    ("ns_per_copy", m.ns_per_copy.into()),
-                    ("gb_per_s", m.gb_per_s().into()),
-                    ("copies", m.copies.into()),
-                    ("cpu", (TARGET_CPU as u64).into()),
-                ])
-            })
-            .collect(),
-    )
-}
-
 /// The first few of `problems`, and how many more there are.
 pub fn abridged(problems: &[String]) -> Vec<String> {
     const SHOW: usize = 12;
@@ -358,130 +342,284 @@ pub fn abridged(problems: &[String]) -> Vec<String> {
     out
 }
 
-fn cell_json(cell: &Cell) -> Json {
+// ------------------------------------------------------------------------------------------------
+// The JSON report (schema `xblade/bench/1`). Field names and order are the report's contract;
+// non-finite numbers are written as null.
+
+#[derive(Serialize)]
+struct Report<'a> {
+    schema: &'static str,
+    started: String,
+    duration_s: f64,
+    quick: bool,
+    ok: bool,
+    problems: &'a [String],
+    host: HostInfo,
+    settings: Settings<'a>,
+    rows: Vec<RowJson<'a>>,
+    queues: QueuesJson<'a>,
+    memory_copies: Vec<MemoryJson>,
+}
+
+#[derive(Serialize)]
+struct Settings<'a> {
+    time_s: f64,
+    image_mib: u64,
+    export: String,
+    target_cpu: usize,
+    generator_cpu: usize,
+    xblade: String,
+    aoe_bench: String,
+    lab: Option<LabJson<'a>>,
+    backends: Backends,
+    notes: &'a [String],
+}
+
+#[derive(Serialize)]
+struct LabJson<'a> {
+    target_ns: &'a str,
+    init_ns: &'a str,
+    target_if: &'a str,
+    init_if: &'a str,
+    ram_image: Option<String>,
+    disk_image: Option<String>,
+    disk_filesystem: Option<&'a str>,
+    loop_dev: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Backends {
+    ram: &'static str,
+    disk: &'static str,
+    blk: &'static str,
+}
+
+const BACKENDS: Backends = Backends {
+    ram: "the RAM image: a file on tmpfs",
+    disk: "the disk image: a file on the root filesystem",
+    blk: "a loop block device (losetup --direct-io=on --sector-size 512) over the disk image",
+};
+
+#[derive(Serialize)]
+struct RowJson<'a> {
+    section: &'static str,
+    case: String,
+    rw: &'static str,
+    bs_bytes: u32,
+    mtu: u32,
+    qd: u32,
+    backend: &'static str,
+    ok: bool,
+    problems: Vec<String>,
+    xblade: CellJson<'a>,
+    vblade: CellJson<'a>,
+    echo: CellJson<'a>,
+    fio: CellJson<'a>,
+    ratios: Ratios,
+}
+
+#[derive(Serialize)]
+struct Ratios {
+    xblade_vblade: Option<f64>,
+    ceiling: &'static str,
+    xblade_ceiling: Option<f64>,
+}
+
+/// One cell: `{"status": "missing" | "none" | "n/a" | "error", "reason": ...}`, or a run.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum CellJson<'a> {
+    Blank {
+        status: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+    },
+    Run(Box<RunJson<'a>>),
+    Fio {
+        status: &'static str,
+        iops: f64,
+        mb_s: f64,
+        p99_us: Option<f64>,
+        command: &'a str,
+        result: &'a Value,
+    },
+}
+
+#[derive(Serialize)]
+struct RunJson<'a> {
+    status: &'static str,
+    iops: f64,
+    mb_s: f64,
+    p50_us: f64,
+    p99_us: f64,
+    qd: u32,
+    frames: u64,
+    retransmits: u64,
+    errors: u64,
+    verify: bool,
+    verify_checked_sectors: u64,
+    verify_errors: u64,
+    stop_reason: &'a str,
+    cpu_us_per_frame: Option<f64>,
+    process_cpu_us_per_frame: Option<f64>,
+    worker_threads: Option<u32>,
+    command: &'a str,
+    target_command: &'a str,
+    result: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target_result: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum QueuesJson<'a> {
+    Blank {
+        status: &'static str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+    },
+    Done {
+        status: &'static str,
+        method: &'static str,
+        runs: Vec<QueueRunJson<'a>>,
+    },
+}
+
+#[derive(Serialize)]
+struct QueueRunJson<'a> {
+    queues: u32,
+    repetitions: u32,
+    iops: f64,
+    frames: u64,
+    worker_ticks: u64,
+    process_ticks: u64,
+    per_worker_ticks: &'a [u64],
+    cpu_us_per_frame: f64,
+    process_cpu_us_per_frame: f64,
+    commands: &'a [String],
+    results: &'a [Value],
+}
+
+#[derive(Serialize)]
+struct MemoryJson {
+    bytes: usize,
+    ns_per_copy: f64,
+    gb_per_s: f64,
+    copies: u64,
+    cpu: usize,
+}
+
+fn cell_json(cell: &Cell) -> CellJson<'_> {
     match cell {
-        Cell::Pending => obj([("status", "missing".into())]),
-        Cell::Skip => obj([("status", "none".into())]),
-        Cell::NotApplicable(r) => obj([("status", "n/a".into()), ("reason", r.as_str().into())]),
-        Cell::Error(e) => obj([("status", "error".into()), ("reason", e.as_str().into())]),
-        Cell::Run(m) => {
-            let mut j = obj([
-                ("status", if m.clean() { "ok" } else { "error" }.into()),
-                ("iops", m.iops.into()),
-                ("mb_s", m.mb_s.into()),
-                ("p50_us", m.p50_us.into()),
-                ("p99_us", m.p99_us.into()),
-                ("qd", m.qd.into()),
-                ("frames", m.frames_rx.into()),
-                ("retransmits", m.retransmits.into()),
-                ("errors", m.errors.into()),
-                ("verify", m.verify.into()),
-                ("verify_checked_sectors", m.verify_checked.into()),
-                ("verify_errors", m.verify_errors.into()),
-                ("stop_reason", m.stop_reason.as_str().into()),
-                (
-                    "cpu_us_per_frame",
-                    m.cpu
-                        .and_then(|c| c.workers_us.or(Some(c.process_us)))
-                        .into(),
-                ),
-                (
-                    "process_cpu_us_per_frame",
-                    m.cpu.map(|c| c.process_us).into(),
-                ),
-                ("worker_threads", m.cpu.map(|c| c.worker_threads).into()),
-                ("command", m.command.as_str().into()),
-                ("target_command", m.target_command.as_str().into()),
-                ("result", m.result.clone()),
-            ]);
-            if let Some(t) = &m.target_result {
-                j.set("target_result", t.clone());
-            }
-            if !m.clean() {
-                j.set("reason", m.trouble());
-            }
-            j
-        }
-        Cell::Fio(f) => obj([
-            ("status", "ok".into()),
-            ("iops", f.iops.into()),
-            ("mb_s", f.mb_s.into()),
-            ("p99_us", f.p99_us.into()),
-            ("command", f.command.as_str().into()),
-            ("result", f.result.clone()),
-        ]),
+        Cell::Pending => CellJson::Blank {
+            status: "missing",
+            reason: None,
+        },
+        Cell::Skip => CellJson::Blank {
+            status: "none",
+            reason: None,
+        },
+        Cell::NotApplicable(r) => CellJson::Blank {
+            status: "n/a",
+            reason: Some(r),
+        },
+        Cell::Error(e) => CellJson::Blank {
+            status: "error",
+            reason: Some(e),
+        },
+        Cell::Run(m) => CellJson::Run(Box::new(RunJson {
+            status: if m.clean() { "ok" } else { "error" },
+            iops: m.iops,
+            mb_s: m.mb_s,
+            p50_us: m.p50_us,
+            p99_us: m.p99_us,
+            qd: m.qd,
+            frames: m.frames_rx,
+            retransmits: m.retransmits,
+            errors: m.errors,
+            verify: m.verify,
+            verify_checked_sectors: m.verify_checked,
+            verify_errors: m.verify_errors,
+            stop_reason: &m.stop_reason,
+            cpu_us_per_frame: m.cpu.map(|c| c.workers_us.unwrap_or(c.process_us)),
+            process_cpu_us_per_frame: m.cpu.map(|c| c.process_us),
+            worker_threads: m.cpu.map(|c| c.worker_threads),
+            command: &m.command,
+            target_command: &m.target_command,
+            result: &m.result,
+            target_result: m.target_result.as_ref(),
+            reason: (!m.clean()).then(|| m.trouble()),
+        })),
+        Cell::Fio(f) => CellJson::Fio {
+            status: "ok",
+            iops: f.iops,
+            mb_s: f.mb_s,
+            p99_us: f.p99_us,
+            command: &f.command,
+            result: &f.result,
+        },
     }
 }
 
-fn row_json(row: &Row) -> Json {
+fn row_json(row: &Row) -> RowJson<'_> {
     let x = row.cell(Thing::Xblade).iops();
-    let mut j = obj([
-        ("section", row.section.name().into()),
-        ("case", row.case().into()),
-        ("rw", row.rw.into()),
-        ("bs_bytes", (u32::from(row.bs) * 512).into()),
-        ("mtu", row.mtu.into()),
-        ("qd", row.qd.into()),
-        ("backend", row.backend.name().into()),
-        ("ok", row.problems().is_empty().into()),
-        ("problems", row.problems().into()),
-    ]);
-    for t in THINGS {
-        j.set(t.name(), cell_json(row.cell(t)));
+    RowJson {
+        section: row.section.name(),
+        case: row.case(),
+        rw: row.rw,
+        bs_bytes: u32::from(row.bs) * 512,
+        mtu: row.mtu,
+        qd: row.qd,
+        backend: row.backend.name(),
+        ok: row.problems().is_empty(),
+        problems: row.problems(),
+        xblade: cell_json(row.cell(Thing::Xblade)),
+        vblade: cell_json(row.cell(Thing::Vblade)),
+        echo: cell_json(row.cell(Thing::Echo)),
+        fio: cell_json(row.cell(Thing::Fio)),
+        ratios: Ratios {
+            xblade_vblade: ratio(x, row.cell(Thing::Vblade).iops()),
+            ceiling: row.ceiling().name(),
+            xblade_ceiling: ratio(x, row.cell(row.ceiling()).iops()),
+        },
     }
-    j.set(
-        "ratios",
-        obj([
-            (
-                "xblade_vblade",
-                ratio(x, row.cell(Thing::Vblade).iops()).into(),
-            ),
-            ("ceiling", row.ceiling().name().into()),
-            (
-                "xblade_ceiling",
-                ratio(x, row.cell(row.ceiling()).iops()).into(),
-            ),
-        ]),
-    );
-    j
 }
 
-fn queues_json(q: &QueueCmp) -> Json {
+fn queue_run_json(r: &QueueRun) -> QueueRunJson<'_> {
+    QueueRunJson {
+        queues: r.queues,
+        repetitions: r.repetitions,
+        iops: r.iops,
+        frames: r.frames,
+        worker_ticks: r.worker_ticks,
+        process_ticks: r.process_ticks,
+        per_worker_ticks: &r.per_worker_ticks,
+        cpu_us_per_frame: r.workers_us_per_frame,
+        process_cpu_us_per_frame: r.process_us_per_frame,
+        commands: &r.commands,
+        results: &r.results,
+    }
+}
+
+fn queues_json(q: &QueueCmp) -> QueuesJson<'_> {
     match q {
-        QueueCmp::Pending => obj([("status", "missing".into())]),
-        QueueCmp::NotApplicable(r) => obj([("status", "n/a".into()), ("reason", r.as_str().into())]),
-        QueueCmp::Done(runs) => obj([
-            ("status", "ok".into()),
-            (
-                "method",
-                "randread 1k QD16 per generator on the RAM image; xblade --queues 0 --cpus 1 (1 queue) \
-                 or --queues 0,1 --cpus 0,1 (2 queues); generator q on macvlan xbl-mq over the \
-                 initiator's veth end, pinned to CPU q, XPS tx-q = CPU q"
-                    .into(),
-            ),
-            (
-                "runs",
-                Json::Arr(
-                    runs.iter()
-                        .map(|r| {
-                            obj([
-                                ("queues", r.queues.into()),
-                                ("repetitions", r.repetitions.into()),
-                                ("iops", r.iops.into()),
-                                ("frames", r.frames.into()),
-                                ("worker_ticks", r.worker_ticks.into()),
-                                ("process_ticks", r.process_ticks.into()),
-                                ("per_worker_ticks", r.per_worker_ticks.clone().into()),
-                                ("cpu_us_per_frame", r.workers_us_per_frame.into()),
-                                ("process_cpu_us_per_frame", r.process_us_per_frame.into()),
-                                ("commands", r.commands.clone().into()),
-                                ("results", Json::Arr(r.results.clone())),
-                            ])
-                        })
-                        .collect(),
-                ),
-            ),
-        ]),
+        QueueCmp::Pending => QueuesJson::Blank {
+            status: "missing",
+            reason: None,
+        },
+        QueueCmp::NotApplicable(r) => QueuesJson::Blank {
+            status: "n/a",
+            reason: Some(r),
+        },
+        QueueCmp::Done(runs) => QueuesJson::Done {
+            status: "ok",
+            method: "randread 1k QD16 per generator on the RAM image; xblade --queues 0 --cpus 1 \
+                     (1 queue) or --queues 0,1 --cpus 0,1 (2 queues); generator q on macvlan \
+                     xbl-mq over the initiator's veth end, pinned to CPU q, XPS tx-q = CPU q",
+            runs: runs.iter().map(queue_run_json).collect(),
+        },
     }
 }
 
@@ -498,82 +636,62 @@ pub fn write_all(
         problems.insert(0, format!("the bench stopped early: {e:#}"));
     }
     let (stamp, rfc) = super::utc(started);
-    let report = obj([
-        ("schema", "xblade/bench/1".into()),
-        ("started", rfc.clone().into()),
-        ("duration_s", elapsed.as_secs_f64().into()),
-        ("quick", bench.opts.quick.into()),
-        ("ok", problems.is_empty().into()),
-        ("problems", problems.clone().into()),
-        ("host", super::host_info()),
-        (
-            "settings",
-            obj([
-                ("time_s", bench.opts.time_s.into()),
-                ("image_mib", bench.opts.image_mib().into()),
-                (
-                    "export",
-                    format!("e{}.{}", super::SHELF, super::SLOT).into(),
-                ),
-                ("target_cpu", (TARGET_CPU as u64).into()),
-                ("generator_cpu", (GEN_CPU as u64).into()),
-                ("xblade", bench.bins.xblade.display().to_string().into()),
-                (
-                    "aoe_bench",
-                    bench.bins.aoe_bench.display().to_string().into(),
-                ),
-                (
-                    "lab",
-                    bench.lab.as_ref().map_or(Json::Null, |l| {
-                        let path = |p: &Option<PathBuf>| {
-                            Json::from(p.as_ref().map(|p| p.display().to_string()))
-                        };
-                        obj([
-                            ("target_ns", l.target_ns.as_str().into()),
-                            ("init_ns", l.init_ns.as_str().into()),
-                            ("target_if", l.target_if.as_str().into()),
-                            ("init_if", l.init_if.as_str().into()),
-                            ("ram_image", path(&l.ram_image)),
-                            ("disk_image", path(&l.disk_image)),
-                            ("disk_filesystem", bench.disk_fs.clone().into()),
-                            ("loop_dev", path(&l.loop_dev)),
-                        ])
-                    }),
-                ),
-                (
-                    "backends",
-                    obj([
-                        ("ram", "the RAM image: a file on tmpfs".into()),
-                        (
-                            "disk",
-                            "the disk image: a file on the root filesystem".into(),
-                        ),
-                        (
-                            "blk",
-                            "a loop block device (losetup --direct-io=on --sector-size 512) over \
-                             the disk image"
-                                .into(),
-                        ),
-                    ]),
-                ),
-                ("notes", bench.notes.clone().into()),
-            ]),
-        ),
-        ("rows", Json::Arr(bench.rows.iter().map(row_json).collect())),
-        ("queues", queues_json(&bench.queues)),
-        ("memory_copies", memory_json(bench)),
-    ]);
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+    let report = Report {
+        schema: "xblade/bench/1",
+        started: rfc.clone(),
+        duration_s: elapsed.as_secs_f64(),
+        quick: bench.opts.quick,
+        ok: problems.is_empty(),
+        problems: &problems,
+        host: super::host_info(),
+        settings: Settings {
+            time_s: bench.opts.time_s,
+            image_mib: bench.opts.image_mib(),
+            export: format!("e{}.{}", super::SHELF, super::SLOT),
+            target_cpu: TARGET_CPU,
+            generator_cpu: GEN_CPU,
+            xblade: bench.bins.xblade.display().to_string(),
+            aoe_bench: bench.bins.aoe_bench.display().to_string(),
+            lab: bench.lab.as_ref().map(|l| LabJson {
+                target_ns: &l.target_ns,
+                init_ns: &l.init_ns,
+                target_if: &l.target_if,
+                init_if: &l.init_if,
+                ram_image: path(&l.ram_image),
+                disk_image: path(&l.disk_image),
+                disk_filesystem: bench.disk_fs.as_deref(),
+                loop_dev: path(&l.loop_dev),
+            }),
+            backends: BACKENDS,
+            notes: &bench.notes,
+        },
+        rows: bench.rows.iter().map(row_json).collect(),
+        queues: queues_json(&bench.queues),
+        memory_copies: bench
+            .mem
+            .iter()
+            .map(|m| MemoryJson {
+                bytes: m.bytes,
+                ns_per_copy: m.ns_per_copy,
+                gb_per_s: m.gb_per_s(),
+                copies: m.copies,
+                cpu: TARGET_CPU,
+            })
+            .collect(),
+    };
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let json = dir.join(format!("bench-{stamp}.json"));
     let svg = dir.join(format!("bench-{stamp}.svg"));
-    let text = report.pretty();
+    let mut text = serde_json::to_string_pretty(&report).context("writing the report")?;
+    text.push('\n');
     fs::write(&json, &text).with_context(|| format!("writing {}", json.display()))?;
     fs::write(dir.join("latest.json"), &text).context("writing latest.json")?;
     let title = format!(
         "xblade bench {rfc}{}: IOPS and p99 latency against queue depth",
         if bench.opts.quick { " (--quick)" } else { "" }
     );
-    let plot = super::svg::plot(&bench.rows, &title);
+    let plot = super::plot::plot(&bench.rows, &title)?;
     fs::write(&svg, &plot).with_context(|| format!("writing {}", svg.display()))?;
     fs::write(dir.join("latest.svg"), &plot).context("writing latest.svg")?;
     Ok(Outcome {

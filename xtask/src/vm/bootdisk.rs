@@ -26,9 +26,11 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 
+use crate::cmd::CommandExt as _;
+
 use super::{
     guest::{self, SanbootGuest},
-    host::{run_capture, run_checked, LoopDevice, Mount},
+    host::{LoopDevice, Mount},
 };
 
 /// syslinux's MBR boot code: finds the active partition and chains to its boot sector.
@@ -150,20 +152,20 @@ fn build(guest: &SanbootGuest, mbr_code: &[u8], config: &str, out: &Path) -> Res
             PARTITION_START * 512,
             (sectors - PARTITION_START) * 512,
         )?;
-        run_checked(
-            Command::new("mkfs.ext2")
-                .args(["-q", "-F", "-L", "xbboot", "-m", "0", "-d"])
-                .arg(&root)
-                .arg(&partition.path),
-        )
-        .context("mkfs.ext2 -d (apt-get install e2fsprogs)")?;
+        Command::new("mkfs.ext2")
+            .args(["-q", "-F", "-L", "xbboot", "-m", "0", "-d"])
+            .arg(&root)
+            .arg(&partition.path)
+            .read()
+            .map(drop)
+            .context("mkfs.ext2 -d (apt-get install e2fsprogs)")?;
         let mount = Mount::new(&partition.path, &out.join("mnt"))?;
-        run_checked(
-            Command::new(EXTLINUX)
-                .args(["--install", "--heads", &HEADS.to_string()])
-                .args(["--sectors", &SECTORS_PER_TRACK.to_string()])
-                .arg(&mount.dir),
-        )?;
+        Command::new(EXTLINUX)
+            .args(["--install", "--heads", &HEADS.to_string()])
+            .args(["--sectors", &SECTORS_PER_TRACK.to_string()])
+            .arg(&mount.dir)
+            .read()
+            .map(drop)?;
     }
     let _ = fs::remove_dir(out.join("mnt"));
 
@@ -181,18 +183,22 @@ fn build(guest: &SanbootGuest, mbr_code: &[u8], config: &str, out: &Path) -> Res
          load ldlinux.sys from the wrong sectors"
     );
     let fsck = format!("{}?offset={}", image.display(), PARTITION_START * 512);
-    run_checked(Command::new("e2fsck").args(["-fn", &fsck]))
+    Command::new("e2fsck")
+        .args(["-fn", &fsck])
+        .read()
+        .map(drop)
         .context("the new boot partition is not clean")?;
 
     let sha256 = |path: &Path| -> Result<String> {
-        let out = run_capture(Command::new("sha256sum").arg(path))?;
+        let out = Command::new("sha256sum").arg(path).read()?;
         Ok(out.split_whitespace().next().unwrap_or_default().to_owned())
     };
     let kernel_bytes = fs::metadata(root.join("vmlinuz"))?.len();
     let initrd_bytes = fs::metadata(root.join("initrd.img"))?.len();
-    let syslinux =
-        run_capture(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "extlinux"]))
-            .unwrap_or_else(|_| "?".to_owned());
+    let syslinux = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "extlinux"])
+        .read()
+        .unwrap_or_else(|_| "?".to_owned());
     let manifest = format!(
         "{DISK_MIB} MiB, MBR + ext2 partition at sector {PARTITION_START} with extlinux \
          {syslinux}; vmlinuz {:.1} MiB + initramfs {:.1} MiB ({})\n\

@@ -36,7 +36,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-use super::host::{run_capture, run_checked};
+use crate::cmd::CommandExt as _;
 
 /// The Debian metapackage that names the current kernel package.
 const KERNEL_META: &str = "linux-image-amd64";
@@ -300,11 +300,11 @@ impl Unpacked {
 fn write_gzipped(cpio: Cpio, out: &Path) -> Result<()> {
     let cpio_path = out.join("initramfs.cpio");
     fs::write(&cpio_path, cpio.finish())?;
-    run_checked(
-        Command::new("gzip")
-            .args(["-n", "-6", "-f"])
-            .arg(&cpio_path),
-    )
+    Command::new("gzip")
+        .args(["-n", "-6", "-f"])
+        .arg(&cpio_path)
+        .read()
+        .map(drop)
 }
 
 /// Builds `kernel` and `initramfs.cpio.gz` in `out`; returns the manifest text.
@@ -398,8 +398,9 @@ fn extract_vmlinux(bzimage: &Path, out: &Path, scratch: &Path) -> Result<bool> {
             continue;
         };
         fs::write(&payload, &image[start..])?;
-        // Trailing data after the stream makes some tools complain; the ELF magic decides.
-        let output = Command::new(tool).args(args).arg(&payload).output();
+        // Trailing data after the stream makes some tools complain (and exit non-zero); the
+        // ELF magic decides.
+        let output = Command::new(tool).args(args).arg(&payload).capture();
         let _ = fs::remove_file(&payload);
         if let Ok(output) = output {
             if output.stdout.starts_with(b"\x7fELF") {
@@ -458,14 +459,12 @@ fn resolve_package(name: &str, debs: &Path) -> Result<Package> {
 /// `apt-cache show`'s candidate version and Depends, or `None` when apt knows no such package
 /// (no `apt-get update` yet, or not a Debian host).
 fn apt_candidate(name: &str) -> Result<Option<(String, Option<String>)>> {
-    let output = Command::new("apt-cache")
+    let Ok(text) = Command::new("apt-cache")
         .args(["show", "--no-all-versions", name])
-        .output();
-    let Ok(output) = output else { return Ok(None) };
-    if !output.status.success() {
+        .read()
+    else {
         return Ok(None);
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
+    };
     let field = |key: &str| {
         text.lines()
             .take_while(|line| !line.is_empty())
@@ -513,13 +512,13 @@ fn download(package: &Package, debs: &Path) -> Result<()> {
         "vm-test: apt-get download {}={}",
         package.name, package.version
     );
-    run_checked(
-        Command::new("apt-get")
-            .args(["download", "-q"])
-            .arg(format!("{}={}", package.name, package.version))
-            .current_dir(debs),
-    )
-    .with_context(|| format!("downloading {} (try `apt-get update`)", package.name))?;
+    Command::new("apt-get")
+        .args(["download", "-q"])
+        .arg(format!("{}={}", package.name, package.version))
+        .current_dir(debs)
+        .read()
+        .map(drop)
+        .with_context(|| format!("downloading {} (try `apt-get update`)", package.name))?;
     ensure!(
         deb.exists(),
         "apt-get download did not produce {}",
@@ -530,7 +529,12 @@ fn download(package: &Package, debs: &Path) -> Result<()> {
 
 fn extract(deb: &Path, into: &Path) -> Result<()> {
     fs::create_dir_all(into)?;
-    run_checked(Command::new("dpkg-deb").arg("-x").arg(deb).arg(into))
+    Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(deb)
+        .arg(into)
+        .read()
+        .map(drop)
 }
 
 /// The host's e2fsprogs binaries and their libraries: (path in the guest, path on the host).
@@ -543,7 +547,7 @@ fn e2fsprogs_files() -> Result<Vec<(String, PathBuf)>> {
             .find(|path| path.exists())
             .with_context(|| format!("{tool} not found on the host (apt-get install e2fsprogs)"))?;
         files.insert(format!("/opt/e2fsprogs/{tool}"), host.clone());
-        let ldd = run_capture(Command::new("ldd").arg(&host))?;
+        let ldd = Command::new("ldd").arg(&host).read()?;
         for line in ldd.lines() {
             // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "/lib64/ld-linux-x86-64.so.2 (0x...)"
             let path = match line.split_once("=>") {
@@ -657,13 +661,7 @@ fn read_module(path: &Path) -> Result<Vec<u8>> {
     } else {
         return fs::read(path).with_context(|| format!("reading {name}"));
     };
-    let output = Command::new(tool)
-        .arg("-dc")
-        .arg(path)
-        .output()
-        .with_context(|| format!("running {tool} -dc {name}"))?;
-    ensure!(output.status.success(), "{tool} -dc {name} failed");
-    Ok(output.stdout)
+    Command::new(tool).arg("-dc").arg(path).read_bytes()
 }
 
 /// The `depends=` entry of a module's `.modinfo` section (NUL-separated `key=value` strings).

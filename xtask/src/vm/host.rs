@@ -3,8 +3,9 @@
 //! qemu with its console.
 //!
 //! Everything that must not outlive the run is a guard whose `Drop` undoes it (tap deleted,
-//! loop device detached, processes killed), and SIGINT/SIGTERM/SIGHUP only set a flag that every wait here polls,
-//! so an interrupted run still unwinds through those guards.
+//! loop device detached, processes killed), and SIGINT/SIGTERM/SIGHUP only set a flag
+//! ([`crate::cmd::install_signal_handlers`]) that every wait here polls, so an interrupted run
+//! still unwinds through those guards. Programs run through [`crate::cmd`].
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -12,7 +13,6 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{
-        atomic::{AtomicBool, Ordering},
         mpsc::{self, Receiver, RecvTimeoutError},
         Arc, Mutex,
     },
@@ -22,65 +22,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-/// Runs `command`, failing with its stderr unless it exits 0.
-pub fn run_checked(command: &mut Command) -> Result<()> {
-    run_capture(command).map(drop)
-}
-
-/// Runs `command` and returns its stdout, failing with its stderr unless it exits 0.
-pub fn run_capture(command: &mut Command) -> Result<String> {
-    let output = command
-        .output()
-        .with_context(|| format!("failed to run {command:?}"))?;
-    if !output.status.success() {
-        bail!(
-            "{command:?} failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_signal: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Turns SIGINT, SIGTERM and SIGHUP into [`check_interrupted`] errors.
-pub fn install_signal_handlers() {
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe, and
-        // `signal` has no other preconditions.
-        unsafe {
-            libc::signal(
-                signal,
-                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            );
-        }
-    }
-}
-
-pub fn check_interrupted() -> Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-/// Sleeps, waking early (with an error) on a signal.
-pub fn sleep(duration: Duration) -> Result<()> {
-    let end = Instant::now() + duration;
-    loop {
-        check_interrupted()?;
-        let now = Instant::now();
-        if now >= end {
-            return Ok(());
-        }
-        thread::sleep((end - now).min(Duration::from_millis(50)));
-    }
-}
+use crate::cmd::{self, check_interrupted, sleep, CommandExt as _};
 
 /// A tap device for the VM's NIC; deleted on drop.
 pub struct Tap {
@@ -94,29 +36,38 @@ impl Tap {
             .map(|index| format!("xbvm{index}"))
             .find(|name| !Path::new("/sys/class/net").join(name).exists())
             .context("no free xbvm<N> interface name")?;
-        run_checked(Command::new("ip").args(["tuntap", "add", "dev", &name, "mode", "tap"]))
+        Command::new("ip")
+            .args(["tuntap", "add", "dev", &name, "mode", "tap"])
+            .read()
+            .map(drop)
             .context("creating the tap (vm-test needs root and /dev/net/tun)")?;
         let tap = Tap { name };
         let _ = fs::write(
             format!("/proc/sys/net/ipv6/conf/{}/disable_ipv6", tap.name),
             "1",
         );
-        run_checked(Command::new("ip").args([
-            "link",
-            "set",
-            "dev",
-            &tap.name,
-            "mtu",
-            &mtu.to_string(),
-            "up",
-        ]))?;
+        Command::new("ip")
+            .args([
+                "link",
+                "set",
+                "dev",
+                &tap.name,
+                "mtu",
+                &mtu.to_string(),
+                "up",
+            ])
+            .read()
+            .map(drop)?;
         Ok(tap)
     }
 }
 
 impl Drop for Tap {
     fn drop(&mut self) {
-        if let Err(error) = run_checked(Command::new("ip").args(["link", "del", "dev", &self.name]))
+        if let Err(error) = Command::new("ip")
+            .args(["link", "del", "dev", &self.name])
+            .read()
+            .map(drop)
         {
             eprintln!("vm-test: could not delete the tap {}: {error:#}", self.name);
         }
@@ -134,12 +85,11 @@ pub struct LoopDevice {
 
 impl LoopDevice {
     pub fn attach(file: &Path) -> Result<Self> {
-        let out = run_capture(
-            Command::new("losetup")
-                .args(["--find", "--show", "--direct-io=on", "--sector-size", "512"])
-                .arg(file),
-        )
-        .context("attaching a loop device (--backing blk needs root and the loop driver)")?;
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--direct-io=on", "--sector-size", "512"])
+            .arg(file)
+            .read()
+            .context("attaching a loop device (--backing blk needs root and the loop driver)")?;
         let path = PathBuf::from(out.trim());
         let dio = Path::new("/sys/block")
             .join(path.file_name().unwrap_or_default())
@@ -153,17 +103,16 @@ impl LoopDevice {
     /// A plain loop device over `size` bytes of `file` from `offset` (a partition of a disk
     /// image: this host's kernel may lack the partition table parsers, so no `--partscan`).
     pub fn attach_range(file: &Path, offset: u64, size: u64) -> Result<Self> {
-        let out = run_capture(
-            Command::new("losetup")
-                .args(["--find", "--show", "--offset"])
-                .arg(offset.to_string())
-                .arg("--sizelimit")
-                .arg(size.to_string())
-                .arg(file),
-        )
-        .context(
-            "attaching a loop device (building the boot disk needs root and the loop driver)",
-        )?;
+        let out = Command::new("losetup")
+            .args(["--find", "--show", "--offset"])
+            .arg(offset.to_string())
+            .arg("--sizelimit")
+            .arg(size.to_string())
+            .arg(file)
+            .read()
+            .context(
+                "attaching a loop device (building the boot disk needs root and the loop driver)",
+            )?;
         Ok(LoopDevice {
             path: PathBuf::from(out.trim()),
             direct_io: false,
@@ -179,7 +128,11 @@ pub struct Mount {
 impl Mount {
     pub fn new(device: &Path, dir: &Path) -> Result<Self> {
         fs::create_dir_all(dir)?;
-        run_checked(Command::new("mount").arg(device).arg(dir))
+        Command::new("mount")
+            .arg(device)
+            .arg(dir)
+            .read()
+            .map(drop)
             .with_context(|| format!("mounting {} on {}", device.display(), dir.display()))?;
         Ok(Mount {
             dir: dir.to_owned(),
@@ -189,10 +142,20 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        if run_checked(Command::new("umount").arg(&self.dir)).is_err() {
+        if Command::new("umount")
+            .arg(&self.dir)
+            .read()
+            .map(drop)
+            .is_err()
+        {
             // Busy for a moment (a process still had a file open): detach it now, the kernel
             // finishes when the last user goes.
-            if let Err(error) = run_checked(Command::new("umount").arg("-l").arg(&self.dir)) {
+            if let Err(error) = Command::new("umount")
+                .arg("-l")
+                .arg(&self.dir)
+                .read()
+                .map(drop)
+            {
                 eprintln!(
                     "vm-test: could not unmount {}: {error:#}",
                     self.dir.display()
@@ -206,7 +169,12 @@ impl Drop for LoopDevice {
     fn drop(&mut self) {
         // A device still open (a target's claim outliving it a moment) is detached by the
         // kernel when it is closed (autoclear).
-        if let Err(error) = run_checked(Command::new("losetup").arg("--detach").arg(&self.path)) {
+        if let Err(error) = Command::new("losetup")
+            .arg("--detach")
+            .arg(&self.path)
+            .read()
+            .map(drop)
+        {
             eprintln!(
                 "vm-test: could not detach the loop device {}: {error:#}",
                 self.path.display()
@@ -264,13 +232,17 @@ impl Target {
             .arg(command.slot.to_string())
             .arg(&command.netif)
             .arg(&command.backing);
-        writeln!(log, "== vm-test: start #{}: {process:?}", self.starts)?;
+        writeln!(
+            log,
+            "== vm-test: start #{}: {}",
+            self.starts,
+            cmd::line(&process)
+        )?;
         let child = process
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", command.bin.display()))?;
+            .start()?;
         self.child = Some(child);
         sleep(TARGET_SETTLE)?;
         self.check_alive()
@@ -311,12 +283,7 @@ impl Target {
         if let Some(status) = child.try_wait()? {
             return Ok(Stopped::Exited(status));
         }
-        let pid = libc::pid_t::try_from(child.id()).context("pid out of range")?;
-        // SAFETY: `kill` has no memory-safety preconditions; the pid is our own unreaped
-        // child, so it cannot have been recycled for another process.
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
+        cmd::signal(&child, libc::SIGTERM);
         let end = Instant::now() + Duration::from_secs(3);
         while Instant::now() < end {
             if let Some(status) = child.try_wait()? {
@@ -389,8 +356,7 @@ impl Qemu {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("starting {command:?}"))?;
+            .start()?;
         let stdout = child.stdout.take().context("qemu stdout")?;
         let (sender, lines) = mpsc::channel();
         let reader_log = Arc::clone(&log);

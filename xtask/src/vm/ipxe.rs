@@ -38,11 +38,13 @@ use std::{
 
 use anyhow::{ensure, Context, Result};
 
+use crate::cmd::{self, CommandExt as _};
+
 use super::{
     add_nic,
     bootdisk::{self, BootDisk, PARTITION_START},
     fields, guest,
-    host::{self, run_capture, Event, Qemu, Stopped, Tap, Target},
+    host::{self, Event, Qemu, Stopped, Tap, Target},
     pcap_path, run_tests, write_summary, Backing, Options, RemoveOnDrop, TestResult, MARKER, SHELF,
     SLOT,
 };
@@ -235,9 +237,10 @@ pub(super) fn run(options: &Options, root: &Path, out: &Path, target_bin: &Path)
         "{} does not exist (apt-get install ipxe, or pass --ipxe PATH)",
         options.ipxe.display()
     );
-    let ipxe_version =
-        run_capture(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "ipxe"]))
-            .unwrap_or_else(|_| "version unknown".to_owned());
+    let ipxe_version = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "ipxe"])
+        .read()
+        .unwrap_or_else(|_| "version unknown".to_owned());
     let prepare_started = Instant::now();
     let cache = root.join("target/vm-cache");
     let guest = guest::prepare_sanboot(&cache, root)?;
@@ -382,7 +385,7 @@ impl Sanboot<'_> {
         );
         let spawned = Instant::now();
         let mut qemu = Qemu::spawn(&mut command, console)?;
-        qemu.note(&format!("{command:?}"));
+        qemu.note(&cmd::line(&command));
 
         // The firmware's steps go back into `result` whatever happens.
         let mut firmware = result.firmware.take().unwrap_or_default();
@@ -569,21 +572,18 @@ impl Sanboot<'_> {
              changed during the run"
         );
         let partition = format!("{}?offset={}", backing.display(), PARTITION_START * 512);
-        let fsck = Command::new("e2fsck")
-            .args(["-fn", &partition])
-            .output()
-            .context("running e2fsck")?;
+        // e2fsck reports problems on stdout.
+        let fsck = Command::new("e2fsck").args(["-fn", &partition]).capture()?;
         ensure!(
             fsck.status.success(),
             "host e2fsck -fn on partition 1: {}\n{}",
             fsck.status,
-            String::from_utf8_lossy(&fsck.stdout)
+            fsck.stdout_text()
         );
-        let written = run_capture(
-            Command::new("debugfs")
-                .args(["-R", "cat /linux-was-here"])
-                .arg(&partition),
-        )?;
+        let written = Command::new("debugfs")
+            .args(["-R", "cat /linux-was-here"])
+            .arg(&partition)
+            .read()?;
         let boot_id = result
             .info
             .get("written")
@@ -730,7 +730,10 @@ fn ago(seconds: u64) -> String {
 mod tests {
     use std::time::Duration;
 
+    use std::process::Command;
+
     use super::{first_difference, script, strip_escapes, Firmware};
+    use crate::cmd::CommandExt as _;
 
     #[test]
     fn console_lines() {
@@ -783,16 +786,16 @@ mod tests {
     fn sanboot_init_is_shellcheck_clean() {
         let script = crate::project_root().join(crate::vm::guest::SANBOOT_INIT);
         assert!(script.exists(), "{}", script.display());
-        match std::process::Command::new("shellcheck")
+        match Command::new("shellcheck")
             .args(["-s", "sh"])
             .arg(&script)
-            .output()
+            .capture()
         {
             Ok(out) => assert!(
                 out.status.success(),
                 "shellcheck {}:\n{}",
                 script.display(),
-                String::from_utf8_lossy(&out.stdout)
+                out.stdout_text()
             ),
             Err(_) if std::env::var_os("CI").is_none() => {
                 eprintln!("shellcheck not installed: sanboot-init.sh not linted");
