@@ -2,12 +2,13 @@
 //! or, with `--client ipxe`, iPXE booting Linux from the target's export (see [`ipxe`]).
 //!
 //! ```text
-//! cargo xtask vm-test [--client linux|ipxe] [--target vblade|xblade] [--xblade-bin PATH]
+//! cargo xtask vm-test [--client linux|ipxe] [--target xblade|vblade] [--xblade-bin PATH]
 //!                     [--mtu 1500|9000] [--keep] [--pcap] [--test io,fs,restart]
 //!                     [--backing file,blk] [--size-mib 128] [--pattern-mib 32] [--timeout 180]
 //!                     [--target-arg ARG]... [--vblade-bin PATH] [--ipxe PATH]
 //! ```
-
+//!
+//! The target is xblade unless `--target vblade` (the reference the same tests run against).
 //!
 //! `--pcap` records the VM's frames (both ways, from qemu) to
 //! `target/vm/frames-<label>-<test>.pcap`. What follows is the Linux client (`--client linux`,
@@ -75,7 +76,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = Client::Linux)]
     client: Client,
     /// The target the VM's initiator talks to
-    #[arg(long, value_enum, default_value_t = TargetKind::Vblade)]
+    #[arg(long, value_enum, default_value_t = TargetKind::Xblade)]
     target: TargetKind,
     /// The xblade binary [default: target/release/xblade, else target/debug/xblade]
     #[arg(long, value_name = "PATH")]
@@ -1142,7 +1143,7 @@ mod option_tests {
 
     use clap::Parser as _;
 
-    use super::{ipxe, Args, Backing, Client, Options};
+    use super::{ipxe, Args, Backing, Client, Options, TargetKind};
 
     /// `cargo xtask vm-test LINE`, parsed and checked as `run` does.
     fn parse(line: &str) -> anyhow::Result<Options> {
@@ -1153,6 +1154,26 @@ mod option_tests {
         }
         let argv = std::iter::once("vm-test").chain(line.split_whitespace());
         Options::new(Cli::try_parse_from(argv)?.vm)
+    }
+
+    #[test]
+    fn the_target_is_xblade_unless_vblade_is_asked_for() {
+        let o = parse("").unwrap();
+        assert_eq!((o.target, o.client), (TargetKind::Xblade, Client::Linux));
+        assert_eq!(o.tests, ["io", "fs", "restart"]);
+        assert_eq!(o.timeout, Duration::from_secs(180));
+        assert!(o.xblade_bin.is_none());
+        assert_eq!(parse("--target vblade").unwrap().target, TargetKind::Vblade);
+        assert!(parse("--target tgt").is_err());
+        // Target options may look like options themselves.
+        let o = parse("--target-arg -d --target-arg -s --test io,restart").unwrap();
+        assert_eq!(
+            (o.target_args, o.tests),
+            (
+                vec!["-d".into(), "-s".into()],
+                vec!["io".into(), "restart".into()]
+            )
+        );
     }
 
     #[test]
@@ -1182,7 +1203,7 @@ mod option_tests {
         assert_eq!(o.timeout, ipxe::TIMEOUT);
         assert_eq!(o.summary_label(), "xblade-mtu9000-ipxe");
         let o = parse("--backing file,blk --client=ipxe").unwrap();
-        assert_eq!(o.label(Backing::Blk), "vblade-ipxe-blk");
+        assert_eq!(o.label(Backing::Blk), "xblade-ipxe-blk");
         assert_eq!(
             parse("--client ipxe --timeout 30").unwrap().timeout,
             Duration::from_secs(30)
