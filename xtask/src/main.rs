@@ -12,6 +12,7 @@ mod cmd;
 mod deploy_check;
 mod ebpf;
 pub mod lab;
+mod package;
 mod test;
 mod vm;
 
@@ -40,7 +41,7 @@ enum Task {
     /// object is stale)
     Ebpf(ebpf::Args),
     /// The whole test suite as CI runs it: tools, ebpf check, fmt, clippy, cargo test, then the
-    /// bench and VM stages
+    /// bench, VM and package stages
     Test(test::Args),
     /// Boot Debian's kernel in qemu (TCG) and run its aoe initiator, or iPXE's sanboot, against
     /// a target on a tap (needs root)
@@ -51,6 +52,9 @@ enum Task {
     /// xblade vs vblade vs ceilings (aoe-bench echo, fio) on the lab: table,
     /// target/bench/*.json and *.svg (needs root)
     Bench(bench::Args),
+    /// Build the Debian package: release build, man pages and completions, cargo deb, lintian
+    /// (--install-test: install, check and purge it)
+    Package(package::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Task::VmTest(args) => vm::run(args),
         Task::Lab(args) => lab::run(args),
         Task::Bench(args) => bench::run(args),
+        Task::Package(args) => package::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,6 +119,8 @@ mod tests {
             "vm-test --client ipxe --target xblade --mtu 9000 --backing file,blk",
             "vm-test --client ipxe --target vblade",
             "vm-test --client linux --target vblade --mtu 9000 --backing file,blk --pcap",
+            "package",
+            "package --install-test",
         ] {
             let argv = std::iter::once("cargo xtask").chain(line.split_whitespace());
             if let Err(e) = Cli::try_parse_from(argv) {

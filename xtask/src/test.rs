@@ -7,8 +7,9 @@
 //! 4. `cargo test --workspace`: unit, property and privileged end-to-end tests (network
 //!    namespaces, XDP, AF_XDP, io_uring, loop devices, aoetools). Under `CI=true` a privileged
 //!    test that cannot run fails instead of skipping.
-//! 5. Every further stage registered in [`STAGES`] (the benchmark smoke run, the VM tests with
-//!    the real Linux initiator and iPXE) unless `--quick`.
+//! 5. Every further stage registered in [`STAGES`] (the benchmark smoke run, the Debian
+//!    package built, linted and install-tested, the VM tests with the real Linux initiator and
+//!    iPXE) unless `--quick`.
 
 use std::process::Command;
 
@@ -18,7 +19,7 @@ use crate::{cmd::CommandExt as _, project_root};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Stop after `cargo test`: no bench or VM stages
+    /// Stop after `cargo test`: no bench, package or VM stages
     #[arg(long)]
     pub quick: bool,
 }
@@ -49,6 +50,9 @@ pub const TOOLS: &[(&str, &str)] = &[
     ("/usr/lib/syslinux/mbr/mbr.bin", "syslinux-common"),
     // deploy_check scores the systemd units with `systemd-analyze security --offline=yes`.
     ("systemd-analyze", "systemd"),
+    // `cargo xtask package` lints the .deb (cargo-deb itself comes from crates.io:
+    // `crate::package::ensure_cargo_deb`).
+    ("lintian", "lintian"),
 ];
 
 fn have(cmd: &str) -> bool {
@@ -125,6 +129,10 @@ pub fn cargo() -> Command {
 pub const STAGES: &[(&str, &[&str])] = &[
     ("bench smoke", &["bench", "--quick"]),
     (
+        "Debian package: build, lintian, install, check, purge",
+        &["package", "--install-test"],
+    ),
+    (
         "real Linux initiator vs xblade, MTU 1500",
         &["vm-test", "--target", "xblade", "--backing", "file,blk"],
     ),
@@ -186,6 +194,9 @@ pub fn run(Args { quick }: Args) -> Result<()> {
         );
     }
     ensure_tools(TOOLS)?;
+    if !quick {
+        crate::package::ensure_cargo_deb()?;
+    }
     crate::ebpf::run(crate::ebpf::Args { check: true })?;
     run_loudly(cargo().args(["fmt", "--all", "--check"]))?;
     run_loudly(cargo().args([
