@@ -6,8 +6,9 @@
 #
 # It installs into / as root (dpkg -i, then apt-get install -f if dependencies are missing),
 # so it is a CI test: it refuses to run unless CI=true or --yes is given. It also refuses to
-# touch a machine where xblade is already installed, or where a source install left
-# /etc/xblade/xblade.toml, /var/lib/xblade or an xblade user (a purge would delete them).
+# touch a machine where xblade is already installed or running, or where a source install left
+# /etc/xblade/xblade.toml or an xblade user (a purge would delete them); a /var/lib/xblade or
+# /run/xblade that an xblade run as root left behind is moved aside and put back afterwards.
 # Each command it runs is printed with "+ ". It may install man-db (to render the man page)
 # and says so. systemd need not be running: without it the units are read with
 # systemd-analyze and systemctl --root=/ instead of systemctl cat.
@@ -88,9 +89,8 @@ step "Refusing to touch an existing xblade"
 if dpkg-query -W -f='${Status}' xblade 2>/dev/null | grep -q 'installed\|config-files'; then
     fail "xblade is already installed here (dpkg -l xblade); this test would purge it"
 fi
-for left in /etc/xblade/xblade.toml /var/lib/xblade /run/xblade; do
-    [ ! -e "$left" ] || fail "$left exists (a source install?); the purge would delete it"
-done
+[ ! -e /etc/xblade/xblade.toml ] ||
+    fail "/etc/xblade/xblade.toml exists (a source install?); the purge would delete it"
 if getent passwd xblade >/dev/null || getent group xblade >/dev/null; then
     fail "an xblade user or group exists already; the purge would delete it"
 fi
@@ -98,12 +98,36 @@ if [ -n "$(packaged_xblade)" ]; then
     fail "/usr/sbin/xblade is running here: $(packaged_xblade)"
 fi
 
+# The package creates /var/lib/xblade and its purge deletes it (and /run/xblade). An xblade
+# run as root with its default directories (an earlier test, say) leaves them behind: they are
+# moved aside for the test and put back at the end, unless an xblade is still using them.
+saved=()
+for dir in /var/lib/xblade /run/xblade; do
+    [ -e "$dir" ] || continue
+    [ ! -e "$dir.install-test-saved" ] || fail "$dir.install-test-saved exists (from an earlier run?)"
+    if pgrep -x xblade >/dev/null; then
+        fail "$dir exists and xblade is running (pid $(pgrep -x xblade | tr '\n' ' ')): stop it first"
+    fi
+    echo "$dir exists, with no xblade package: moving it aside for the test"
+    run mv "$dir" "$dir.install-test-saved"
+    saved+=("$dir")
+done
+restore() {
+    local dir
+    for dir in "${saved[@]}"; do
+        rm -rf "$dir"
+        run mv "$dir.install-test-saved" "$dir"
+    done
+    saved=()
+}
+
 installed=false
 cleanup() {
     if $installed; then
         echo "install-test: purging xblade after a failure" >&2
         dpkg --purge xblade >/dev/null 2>&1 || true
     fi
+    restore
 }
 trap cleanup EXIT
 
@@ -241,4 +265,5 @@ units=$(find /etc/systemd /lib/systemd /usr/lib/systemd /run/systemd -name 'xbla
     dpkg-query -W -f='${Status}' xblade | grep -q 'not-installed' ||
     fail "dpkg still knows xblade: $(dpkg-query -W -f='${Status}' xblade)"
 
+restore
 echo "install-test: OK: $deb installs, works as packaged, and purges clean"
