@@ -68,9 +68,7 @@ pub fn convert(dir: &Path) -> anyhow::Result<String> {
         let instance = systemd_escape(name.trim_end_matches(".conf"));
         let at = path.display().to_string();
         match parse_file(&text).map_err(|e| anyhow!("{at}: {e}"))? {
-            Parsed::Incomplete(missing) => plan.skipped.push(format!(
-                "{name}: no {missing}= (vblade's generator skips it too)"
-            )),
+            Parsed::Incomplete(missing) => plan.skipped.push(format!("{name}: no {missing}=")),
             Parsed::Export(export) => plan.add(&at, &name, &instance, export)?,
         }
     }
@@ -78,7 +76,10 @@ pub fn convert(dir: &Path) -> anyhow::Result<String> {
         let why = if plan.skipped.is_empty() {
             "no *.conf file".to_owned()
         } else {
-            format!("only incomplete files ({})", plan.skipped.join("; "))
+            format!(
+                "only incomplete files, which vblade skips too ({})",
+                plan.skipped.join("; ")
+            )
         };
         bail!("{}: no vblade export to convert: {why}", dir.display());
     }
@@ -520,7 +521,7 @@ impl Plan {
             if self.interfaces.len() == 1 { "" } else { "s" },
         );
         for s in &self.skipped {
-            let _ = writeln!(t, "# Skipped {s}.");
+            let _ = writeln!(t, "# Skipped {s} (vblade skips it too).");
         }
         t.push_str(
             "\n[daemon]\nxdp_mode = \"auto\"\n\n\
@@ -587,9 +588,9 @@ impl Plan {
             if let Some(ionice) = &e.ionice {
                 let _ = writeln!(
                     t,
-                    "# Not carried over: ionice={}. xblade has no I/O priority per export;\n\
-                     # for the whole daemon: systemctl edit xblade, then IOSchedulingClass=\n\
-                     # and IOSchedulingPriority=.",
+                    "# Not carried over: ionice={}.\n\
+                     # xblade has no I/O priority per export; for the whole daemon: systemctl\n\
+                     # edit xblade, then IOSchedulingClass= and IOSchedulingPriority=.",
                     quote(ionice)
                 );
             }
@@ -841,7 +842,9 @@ mod tests {
         let skeleton = dir_with(&[("skeleton.conf", "# shelf=\n# slot=\n")]);
         let err = format!("{:#}", convert(skeleton.path()).unwrap_err());
         assert!(
-            err.contains("only incomplete files (skeleton.conf: no shelf="),
+            err.contains(
+                "only incomplete files, which vblade skips too (skeleton.conf: no shelf=)"
+            ),
             "{err}"
         );
         let missing = convert(Path::new("/nonexistent/vblade.conf.d")).unwrap_err();
