@@ -120,8 +120,17 @@ fn unit_settings(unit: &str) -> Vec<(String, String)> {
 /// (key, values in order). SECURITY.md and deploy/README.md explain each.
 const SANDBOX: &[(&str, &[&str])] = &[
     ("LimitMEMLOCK", &["infinity"]),
-    ("DynamicUser", &["yes"]),
+    // The package's system user (deploy/debian/postinst), in group disk for block devices;
+    // RemoveIPC= cleans up what it leaves in /dev/shm.
+    ("User", &["xblade"]),
+    ("Group", &[]),
+    ("DynamicUser", &[]),
     ("SupplementaryGroups", &["disk"]),
+    ("RemoveIPC", &["yes"]),
+    // The control socket's and the AoE state's directories, shared by every xblade unit.
+    ("RuntimeDirectory", &["xblade"]),
+    ("RuntimeDirectoryPreserve", &["yes"]),
+    ("StateDirectory", &["xblade"]),
     (
         "CapabilityBoundingSet",
         &["CAP_NET_ADMIN CAP_NET_RAW CAP_BPF CAP_IPC_LOCK"],
@@ -159,11 +168,11 @@ fn systemd_units_grant_what_the_daemon_needs() {
     for (name, exec) in [
         (
             "xblade.service",
-            "/usr/local/bin/xblade serve --config /etc/xblade/xblade.toml",
+            "/usr/sbin/xblade serve --config /etc/xblade/xblade.toml",
         ),
         (
             "xblade@.service",
-            "/usr/local/bin/xblade $OPTS ${SHELF} ${SLOT} ${NETIF} ${BACKING}",
+            "/usr/sbin/xblade $OPTS ${SHELF} ${SLOT} ${NETIF} ${BACKING}",
         ),
     ] {
         let settings = unit_settings(&read(&format!("systemd/{name}")));
@@ -176,6 +185,10 @@ fn systemd_units_grant_what_the_daemon_needs() {
         };
         for (key, want) in [
             ("ExecStart", exec),
+            // xblade says READY=1 once it serves, and pings the watchdog while workers progress.
+            ("Type", "notify"),
+            ("NotifyAccess", "main"),
+            ("WatchdogSec", "30"),
             ("KillSignal", "SIGTERM"),
             ("TimeoutStopSec", "30"),
             ("Restart", "on-failure"),
@@ -183,14 +196,10 @@ fn systemd_units_grant_what_the_daemon_needs() {
         ] {
             assert_eq!(get(key), vec![want], "{name}: {key}");
         }
+        // No Group=disk: RemoveIPC= would then delete every group-disk file in /dev/shm at stop.
         for (key, want) in SANDBOX {
             assert_eq!(&get(key), want, "{name}: {key}");
         }
-        assert!(
-            get("User").is_empty() && get("Group").is_empty(),
-            "{name}: runs as a dynamic user of its own in group disk (a static Group=disk \
-             would make RemoveIPC= delete every group-disk file in /dev/shm at stop)"
-        );
     }
     let template = unit_settings(&read("systemd/xblade@.service"));
     assert!(template.contains(&("EnvironmentFile".into(), "/etc/xblade/%i.conf".into())));
@@ -203,8 +212,8 @@ fn systemd_units_grant_what_the_daemon_needs() {
     let scratch = Scratch::new("units");
     let exe = std::env::current_exe().unwrap();
     for name in ["xblade.service", "xblade@.service"] {
-        let unit = read(&format!("systemd/{name}"))
-            .replace("/usr/local/bin/xblade", &exe.to_string_lossy());
+        let unit =
+            read(&format!("systemd/{name}")).replace("/usr/sbin/xblade", &exe.to_string_lossy());
         fs::write(scratch.0.join(name), unit).unwrap();
     }
     let out = Command::new(analyze)
