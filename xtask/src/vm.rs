@@ -137,8 +137,10 @@ const MARKER: &str = "XBLADE-VM: ";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum TargetKind {
-    Vblade,
+    /// target/release/xblade, or --xblade-bin
     Xblade,
+    /// Debian's vblade (--vblade-bin), the reference
+    Vblade,
 }
 
 impl TargetKind {
