@@ -899,10 +899,19 @@ fn serve(w: Worker, how: &Serve, stop: &AtomicBool, reporter: Reporter) {
             return;
         }
     }
-    reporter.started();
     let r = match how.fault {
-        Some(f) => f.run(w, how.name, how.filter, stop),
-        None => w.run(stop),
+        Some(f) => {
+            reporter.started();
+            f.run(w, how.name, how.filter, stop)
+        }
+        None => {
+            // Serving once its fill ring is full and its exports announced: a request sent
+            // right after "serving" (and systemd's READY=1) finds a buffer to land in.
+            let mut w = w;
+            w.start();
+            reporter.started();
+            w.serve(stop)
+        }
     };
     reporter.done(r.map_err(|e| e.to_string()));
 }

@@ -414,7 +414,7 @@ pub fn serve(
         let server = Arc::clone(&server);
         let stop = Arc::clone(&stop);
         std::thread::Builder::new()
-            .name("xblade-metrics".into())
+            .name("metrics-http".into())
             .spawn(move || run(&server, &stop, &*source))
             .context("cannot start the Prometheus endpoint's thread")?
     };

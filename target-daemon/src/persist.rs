@@ -56,7 +56,7 @@ impl StateWriter {
     pub fn spawn(self: &Arc<Self>) -> std::io::Result<std::thread::JoinHandle<()>> {
         let me = Arc::clone(self);
         std::thread::Builder::new()
-            .name("xblade-state".into())
+            .name("state-writer".into())
             .spawn(move || me.run())
     }
 

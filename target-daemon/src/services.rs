@@ -56,7 +56,7 @@ impl Services {
         let rt = Arc::clone(runtime);
         let q = Arc::clone(&quit);
         let control = std::thread::Builder::new()
-            .name("xblade-control".into())
+            .name("control-socket".into())
             .spawn(move || control_loop(&rt, &listener, &open, &reload, &q))
             .context("starting the control thread")?;
         tracing::info!(socket = %runtime.control_path.display(), "control socket listening (xblade status, stat, add, remove, reload, mask, reserve, config-string)");

@@ -309,6 +309,12 @@ impl<P: Packets, S: Storage> Worker<P, S> {
     /// replies, and return the counters.
     pub fn run(mut self, stop: &AtomicBool) -> std::io::Result<WorkerStats> {
         self.start();
+        self.serve(stop)
+    }
+
+    /// [`Worker::run`] for a worker already [started](Worker::start): the daemon starts it
+    /// (fill ring filled, exports announced) before it says the worker is serving.
+    pub fn serve(mut self, stop: &AtomicBool) -> std::io::Result<WorkerStats> {
         let mut idle = 0u32;
         let mut spins = 0u32;
         let mut drain_deadline = None;

@@ -29,6 +29,19 @@ pub fn xblade_bin() -> String {
     std::env::var("XBLADE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_xblade").to_string())
 }
 
+/// Whether the daemon under test has a control socket (an older build given by
+/// `XBLADE_TEST_BIN` may not).
+fn knows_control() -> bool {
+    static KNOWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *KNOWS.get_or_init(|| {
+        Command::new(xblade_bin())
+            .arg("--help")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("--control"))
+            .unwrap_or(false)
+    })
+}
+
 /// Two namespaces, `target` and `initiator`, joined by a veth pair, with `lo` up in both; and a
 /// tmpfs directory for images and logs. All removed on drop, also on panic.
 pub struct Lab {
@@ -184,13 +197,15 @@ impl Lab {
                 .collect()
         };
         // Every daemon of a lab gets the lab's control socket and state directory, unless the
-        // test names its own: never /run/xblade or /var/lib/xblade.
+        // test names its own: never /run/xblade or /var/lib/xblade. (Not an older build given
+        // by XBLADE_TEST_BIN that does not know the options.)
         let mut own = Vec::new();
-        if !args.contains(&"--control") {
+        let older = !knows_control();
+        if !older && !args.contains(&"--control") {
             own.push("--control".to_owned());
             own.push(self.control_path().display().to_string());
         }
-        if !args.contains(&"--state-dir") {
+        if !older && !args.contains(&"--state-dir") {
             own.push("--state-dir".to_owned());
             own.push(self.state_dir().display().to_string());
         }
