@@ -304,6 +304,41 @@ fn commands(stdout: &str) -> Vec<String> {
         .collect()
 }
 
+/// Every Kubernetes manifest in deploy/k8s validates against the Kubernetes schema, offline
+/// (`deploy/k8s/check.sh`, kubernetes-validate in strict mode). Without kubernetes-validate the
+/// test says so, and fails under `CI=true` (.ci/run installs it with pip).
+#[test]
+fn kubernetes_manifests_validate() {
+    let installed = which("kubernetes-validate").is_some()
+        || Command::new("python3")
+            .args(["-c", "import kubernetes_validate"])
+            .capture()
+            .is_ok_and(|o| o.status.success());
+    if !installed {
+        let msg = "kubernetes-validate not installed (python3 -m pip install \
+                   --break-system-packages kubernetes-validate==1.37.0): deploy/k8s is not checked";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{msg}; CI=true forbids skipping"
+        );
+        note(msg);
+        return;
+    }
+    let out = Command::new("bash")
+        .arg(deploy().join("k8s").join("check.sh"))
+        .capture()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert!(
+        out.status.success(),
+        "deploy/k8s/check.sh failed:\n{stdout}{stderr}"
+    );
+    assert!(
+        stdout.contains("daemonset.yaml") || stderr.contains("daemonset.yaml"),
+        "{stdout}{stderr}"
+    );
+}
+
 #[test]
 fn tune_nic_script_is_valid_and_shellcheck_clean() {
     let out = Command::new("bash")

@@ -53,6 +53,10 @@ pub const TOOLS: &[(&str, &str)] = &[
     // `cargo xtask package` lints the .deb (cargo-deb itself comes from crates.io:
     // `crate::package::ensure_cargo_deb`).
     ("lintian", "lintian"),
+    // tests/control.rs checks a scrape of the metrics endpoint with promtool.
+    ("promtool", "prometheus"),
+    // deploy/debian/install-test.sh checks that `man xblade` renders.
+    ("man", "man-db"),
 ];
 
 fn have(cmd: &str) -> bool {

@@ -226,8 +226,17 @@ impl Target {
             .append(true)
             .open(&command.log)?;
         let mut process = Command::new(&command.bin);
+        process.args(&command.args);
+        if command.bin.file_name().is_some_and(|n| n == "xblade") {
+            // Its control socket and AoE state beside its log, kept over restarts: never
+            // /run/xblade or /var/lib/xblade of the machine running the test.
+            process
+                .arg("--control")
+                .arg(command.log.with_extension("sock"))
+                .arg("--state-dir")
+                .arg(command.log.with_extension("state"));
+        }
         process
-            .args(&command.args)
             .arg(command.shelf.to_string())
             .arg(command.slot.to_string())
             .arg(&command.netif)
