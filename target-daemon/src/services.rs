@@ -96,10 +96,18 @@ fn control_loop(
     let mut last_pet = Instant::now();
     while !quit.load(Ordering::Acquire) {
         if reload.swap(false, Ordering::AcqRel) {
-            tracing::info!("SIGHUP: reloading the configuration");
-            let r = handle(rt, open, Request::Reload);
-            if let Some(e) = r.error {
-                tracing::error!("reload failed: {e}");
+            if rt.config_path.is_none() {
+                tracing::info!(
+                    "SIGHUP: this xblade was started vblade-style, without a configuration \
+                     file: nothing to reload (restart it to change its export; xblade add and \
+                     remove change exports at run time)"
+                );
+            } else {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let r = handle(rt, open, Request::Reload);
+                if let Some(e) = r.error {
+                    tracing::error!("reload failed: {e}");
+                }
             }
         }
         if let Some(iv) = watchdog {

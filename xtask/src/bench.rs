@@ -1280,6 +1280,7 @@ impl Bench {
                 if backend != Backend::Blk {
                     a.extend(self.xblade_extra.iter().cloned());
                 }
+                a.extend(scratch_control_args());
                 a.extend(addr);
                 a.push(file);
                 (a, "serving workers=")
@@ -2023,4 +2024,17 @@ mod tests {
         assert_eq!(utc(t).0, "20261125T094600Z");
         assert_eq!(utc(SystemTime::UNIX_EPOCH).1, "1970-01-01T00:00:00Z");
     }
+}
+
+/// A scratch control socket and state directory for the xblade under test (fresh per bench
+/// process): never the machine's /run/xblade or /var/lib/xblade, whose AoE state (a MAC mask
+/// list another run left for e1.0) would otherwise apply to the bench's export.
+fn scratch_control_args() -> Vec<String> {
+    let dir = std::env::temp_dir().join(format!("xblade-bench-{}", std::process::id()));
+    vec![
+        "--control".into(),
+        dir.join("control.sock").display().to_string(),
+        "--state-dir".into(),
+        dir.join("state").display().to_string(),
+    ]
 }
