@@ -478,12 +478,34 @@ fn with_header<R: std::io::Read>(
     response
 }
 
+/// Run `promtool check metrics` (Debian package `prometheus`) on an exposition: whether it
+/// passed, and what promtool said (empty when it has nothing to lint). For the tests, and for an
+/// admin checking a scrape by hand.
+pub fn promtool_check(text: &str) -> std::io::Result<(bool, String)> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(text.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), said))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{
-        ExportCounters, ExportStatus, InitiatorStatus, InterfaceStatus, WorkerStatus, XdpCounters,
-    };
+    use crate::status::{ExportCounters, ExportStatus, InitiatorStatus, WorkerStatus};
     use std::io::Read as _;
     use std::io::Write as _;
     use std::net::TcpStream;
@@ -554,21 +576,7 @@ mod tests {
                     ..ExportStatus::default()
                 },
             ],
-            interfaces: vec![InterfaceStatus {
-                name: "eth1".into(),
-                mac: "02:00:00:00:00:aa".into(),
-                mtu: 9000,
-                xdp_mode: "driver".into(),
-                zero_copy: true,
-                queues: vec![0, 1],
-                xdp: XdpCounters {
-                    redirected: 1600,
-                    dropped: 5,
-                    passed: 77,
-                    denied: 1,
-                    bad_address: 0,
-                },
-            }],
+            interfaces: vec![crate::status::sample_interface()],
             initiators: vec![
                 InitiatorStatus {
                     mac: "02:00:00:00:00:01".into(),
@@ -779,26 +787,8 @@ mod tests {
             return;
         }
         let text = render(&status());
-        let mut child = std::process::Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "promtool: {said}\non\n{text}");
+        let (ok, said) = promtool_check(&text).unwrap();
+        assert!(ok, "promtool: {said}\non\n{text}");
         assert!(said.trim().is_empty(), "promtool: {said}\non\n{text}");
     }
 

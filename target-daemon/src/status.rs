@@ -213,3 +213,23 @@ pub fn mac_string(m: &aoe::Mac) -> String {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+/// An interface as the unit tests of the status's readers (metrics, statview) use it.
+#[cfg(test)]
+pub(crate) fn sample_interface() -> InterfaceStatus {
+    InterfaceStatus {
+        name: "eth1".into(),
+        mac: "02:00:00:00:00:aa".into(),
+        mtu: 9000,
+        xdp_mode: "driver".into(),
+        zero_copy: true,
+        queues: vec![0, 1],
+        xdp: XdpCounters {
+            redirected: 1600,
+            dropped: 5,
+            passed: 77,
+            denied: 1,
+            bad_address: 0,
+        },
+    }
+}

@@ -439,7 +439,7 @@ fn duration(secs: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{InitiatorStatus, InterfaceStatus, WorkerStatus, XdpCounters};
+    use crate::status::{InitiatorStatus, WorkerStatus};
 
     fn export(name: &str) -> ExportStatus {
         ExportStatus {
@@ -486,21 +486,7 @@ mod tests {
             control: "/run/xblade/control.sock".into(),
             state_dir: Some("/var/lib/xblade".into()),
             exports: vec![e10, e11],
-            interfaces: vec![InterfaceStatus {
-                name: "eth1".into(),
-                mac: "02:00:00:00:00:aa".into(),
-                mtu: 9000,
-                xdp_mode: "driver".into(),
-                zero_copy: true,
-                queues: vec![0, 1],
-                xdp: XdpCounters {
-                    redirected: 1600,
-                    dropped: 5,
-                    passed: 77,
-                    denied: 1,
-                    bad_address: 0,
-                },
-            }],
+            interfaces: vec![crate::status::sample_interface()],
             initiators: vec![InitiatorStatus {
                 mac: "02:00:00:00:00:01".into(),
                 interface: "eth1".into(),

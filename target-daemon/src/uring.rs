@@ -494,17 +494,7 @@ impl Uring {
             })?;
             self.files = 0;
         }
-        if !files.is_empty() {
-            submitter.register_files(files).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!(
-                        "registering {} files with io_uring failed: {e}",
-                        files.len()
-                    ),
-                )
-            })?;
-        }
+        register_files(&submitter, files)?;
         self.files = files.len() as u32;
         Ok(())
     }
@@ -749,19 +739,25 @@ fn register(ring: &IoUring, files: &[RawFd], regions: &[Region]) -> io::Result<(
     lock_down(ring)
 }
 
+/// Register `files` (none: nothing to do; io_uring refuses an empty table).
+fn register_files(submitter: &io_uring::Submitter<'_>, files: &[RawFd]) -> io::Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    submitter.register_files(files).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "registering {} files with io_uring failed: {e}",
+                files.len()
+            ),
+        )
+    })
+}
+
 fn register_resources(ring: &IoUring, files: &[RawFd], regions: &[Region]) -> io::Result<()> {
     let submitter = ring.submitter();
-    if !files.is_empty() {
-        submitter.register_files(files).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "registering {} files with io_uring failed: {e}",
-                    files.len()
-                ),
-            )
-        })?;
-    }
+    register_files(&submitter, files)?;
     if regions.is_empty() {
         return Ok(());
     }

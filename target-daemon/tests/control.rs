@@ -454,33 +454,14 @@ fn metrics_pass_promtool() {
         body.contains("xblade_export_writes_total{export=\"e1.0\"} 10"),
         "{body}"
     );
-    let mut check = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    check
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let r = check.wait_with_output().unwrap();
-    assert!(
-        r.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&r.stdout),
-        String::from_utf8_lossy(&r.stderr)
-    );
+    let (ok, said) = xblade::metrics::promtool_check(&body).unwrap();
+    assert!(ok && said.trim().is_empty(), "promtool: {said}");
     d.stop();
 }
 
 #[test]
-fn systemd_is_told_ready_status_and_stopping() {
-    if !privileged("systemd_is_told_ready_status_and_stopping") {
+fn systemd_is_told_ready_status_watchdog_and_stopping() {
+    if !privileged("systemd_is_told_ready_status_watchdog_and_stopping") {
         return;
     }
     let lab = Lab::new();
@@ -490,7 +471,11 @@ fn systemd_is_told_ready_status_and_stopping() {
     sock.set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let env = format!("NOTIFY_SOCKET={}", sock_path.display());
-    let d = lab.xblade_with(&["env", &env], &["1", "0", "{if}", a.to_str().unwrap()]);
+    // A watchdog of 1 s: xblade pets it every 0.5 s while its worker answers.
+    let d = lab.xblade_with(
+        &["env", &env, "WATCHDOG_USEC=1000000"],
+        &["1", "0", "{if}", a.to_str().unwrap()],
+    );
     let mut buf = vec![0u8; 4096];
     let n = sock.recv(&mut buf).expect("no notify message");
     let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
@@ -498,6 +483,11 @@ fn systemd_is_told_ready_status_and_stopping() {
     assert!(msg.contains("STATUS=serving 1 export(s) on"), "{msg}");
     // By then the control socket answers.
     assert_eq!(lab.status().exports.len(), 1);
+    let mut pets = 0;
+    while pets < 2 {
+        let n = sock.recv(&mut buf).expect("no WATCHDOG=1 within 10 s");
+        pets += usize::from(String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1"));
+    }
     d.stop();
     let mut saw_stopping = false;
     while let Ok(n) = sock.recv(&mut buf) {
