@@ -183,9 +183,11 @@ impl Rw {
 pub struct RunArgs {
     #[command(flatten)]
     pub port: PortArgs,
-    /// Target as eSHELF.SLOT (e.g. e1.0).
-    #[arg(short = 't', long, value_parser = parse_target, value_name = "eS.L")]
-    pub target: (u16, u8),
+    /// Target as eSHELF.SLOT (e.g. e1.0). Several (`-t e1.0 -t e1.1`, or `-t e1.0,e1.1`)
+    /// are driven from this one thread and socket, each with its own window of --qd, its own
+    /// workload (seed --seed + its position) and its own report.
+    #[arg(short = 't', long, value_parser = parse_target, value_name = "eS.L", required = true, value_delimiter = ',')]
+    pub target: Vec<(u16, u8)>,
     /// I/O pattern.
     #[arg(long, value_enum, default_value_t = Rw::Randread)]
     pub rw: Rw,
@@ -262,6 +264,10 @@ pub struct EchoArgs {
     /// Slot to answer as.
     #[arg(long, default_value_t = 0, value_parser = parse_slot)]
     pub slot: u8,
+    /// Answer as this many exports: slots --slot to --slot + N - 1 of --shelf, each its own
+    /// export state (a request for all shelves or slots is answered as the first).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=255), value_name = "N")]
+    pub slots: u16,
     /// Capacity IDENTIFY reports, in sectors (default 2^31: 1 TiB).
     #[arg(long, default_value_t = 1 << 31, value_parser = clap::value_parser!(u64).range(1..=0xffff_ffff_ffff))]
     pub sectors: u64,
@@ -418,7 +424,7 @@ mod tests {
             (r.port.queue, r.port.xdp_mode, r.port.cpu),
             (1, XdpMode::Skb, Some(0))
         );
-        assert_eq!(r.target, (1, 2));
+        assert_eq!(r.target, vec![(1, 2)]);
         assert_eq!((r.rw, r.mix, r.bs, r.qd), (Rw::Randrw, 70, Some(2), 64));
         assert_eq!((r.time, r.size), (Some(5.0), Some(1 << 30)));
         assert_eq!(
@@ -432,7 +438,14 @@ mod tests {
         let Command::Run(r) = parse(&["run", "-i", "eth0", "-t", "3.4"]).unwrap().command else {
             panic!("not run")
         };
-        assert_eq!(r.target, (3, 4));
+        assert_eq!(r.target, vec![(3, 4)]);
+        let Command::Run(r) = parse(&["run", "-i", "e", "-t", "e1.0,e1.1", "-t", "2.3"])
+            .unwrap()
+            .command
+        else {
+            panic!("not run")
+        };
+        assert_eq!(r.target, vec![(1, 0), (1, 1), (2, 3)]);
         assert_eq!(
             (r.rw, r.mix, r.bs, r.qd, r.time, r.size),
             (Rw::Randread, 70, None, 16, None, None)
@@ -490,7 +503,9 @@ mod tests {
             (e.shelf, e.slot, e.bufcnt, e.sectors, e.scnt),
             (7, 3, 64, 1 << 31, None)
         );
+        assert_eq!(e.slots, 1);
         assert!(parse(&["echo", "-i", "x", "--bufcnt", "1"]).is_err());
+        assert!(parse(&["echo", "-i", "x", "--slots", "0"]).is_err());
         assert!(parse(&["echo", "-i", "x", "--shelf", "4095"]).is_err());
     }
 

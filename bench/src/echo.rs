@@ -80,34 +80,54 @@ pub fn echo(args: &EchoArgs, stop: &AtomicBool) -> Result<()> {
     }
     // What a frame carries here: the MTU's (multi-buffer), or what fits one chunk.
     let frame_max = ((port.max_frame() - ATA_HLEN) / SECTOR).min(255);
-    let mut export = ExportState::new(args.shelf, args.slot, args.sectors);
-    export.bufcnt = args.bufcnt;
-    export.max_sectors = args
-        .scnt
-        .map_or(frame_max, |s| usize::from(s).min(frame_max)) as u8;
-    export.model = "aoe-bench echo (no storage)".into();
-    export.serial = format!("echo-{}.{}", args.shelf, args.slot);
-    export.config = args.config_string.clone().into_bytes();
+    let last_slot = u16::from(args.slot) + args.slots - 1;
+    if last_slot >= u16::from(aoe::wire::SLOT_ANY) {
+        bail!(
+            "--slot {} --slots {} reaches slot {last_slot}: the last usable slot is 254",
+            args.slot,
+            args.slots
+        );
+    }
+    let exports: Vec<ExportState> = (args.slot..=last_slot as u8)
+        .map(|slot| {
+            let mut export = ExportState::new(args.shelf, slot, args.sectors);
+            export.bufcnt = args.bufcnt;
+            export.max_sectors =
+                args.scnt
+                    .map_or(frame_max, |s| usize::from(s).min(frame_max)) as u8;
+            export.model = "aoe-bench echo (no storage)".into();
+            export.serial = format!("echo-{}.{slot}", args.shelf);
+            export.config = args.config_string.clone().into_bytes();
+            export
+        })
+        .collect();
+    let mut exports = exports;
     let iface = Iface {
         mac: port.mac(),
         mtu,
     };
-    let scnt = iface.advertised_sectors(&export);
+    let scnt = iface.advertised_sectors(&exports[0]);
 
     // Announce ourselves, as vblade does at start-up.
-    port.push_with(|buf| target::advertisement(&export, &iface, BROADCAST, buf))?;
+    for export in &exports {
+        port.push_with(|buf| target::advertisement(export, &iface, BROADCAST, buf))?;
+    }
     port.flush()?;
+    let announced = exports.len() as u64;
+    let names = if exports.len() == 1 {
+        format!("e{}.{}", args.shelf, args.slot)
+    } else {
+        format!("e{}.{}..e{}.{last_slot}", args.shelf, args.slot, args.shelf)
+    };
     eprintln!(
-        "aoe-bench echo: e{}.{} on {} ({}, MTU {}), {} sectors/request, bufcnt {}, {} reported, \
+        "aoe-bench echo: {names} on {} ({}, MTU {}), {} sectors/request, bufcnt {}, {} reported, \
          XDP {} mode, AF_XDP {}{}: ready",
-        args.shelf,
-        args.slot,
         port.ifname(),
         mac_to_string(&port.mac()),
         mtu,
         scnt,
-        export.bufcnt,
-        fmt_bytes(export.sectors * SECTOR as u64),
+        exports[0].bufcnt,
+        fmt_bytes(args.sectors * SECTOR as u64),
         port.xdp_mode(),
         if port.zero_copy() {
             "zero-copy"
@@ -151,9 +171,15 @@ pub fn echo(args: &EchoArgs, stop: &AtomicBool) -> Result<()> {
             let mut f = pkt.pop().expect("a frame has a descriptor");
             let (off, len) = (f.offset() as usize, f.len() as usize);
             let room = CHUNK as usize - off;
+            // The export the request names (bytes 16..19 of the frame: shelf, slot).
+            let x = {
+                let head = port.data(&f);
+                pick(args.shelf, args.slot, exports.len(), head)
+            };
+            let export = &exports[x];
             let (reply, change) = if !fragmented {
                 answer(
-                    &export,
+                    export,
                     &iface,
                     &mut port.chunk(&mut f)[off..],
                     len,
@@ -161,7 +187,7 @@ pub fn echo(args: &EchoArgs, stop: &AtomicBool) -> Result<()> {
                 )
             } else if total <= scratch.len() {
                 scratch[..len].copy_from_slice(port.data(&f));
-                let (reply, change) = answer(&export, &iface, &mut scratch, total, &mut stats);
+                let (reply, change) = answer(export, &iface, &mut scratch, total, &mut stats);
                 if let Some(n) = reply {
                     // The response's bytes that go in the first chunk: all, or the header of
                     // a read response (its data is whatever the chunks hold).
@@ -173,7 +199,7 @@ pub fn echo(args: &EchoArgs, stop: &AtomicBool) -> Result<()> {
                 (None, None)
             };
             if let Some(change) = change {
-                export.apply(change);
+                exports[x].apply(change);
             }
             match reply {
                 Some(n) if n <= room => {
@@ -215,9 +241,9 @@ pub fn echo(args: &EchoArgs, stop: &AtomicBool) -> Result<()> {
     if progress && Instant::now() > start + Duration::from_secs(2) {
         let _ = write!(std::io::stderr(), "\r\x1b[K");
     }
-    stats.tx_frames = port.stats.tx_frames.saturating_sub(1); // the advertisement
+    stats.tx_frames = port.stats.tx_frames.saturating_sub(announced); // the advertisements
     stats.rx_descs = port.stats.rx_descs;
-    stats.tx_descs = port.stats.tx_descs.saturating_sub(1);
+    stats.tx_descs = port.stats.tx_descs.saturating_sub(announced);
     stats.duration_s = start.elapsed().as_secs_f64();
     stats.tx_per_s = stats.tx_frames as f64 / stats.duration_s.max(1e-9);
     stats.kicks = port.stats.kicks;
@@ -241,6 +267,22 @@ pub fn echo(args: &EchoArgs, stop: &AtomicBool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Which of `n` exports (slots `slot..slot + n` of `shelf`) the frame starting with `head`
+/// is for: the one its address names, else the first (which answers a wildcard request and
+/// drops a request for another address).
+fn pick(shelf: u16, slot: u8, n: usize, head: &[u8]) -> usize {
+    if n == 1 || head.len() < 19 {
+        return 0;
+    }
+    let (s, l) = (u16::from_be_bytes([head[16], head[17]]), head[18]);
+    let i = usize::from(l.wrapping_sub(slot));
+    if s == shelf && l >= slot && i < n {
+        i
+    } else {
+        0
+    }
 }
 
 /// Decides one request in `buf[..len]` and, for reads, writes and flushes, completes it at
@@ -269,4 +311,27 @@ fn answer(
         Decision::Drop => None,
     };
     (reply, out.change)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick;
+
+    #[test]
+    fn requests_go_to_the_export_they_name() {
+        let frame = |shelf: u16, slot: u8| {
+            let mut f = [0u8; 24];
+            f[16..18].copy_from_slice(&shelf.to_be_bytes());
+            f[18] = slot;
+            f
+        };
+        assert_eq!(pick(1, 0, 16, &frame(1, 7)), 7);
+        assert_eq!(pick(1, 4, 4, &frame(1, 7)), 3);
+        assert_eq!(pick(1, 4, 4, &frame(1, 8)), 0, "past the last slot");
+        assert_eq!(pick(1, 4, 4, &frame(1, 3)), 0, "before the first slot");
+        assert_eq!(pick(1, 0, 16, &frame(2, 7)), 0, "another shelf");
+        assert_eq!(pick(1, 0, 16, &frame(0xffff, 0xff)), 0, "wildcard");
+        assert_eq!(pick(1, 0, 1, &frame(1, 7)), 0);
+        assert_eq!(pick(1, 0, 16, &[0u8; 10]), 0, "short frame");
+    }
 }

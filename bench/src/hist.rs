@@ -110,6 +110,18 @@ impl Histogram {
         }
     }
 
+    /// The non-empty buckets as (upper bound, count), lowest first: enough to merge
+    /// histograms of several runs elsewhere and read percentiles as [`Histogram::quantile`]
+    /// does (the bucket's upper bound).
+    pub fn buckets(&self) -> Vec<(u64, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0)
+            .map(|(i, &c)| (bounds(i).1, c))
+            .collect()
+    }
+
     /// The value at quantile `q` (0.0..=1.0): the upper bound of the bucket holding the
     /// `ceil(q * count)`-th smallest value, clamped to the observed min and max. 0 when empty.
     pub fn quantile(&self, q: f64) -> u64 {
@@ -131,6 +143,22 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buckets_list_what_was_counted() {
+        let mut h = Histogram::new();
+        for v in [5, 5, 1000, 1001] {
+            h.record(v);
+        }
+        let b = h.buckets();
+        assert_eq!(b.iter().map(|&(_, c)| c).sum::<u64>(), 4);
+        assert_eq!(b[0], (5, 2));
+        assert!(b.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(
+            b.last().unwrap().0,
+            h.quantile(1.0).max(b.last().unwrap().0)
+        );
+    }
 
     #[test]
     fn index_and_bounds_agree() {

@@ -347,6 +347,9 @@ struct RunReport {
     read_mb_s: f64,
     write_mb_s: f64,
     latency_us: LatencyReport,
+    /// Every request's latency as [upper bound in ns, count] per non-empty histogram bucket,
+    /// so that runs can be merged (several targets, several processes).
+    latency_buckets_ns: Vec<(u64, u64)>,
     frames: Frames,
     flow: FlowReport,
     errors: Errors,
@@ -376,6 +379,21 @@ struct Engine {
     last_completion: Nanos,
     /// Idle time spent spinning on the rings before sleeping in `poll`.
     spin: Nanos,
+    /// When to stop issuing (`--time`), from the start of the loop.
+    time_limit: Option<Nanos>,
+    /// Why issuing stopped, the fatal error, the signal's drain deadline, and when this
+    /// engine finished (the run's end for its rates).
+    reason: Option<StopReason>,
+    fatal: Option<String>,
+    drain_deadline: Option<Nanos>,
+    end: Option<Nanos>,
+    /// This engine's frames and descriptors (the port's counters add up every engine).
+    tx_frames: u64,
+    rx_frames: u64,
+    tx_descs: u64,
+    rx_descs: u64,
+    /// `ios.total` at the last progress line.
+    progress_ios: u64,
 }
 
 impl Engine {
@@ -574,148 +592,206 @@ impl Engine {
         });
     }
 
-    fn progress(&self, elapsed: Nanos, last: &mut (Nanos, u64)) {
-        let dt = elapsed.saturating_sub(last.0) as f64 / 1e9;
-        let dios = self.ios.total - last.1;
-        let bs = self.plan.bs_bytes as f64;
-        let _ = write!(
-            std::io::stderr(),
-            "\r\x1b[K{:>4.0}s  {:>8} IOPS  {:>8.1} MB/s  window {:>4}  rexmit {}  errors {}",
-            elapsed as f64 / 1e9,
-            fmt_rate(dios as f64 / dt),
-            dios as f64 * bs / dt / 1e6,
-            self.tracker.window.maxout(),
-            self.tracker.stats.retransmits,
-            self.errors.total + self.vstats.errors,
-        );
-        *last = (elapsed, self.ios.total);
-    }
-
-    /// The main loop. Returns why it stopped and the fatal error, if any.
-    fn run(
-        &mut self,
-        port: &mut Port,
-        stop: &AtomicBool,
-    ) -> Result<(StopReason, Option<String>, Nanos)> {
-        let start = Instant::now();
-        let clock = || start.elapsed().as_nanos() as Nanos;
-        let time_limit = self.plan.time_s.map(|s| (s * 1e9) as Nanos);
+    /// One pass of this engine's part of the loop: the timer scan (when `scan`), the stop
+    /// conditions, then retransmissions and new requests onto the port. Returns whether it
+    /// queued anything; sets `end` once the engine has stopped.
+    fn step(&mut self, port: &mut Port, now: Nanos, scan: bool, stop: &AtomicBool) -> bool {
         let stall = (self.plan.stall_s * 1e9) as Nanos;
-        let mut pkt = Port::packet_vec();
+        if scan {
+            self.tracker.expire(now);
+            if let Some((req, waited, retries)) = self.tracker.oldest(now) {
+                let quiet = now.saturating_sub(self.last_completion);
+                if waited > stall || quiet > stall {
+                    self.fatal = Some(format!(
+                        "no progress on e{}.{}: {} LBA {}+{} unanswered after {} and {retries} \
+                         retransmissions; last completion {} ago (--stall-secs {})",
+                        self.shelf,
+                        self.slot,
+                        if req.write { "write" } else { "read" },
+                        req.lba,
+                        req.sectors,
+                        fmt_ns(waited),
+                        fmt_ns(quiet),
+                        self.plan.stall_s
+                    ));
+                    self.reason = Some(StopReason::Stall);
+                    self.end = Some(now);
+                    return false;
+                }
+            }
+        }
+        if self.reason.is_none() {
+            if stop.load(Ordering::Relaxed) {
+                self.reason = Some(StopReason::Signal);
+                self.drain_deadline = Some(now + SIGNAL_DRAIN);
+            } else if self.time_limit.is_some_and(|t| now >= t) {
+                self.reason = Some(StopReason::Time);
+            } else if self.plan.size_bytes.is_some_and(|s| self.issued_bytes >= s) {
+                self.reason = Some(StopReason::Size);
+            }
+        }
+        let issuing = self.reason.is_none();
         // UMEM frames one request may need: checked before the direction is drawn.
         let need = self.descs(self.plan.rw.writes());
-        let mut reason = None;
-        let mut fatal = None;
-        let mut drain_deadline = None;
-        let mut next_scan = 0;
-        let mut idle_since: Option<Nanos> = None;
-        let mut next_progress = ms(2000);
-        let mut last_progress = (0, 0);
-        loop {
-            let now = clock();
-            let mut busy = false;
-
-            if port.recv(RX_BATCH) > 0 {
-                busy = true;
-                while port.next_packet(&mut pkt) {
-                    self.on_frame(&port.packet(&pkt), now);
-                    port.recycle_all(&mut pkt);
-                }
-                port.refill();
-            }
-
-            if now >= next_scan {
-                next_scan = now + SCAN;
-                self.tracker.expire(now);
-                if let Some((req, waited, retries)) = self.tracker.oldest(now) {
-                    let quiet = now.saturating_sub(self.last_completion);
-                    if waited > stall || quiet > stall {
-                        fatal = Some(format!(
-                            "no progress: {} LBA {}+{} unanswered after {} and {retries} \
-                             retransmissions; last completion {} ago (--stall-secs {})",
-                            if req.write { "write" } else { "read" },
-                            req.lba,
-                            req.sectors,
-                            fmt_ns(waited),
-                            fmt_ns(quiet),
-                            self.plan.stall_s
-                        ));
-                        reason = Some(StopReason::Stall);
-                        break;
-                    }
-                }
-            }
-
-            if reason.is_none() {
-                if stop.load(Ordering::Relaxed) {
-                    reason = Some(StopReason::Signal);
-                    drain_deadline = Some(now + SIGNAL_DRAIN);
-                } else if time_limit.is_some_and(|t| now >= t) {
-                    reason = Some(StopReason::Time);
-                } else if self.plan.size_bytes.is_some_and(|s| self.issued_bytes >= s) {
-                    reason = Some(StopReason::Size);
-                }
-            }
-            let issuing = reason.is_none();
-
-            while self.tracker.can_send() {
-                if !port.has_frames(need) {
-                    break;
-                }
-                if self.tracker.has_rexmit() {
-                    let (tag, req) = self.tracker.retransmit(now).expect("has_rexmit");
-                    self.send(port, tag, &req);
-                } else if issuing
-                    && self.tracker.has_free()
-                    && self.plan.size_bytes.is_none_or(|s| self.issued_bytes < s)
-                {
-                    let Some(req) = self.next_request() else {
-                        break;
-                    };
-                    let tag = self.tracker.issue(req, now).expect("has_free");
-                    self.issued_bytes += u64::from(req.sectors) * SECTOR as u64;
-                    self.send(port, tag, &req);
-                } else {
-                    break;
-                }
-                busy = true;
-            }
-            port.flush()?;
-
-            if !issuing && self.tracker.outstanding() == 0 {
+        let mut busy = false;
+        while self.tracker.can_send() {
+            if !port.has_frames(need) {
                 break;
             }
-            if drain_deadline.is_some_and(|d| now >= d) {
-                break;
-            }
-            if self.plan.progress && now >= next_progress {
-                next_progress = now + ms(1000);
-                self.progress(now, &mut last_progress);
-            }
-            if busy {
-                idle_since = None;
+            let req = if self.tracker.has_rexmit() {
+                let (tag, req) = self.tracker.retransmit(now).expect("has_rexmit");
+                self.send(port, tag, &req);
+                req
+            } else if issuing
+                && self.tracker.has_free()
+                && self.plan.size_bytes.is_none_or(|s| self.issued_bytes < s)
+            {
+                let Some(req) = self.next_request() else {
+                    break;
+                };
+                let tag = self.tracker.issue(req, now).expect("has_free");
+                self.issued_bytes += u64::from(req.sectors) * SECTOR as u64;
+                self.send(port, tag, &req);
+                req
             } else {
-                let since = *idle_since.get_or_insert(now);
-                if now - since > self.spin {
-                    if self.plan.wait == Wait::Yield && self.tracker.outstanding() > 0 {
-                        std::thread::yield_now();
-                    } else {
-                        port.wait(MAX_SLEEP)?;
-                    }
+                break;
+            };
+            self.tx_frames += 1;
+            self.tx_descs += self.descs(req.write) as u64;
+            busy = true;
+        }
+        if (!issuing && self.tracker.outstanding() == 0)
+            || self.drain_deadline.is_some_and(|d| now >= d)
+        {
+            self.end = Some(now);
+        }
+        busy
+    }
+}
+
+/// The engine a received frame is for, by its AoE address (bytes 16..19: major, minor); frames
+/// for no engine go to the first, which counts them as ignored.
+fn route(engines: &[Engine], head: &[u8]) -> usize {
+    if engines.len() == 1 || head.len() < 19 {
+        return 0;
+    }
+    let (shelf, slot) = (u16::from_be_bytes([head[16], head[17]]), head[18]);
+    engines
+        .iter()
+        .position(|e| (e.shelf, e.slot) == (shelf, slot))
+        .unwrap_or(0)
+}
+
+/// The progress line: every engine added up.
+fn progress(engines: &[Engine], elapsed: Nanos, last: &mut (Nanos, u64)) {
+    let dt = elapsed.saturating_sub(last.0) as f64 / 1e9;
+    let total: u64 = engines.iter().map(|e| e.ios.total).sum();
+    let bytes: f64 = engines
+        .iter()
+        .map(|e| (e.ios.total - e.progress_ios) as f64 * e.plan.bs_bytes as f64)
+        .sum();
+    let dios = total - last.1;
+    let window: u32 = engines.iter().map(|e| e.tracker.window.maxout()).sum();
+    let rexmit: u64 = engines.iter().map(|e| e.tracker.stats.retransmits).sum();
+    let errors: u64 = engines
+        .iter()
+        .map(|e| e.errors.total + e.vstats.errors)
+        .sum();
+    let _ = write!(
+        std::io::stderr(),
+        "\r\x1b[K{:>4.0}s  {:>8} IOPS  {:>8.1} MB/s  window {:>4}  rexmit {rexmit}  errors {errors}",
+        elapsed as f64 / 1e9,
+        fmt_rate(dios as f64 / dt),
+        bytes / dt / 1e6,
+        window,
+    );
+    *last = (elapsed, total);
+}
+
+/// The main loop: every engine over one port, until each has stopped (time, size, signal or
+/// its own stall). Each engine's `end` is when it stopped.
+fn drive(engines: &mut [Engine], port: &mut Port, stop: &AtomicBool) -> Result<()> {
+    let start = Instant::now();
+    let clock = || start.elapsed().as_nanos() as Nanos;
+    let show = engines[0].plan.progress;
+    let wait = engines[0].plan.wait;
+    let spin = engines[0].spin;
+    let mut pkt = Port::packet_vec();
+    let mut next_scan = 0;
+    let mut idle_since: Option<Nanos> = None;
+    let mut next_progress = ms(2000);
+    let mut last_progress = (0, 0);
+    // Which engine queues first: rotated, so none gets the UMEM frames first every time.
+    let mut first = 0;
+    loop {
+        let now = clock();
+        let mut busy = false;
+
+        if port.recv(RX_BATCH) > 0 {
+            busy = true;
+            while port.next_packet(&mut pkt) {
+                let p = port.packet(&pkt);
+                let i = route(engines, p.head());
+                let e = &mut engines[i];
+                e.rx_frames += 1;
+                e.rx_descs += pkt.len() as u64;
+                e.on_frame(&p, now);
+                port.recycle_all(&mut pkt);
+            }
+            port.refill();
+        }
+
+        let scan = now >= next_scan;
+        if scan {
+            next_scan = now + SCAN;
+        }
+        let n = engines.len();
+        for k in 0..n {
+            let e = &mut engines[(first + k) % n];
+            if e.end.is_none() {
+                busy |= e.step(port, now, scan, stop);
+            }
+        }
+        first = (first + 1) % n;
+        port.flush()?;
+
+        if engines.iter().all(|e| e.end.is_some()) {
+            break;
+        }
+        if show && now >= next_progress {
+            next_progress = now + ms(1000);
+            progress(engines, now, &mut last_progress);
+            for e in engines.iter_mut() {
+                e.progress_ios = e.ios.total;
+            }
+        }
+        if busy {
+            idle_since = None;
+        } else {
+            let since = *idle_since.get_or_insert(now);
+            if now - since > spin {
+                let outstanding = engines.iter().any(|e| e.tracker.outstanding() > 0);
+                if wait == Wait::Yield && outstanding {
+                    std::thread::yield_now();
+                } else {
+                    port.wait(MAX_SLEEP)?;
                 }
             }
         }
-        if self.plan.progress && next_progress > ms(2000) {
-            let _ = write!(std::io::stderr(), "\r\x1b[K");
-        }
-        let end = clock();
-        let left = self.tracker.abandon();
-        self.errors.abandoned += left.len() as u64;
-        if !left.is_empty() && reason != Some(StopReason::Signal) {
-            self.errors.total += left.len() as u64;
-        }
-        Ok((reason.unwrap_or(StopReason::Time), fatal, end))
     }
+    if show && next_progress > ms(2000) {
+        let _ = write!(std::io::stderr(), "\r\x1b[K");
+    }
+    let end = clock();
+    for e in engines.iter_mut() {
+        let left = e.tracker.abandon();
+        e.errors.abandoned += left.len() as u64;
+        if !left.is_empty() && e.reason != Some(StopReason::Signal) {
+            e.errors.total += left.len() as u64;
+        }
+        e.end.get_or_insert(end);
+    }
+    Ok(())
 }
 
 fn aoe_error_name(code: u8) -> &'static str {
@@ -829,105 +905,56 @@ fn plan(args: &RunArgs, target: &TargetInfo, port: &Port) -> Result<Plan> {
 /// `aoe-bench run`. Returns whether the run was clean (no errors of any kind).
 pub fn run(args: &RunArgs, stop: &AtomicBool) -> Result<bool> {
     let mut port = Port::open(&args.port, Role::Initiator, FILL_TARGET)?;
-    let (shelf, slot) = args.target;
     let timeout = Duration::from_millis(args.discover_timeout_ms);
-    let found = discover::probe(&mut port, shelf, slot, timeout, true, stop)?;
-    let Some(target) = found.into_iter().next() else {
-        let why = port.queue_note(true).map_or_else(String::new, |n| {
-            format!(" Or its answers land on another queue: {n}")
-        });
-        bail!(
-            "no answer from e{shelf}.{slot} on {} within {} ms (is the target up, on this \
-             link, and not masked?).{why}",
-            port.ifname(),
-            args.discover_timeout_ms
-        );
-    };
-    let plan = plan(args, &target, &port)?;
-    let rtt = RttEstimator::new(
-        ms(250),
-        (plan.min_rto_ms * 1e6) as Nanos,
-        (plan.max_rto_ms * 1e6) as Nanos,
-    );
-    let verify = plan
-        .verify
-        .then(|| VerifyMap::new(plan.range_sectors, !plan.rw.writes()));
-    let work = Workload::new(
-        plan.rw,
-        plan.mix_read_pct,
-        plan.bs_sectors,
-        plan.range_sectors,
-        plan.seed,
-    );
-    if !args.json {
-        eprintln!(
-            "aoe-bench: {} on {} ({}) via {} queue {}: bs {} B, qd {}, {}",
-            plan.rw.name(),
-            target.device,
-            target.mac,
-            port.ifname(),
-            args.port.queue,
-            plan.bs_bytes,
-            plan.qd,
-            match (plan.time_s, plan.size_bytes) {
-                (Some(t), Some(s)) => format!("{t} s or {}", fmt_bytes(s)),
-                (Some(t), None) => format!("{t} s"),
-                (None, Some(s)) => fmt_bytes(s),
-                (None, None) => unreachable!("plan sets a default time"),
-            }
-        );
+    let mut engines = Vec::new();
+    for (i, &(shelf, slot)) in args.target.iter().enumerate() {
+        if args.target[..i].contains(&(shelf, slot)) {
+            bail!("-t e{shelf}.{slot} is given twice: each target may be driven once");
+        }
+        let found = discover::probe(&mut port, shelf, slot, timeout, true, stop)?;
+        let Some(target) = found.into_iter().next() else {
+            let why = port.queue_note(true).map_or_else(String::new, |n| {
+                format!(" Or its answers land on another queue: {n}")
+            });
+            bail!(
+                "no answer from e{shelf}.{slot} on {} within {} ms (is the target up, on this \
+                 link, and not masked?).{why}",
+                port.ifname(),
+                args.discover_timeout_ms
+            );
+        };
+        let mut plan = plan(args, &target, &port)?;
+        // Each target its own LBA sequence (and pattern): --seed, --seed + 1, ...
+        plan.seed = args.seed.wrapping_add(i as u64);
+        if !args.json {
+            eprintln!(
+                "aoe-bench: {} on {} ({}) via {} queue {}: bs {} B, qd {}, {}",
+                plan.rw.name(),
+                target.device,
+                target.mac,
+                port.ifname(),
+                args.port.queue,
+                plan.bs_bytes,
+                plan.qd,
+                match (plan.time_s, plan.size_bytes) {
+                    (Some(t), Some(s)) => format!("{t} s or {}", fmt_bytes(s)),
+                    (Some(t), None) => format!("{t} s"),
+                    (None, Some(s)) => fmt_bytes(s),
+                    (None, None) => unreachable!("plan sets a default time"),
+                }
+            );
+        }
+        engines.push((
+            Engine::new(&plan, &target, &port, args.port.spin_us),
+            target,
+        ));
     }
     let before_stats = port.stats;
-    let mut engine = Engine {
-        src: port.mac(),
-        dst: target.mac_raw,
-        shelf,
-        slot,
-        tracker: Tracker::new(plan.qd as usize, rtt),
-        work,
-        verify,
-        busy: HashSet::new(),
-        hist_read: Histogram::new(),
-        hist_write: Histogram::new(),
-        ios: Ios::default(),
-        bytes: Bytes::default(),
-        errors: Errors::default(),
-        vstats: VerifyStats {
-            enabled: plan.verify,
-            ..VerifyStats::default()
-        },
-        issued_bytes: 0,
-        last_completion: 0,
-        spin: args.port.spin_us * 1_000,
-        plan,
-    };
-    let (stop_reason, fatal, end) = engine.run(&mut port, stop)?;
-    let secs = (end as f64 / 1e9).max(1e-9);
-    let mut all = engine.hist_read.clone();
-    all.merge(&engine.hist_write);
-    let t = &engine.tracker;
-    let flow = FlowReport {
-        retransmits: t.stats.retransmits,
-        timeouts: t.stats.timeouts,
-        late: t.stats.late,
-        stray: t.stats.stray,
-        window_final: t.window.maxout(),
-        window_min: t.window.min_seen,
-        rto_ms: t.rtt.rto() as f64 / 1e6,
-        srtt_us: t.rtt.srtt().map(|s| s as f64 / 1e3),
-    };
+    let (mut es, targets): (Vec<Engine>, Vec<TargetInfo>) = engines.into_iter().unzip();
+    drive(&mut es, &mut port, stop)?;
     let ps = port.stats;
-    let frames = Frames {
-        tx: ps.tx_frames - before_stats.tx_frames,
-        rx: ps.rx_frames - before_stats.rx_frames,
-        rx_per_s: (ps.rx_frames - before_stats.rx_frames) as f64 / secs,
-        tx_per_s: (ps.tx_frames - before_stats.tx_frames) as f64 / secs,
-        tx_descs: ps.tx_descs - before_stats.tx_descs,
-        rx_descs: ps.rx_descs - before_stats.rx_descs,
-        multi_buffer: port.multi_buffer(),
-        kicks: ps.kicks - before_stats.kicks,
-        polls: ps.polls - before_stats.polls,
-    };
+    // Frames of more fragments than any MTU makes: malformed, ignored.
+    es[0].errors.ignored_frames += ps.rx_bad - before_stats.rx_bad;
     let xsk = port.xsk_statistics().map(|s| XskReport {
         rx_dropped: s.rx_dropped,
         rx_ring_full: s.rx_ring_full,
@@ -941,52 +968,237 @@ pub fn run(args: &RunArgs, stop: &AtomicBool) -> Result<bool> {
         dropped: c.dropped,
         passed: c.passed,
     });
-    // Frames of more fragments than any MTU makes: malformed, ignored.
-    engine.errors.ignored_frames += ps.rx_bad - before_stats.rx_bad;
-    let (ios, bytes) = (engine.ios, engine.bytes);
-    let ok = fatal.is_none() && engine.errors.total == 0 && engine.vstats.errors == 0;
-    let report = RunReport {
-        schema: "aoe-bench/run/1",
-        ok,
-        stop_reason,
-        error: fatal,
-        interface: port.ifname().to_owned(),
-        local_mac: mac_to_string(&port.mac()),
-        queue: args.port.queue,
-        xdp_mode: port.xdp_mode().to_string(),
-        zero_copy: port.zero_copy(),
-        target,
-        config: engine.plan.clone(),
-        duration_s: secs,
-        ios,
-        bytes,
-        iops: ios.total as f64 / secs,
-        read_iops: ios.read as f64 / secs,
-        write_iops: ios.write as f64 / secs,
-        mb_s: (bytes.read + bytes.write) as f64 / secs / 1e6,
-        read_mb_s: bytes.read as f64 / secs / 1e6,
-        write_mb_s: bytes.write as f64 / secs / 1e6,
-        latency_us: LatencyReport {
-            all: Latency::of(&all),
-            read: Latency::of(&engine.hist_read),
-            write: Latency::of(&engine.hist_write),
-        },
-        frames,
-        flow,
-        errors: engine.errors.clone(),
-        verify: engine.vstats,
-        xsk,
-        xdp,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print_summary(&report);
+    let single = es.len() == 1;
+    let mut reports = Vec::new();
+    for (e, target) in es.iter().zip(targets) {
+        let secs = (e.end.unwrap_or(0) as f64 / 1e9).max(1e-9);
+        let mut frames = Frames {
+            tx: e.tx_frames,
+            rx: e.rx_frames,
+            rx_per_s: e.rx_frames as f64 / secs,
+            tx_per_s: e.tx_frames as f64 / secs,
+            tx_descs: e.tx_descs,
+            rx_descs: e.rx_descs,
+            multi_buffer: port.multi_buffer(),
+            kicks: ps.kicks - before_stats.kicks,
+            polls: ps.polls - before_stats.polls,
+        };
+        if single {
+            // Everything the port saw (ignored frames too), as before several targets.
+            frames.tx = ps.tx_frames - before_stats.tx_frames;
+            frames.rx = ps.rx_frames - before_stats.rx_frames;
+            frames.tx_per_s = frames.tx as f64 / secs;
+            frames.rx_per_s = frames.rx as f64 / secs;
+            frames.tx_descs = ps.tx_descs - before_stats.tx_descs;
+            frames.rx_descs = ps.rx_descs - before_stats.rx_descs;
+        }
+        reports.push(e.report(
+            target,
+            secs,
+            frames,
+            &port,
+            args.port.queue,
+            xsk.clone(),
+            xdp.clone(),
+        ));
     }
-    if let Some(e) = &report.error {
+    let ok = reports.iter().all(|r| r.ok);
+    if single {
+        let report = &reports[0];
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(report)?);
+        } else {
+            print_summary(report);
+        }
+    } else {
+        let mut all = Histogram::new();
+        for e in &es {
+            all.merge(&e.hist_read);
+            all.merge(&e.hist_write);
+        }
+        let secs = reports.iter().map(|r| r.duration_s).fold(0.0, f64::max);
+        let sum = |f: fn(&RunReport) -> f64| reports.iter().map(f).sum::<f64>();
+        let multi = MultiReport {
+            schema: "aoe-bench/runs/1",
+            ok,
+            interface: port.ifname().to_owned(),
+            local_mac: mac_to_string(&port.mac()),
+            targets: reports.len(),
+            duration_s: secs,
+            iops: sum(|r| r.iops),
+            read_iops: sum(|r| r.read_iops),
+            write_iops: sum(|r| r.write_iops),
+            mb_s: sum(|r| r.mb_s),
+            latency_us: Latency::of(&all),
+            frames_tx: ps.tx_frames - before_stats.tx_frames,
+            frames_rx: ps.rx_frames - before_stats.rx_frames,
+            errors: reports.iter().map(|r| r.errors.total).sum(),
+            verify_errors: reports.iter().map(|r| r.verify.errors).sum(),
+            runs: reports,
+        };
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&multi)?);
+        } else {
+            for r in &multi.runs {
+                print_summary(r);
+            }
+            println!(
+                "all {} targets: {} IOPS, {:.1} MB/s, latency {}; {} errors, {} verify errors",
+                multi.targets,
+                fmt_rate(multi.iops),
+                multi.mb_s,
+                multi.latency_us.line(),
+                multi.errors,
+                multi.verify_errors
+            );
+        }
+        for r in &multi.runs {
+            if let Some(e) = &r.error {
+                eprintln!("aoe-bench: error: {e}");
+            }
+        }
+        return Ok(ok);
+    }
+    if let Some(e) = &reports[0].error {
         eprintln!("aoe-bench: error: {e}");
     }
     Ok(ok)
+}
+
+/// `run --json` with several targets (schema `aoe-bench/runs/1`): the sums, the latency of
+/// every request, and each target's own `aoe-bench/run/1` object.
+#[derive(Clone, Debug, Serialize)]
+struct MultiReport {
+    schema: &'static str,
+    ok: bool,
+    interface: String,
+    local_mac: String,
+    targets: usize,
+    duration_s: f64,
+    iops: f64,
+    read_iops: f64,
+    write_iops: f64,
+    mb_s: f64,
+    latency_us: Latency,
+    frames_tx: u64,
+    frames_rx: u64,
+    errors: u64,
+    verify_errors: u64,
+    runs: Vec<RunReport>,
+}
+
+impl Engine {
+    fn new(plan: &Plan, target: &TargetInfo, port: &Port, spin_us: u64) -> Engine {
+        let rtt = RttEstimator::new(
+            ms(250),
+            (plan.min_rto_ms * 1e6) as Nanos,
+            (plan.max_rto_ms * 1e6) as Nanos,
+        );
+        Engine {
+            src: port.mac(),
+            dst: target.mac_raw,
+            shelf: target.shelf,
+            slot: target.slot,
+            tracker: Tracker::new(plan.qd as usize, rtt),
+            work: Workload::new(
+                plan.rw,
+                plan.mix_read_pct,
+                plan.bs_sectors,
+                plan.range_sectors,
+                plan.seed,
+            ),
+            verify: plan
+                .verify
+                .then(|| VerifyMap::new(plan.range_sectors, !plan.rw.writes())),
+            busy: HashSet::new(),
+            hist_read: Histogram::new(),
+            hist_write: Histogram::new(),
+            ios: Ios::default(),
+            bytes: Bytes::default(),
+            errors: Errors::default(),
+            vstats: VerifyStats {
+                enabled: plan.verify,
+                ..VerifyStats::default()
+            },
+            issued_bytes: 0,
+            last_completion: 0,
+            spin: spin_us * 1_000,
+            time_limit: plan.time_s.map(|s| (s * 1e9) as Nanos),
+            reason: None,
+            fatal: None,
+            drain_deadline: None,
+            end: None,
+            tx_frames: 0,
+            rx_frames: 0,
+            tx_descs: 0,
+            rx_descs: 0,
+            progress_ios: 0,
+            plan: plan.clone(),
+        }
+    }
+
+    /// This engine's report, once it has stopped.
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        target: TargetInfo,
+        secs: f64,
+        frames: Frames,
+        port: &Port,
+        queue: u32,
+        xsk: Option<XskReport>,
+        xdp: Option<XdpReport>,
+    ) -> RunReport {
+        let mut all = self.hist_read.clone();
+        all.merge(&self.hist_write);
+        let t = &self.tracker;
+        let flow = FlowReport {
+            retransmits: t.stats.retransmits,
+            timeouts: t.stats.timeouts,
+            late: t.stats.late,
+            stray: t.stats.stray,
+            window_final: t.window.maxout(),
+            window_min: t.window.min_seen,
+            rto_ms: t.rtt.rto() as f64 / 1e6,
+            srtt_us: t.rtt.srtt().map(|s| s as f64 / 1e3),
+        };
+        let (ios, bytes) = (self.ios, self.bytes);
+        let ok = self.fatal.is_none() && self.errors.total == 0 && self.vstats.errors == 0;
+        RunReport {
+            schema: "aoe-bench/run/1",
+            ok,
+            stop_reason: self.reason.unwrap_or(StopReason::Time),
+            error: self.fatal.clone(),
+            interface: port.ifname().to_owned(),
+            local_mac: mac_to_string(&port.mac()),
+            queue,
+            xdp_mode: port.xdp_mode().to_string(),
+            zero_copy: port.zero_copy(),
+            target,
+            config: self.plan.clone(),
+            duration_s: secs,
+            ios,
+            bytes,
+            iops: ios.total as f64 / secs,
+            read_iops: ios.read as f64 / secs,
+            write_iops: ios.write as f64 / secs,
+            mb_s: (bytes.read + bytes.write) as f64 / secs / 1e6,
+            read_mb_s: bytes.read as f64 / secs / 1e6,
+            write_mb_s: bytes.write as f64 / secs / 1e6,
+            latency_us: LatencyReport {
+                all: Latency::of(&all),
+                read: Latency::of(&self.hist_read),
+                write: Latency::of(&self.hist_write),
+            },
+            latency_buckets_ns: all.buckets(),
+            frames,
+            flow,
+            errors: self.errors.clone(),
+            verify: self.vstats,
+            xsk,
+            xdp,
+        }
+    }
 }
 
 fn print_summary(r: &RunReport) {

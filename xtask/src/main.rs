@@ -13,6 +13,7 @@ mod deploy_check;
 mod ebpf;
 pub mod lab;
 mod package;
+mod soak;
 mod test;
 mod vm;
 
@@ -52,6 +53,10 @@ enum Task {
     /// xblade vs vblade vs ceilings (aoe-bench echo, fio) on the lab: table,
     /// target/bench/*.json and *.svg (needs root)
     Bench(bench::Args),
+    /// The storage node's load on one xblade for N minutes (default 10) with exports removed
+    /// and added back and an initiator coming and going: RSS, descriptors and IOPS must stay
+    /// flat, nothing lost (needs root; target/soak/*.json and *.svg)
+    Soak(soak::Args),
     /// Build the Debian package: release build, man pages and completions, cargo deb, lintian
     /// (--install-test: install, check and purge it)
     Package(package::Args),
@@ -66,6 +71,7 @@ fn main() -> ExitCode {
         Task::Lab(args) => lab::run(args),
         Task::Bench(args) => bench::run(args),
         Task::Package(args) => package::run(args),
+        Task::Soak(args) => soak::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

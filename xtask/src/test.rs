@@ -133,6 +133,10 @@ pub fn cargo() -> Command {
 pub const STAGES: &[(&str, &[&str])] = &[
     ("bench smoke", &["bench", "--quick"]),
     (
+        "soak: the storage node's load for 1 minute, with churn",
+        &["soak", "--minutes", "1"],
+    ),
+    (
         "Debian package: build, lintian, install, check, purge",
         &["package", "--install-test"],
     ),

@@ -198,7 +198,8 @@ pub fn table(bench: &Bench) -> (String, Vec<String>) {
     let _ = writeln!(
         out,
         "\nxblade CPU time per frame, 1 queue vs 2 queues (randread 1k QD16 per generator, RAM; \
-         generator q on macvlan xbl-mq, CPU q, XPS to veth queue q):"
+         generator q on macvlan xbl-mq, CPU q, XPS to veth queue q; the 1-queue baseline has its \
+         generator on the worker's core, as each of the 2 queues has):"
     );
     match &bench.queues {
         QueueCmp::Pending => {
@@ -210,14 +211,15 @@ pub fn table(bench: &Bench) -> (String, Vec<String>) {
         QueueCmp::Done(runs) => {
             let _ = writeln!(
                 out,
-                "  {:>6} {:>9} {:>16} {:>16}  worker ticks",
-                "queues", "IOPS", "µs/frame workers", "µs/frame process"
+                "  {:>6} {:<13} {:>9} {:>16} {:>16}  worker ticks",
+                "queues", "placement", "IOPS", "µs/frame workers", "µs/frame process"
             );
             for r in runs {
                 let _ = writeln!(
                     out,
-                    "  {:>6} {:>9} {:>16.2} {:>16.2}  {:?} over {} run(s)",
+                    "  {:>6} {:<13} {:>9} {:>16.2} {:>16.2}  {:?} over {} run(s)",
                     r.queues,
+                    r.placement.name(),
                     si(r.iops),
                     r.workers_us_per_frame,
                     r.process_us_per_frame,
@@ -225,6 +227,15 @@ pub fn table(bench: &Bench) -> (String, Vec<String>) {
                     r.repetitions
                 );
             }
+        }
+    }
+    if let QueueCmp::Done(runs) = &bench.queues {
+        if let Some(r) = super::queue_ratio(runs) {
+            let _ = writeln!(
+                out,
+                "  2 queues / 1 queue, same placement: {r:.3} ({:+.1}% CPU time per frame)",
+                (r - 1.0) * 100.0
+            );
         }
     }
     memory_block(bench, &mut out);
@@ -359,6 +370,8 @@ struct Report<'a> {
     rows: Vec<RowJson<'a>>,
     queues: QueuesJson<'a>,
     memory_copies: Vec<MemoryJson>,
+    /// The storage node's load (`--node`, and the full bench).
+    node: Option<&'a super::node::NodeReport>,
 }
 
 #[derive(Serialize)]
@@ -483,6 +496,8 @@ enum QueuesJson<'a> {
     Done {
         status: &'static str,
         method: &'static str,
+        /// 2 queues over 1 queue, CPU time per frame, both with shared cores.
+        ratio_2_over_1: Option<f64>,
         runs: Vec<QueueRunJson<'a>>,
     },
 }
@@ -490,6 +505,7 @@ enum QueuesJson<'a> {
 #[derive(Serialize)]
 struct QueueRunJson<'a> {
     queues: u32,
+    placement: &'static str,
     repetitions: u32,
     iops: f64,
     frames: u64,
@@ -590,6 +606,7 @@ fn row_json(row: &Row) -> RowJson<'_> {
 fn queue_run_json(r: &QueueRun) -> QueueRunJson<'_> {
     QueueRunJson {
         queues: r.queues,
+        placement: r.placement.name(),
         repetitions: r.repetitions,
         iops: r.iops,
         frames: r.frames,
@@ -617,13 +634,85 @@ fn queues_json(q: &QueueCmp) -> QueuesJson<'_> {
             status: "ok",
             method: "randread 1k QD16 per generator on the RAM image; xblade --queues 0 --cpus 1 \
                      (1 queue) or --queues 0,1 --cpus 0,1 (2 queues); generator q on macvlan \
-                     xbl-mq over the initiator's veth end, pinned to CPU q, XPS tx-q = CPU q",
+                     xbl-mq over the initiator's veth end, pinned to CPU q, XPS tx-q = CPU q. \
+                     1 queue 'shared core': the generator on CPU 1 with the worker (XPS: both \
+                     CPUs to tx-0), as each worker of the 2-queue run shares its core; 'worker \
+                     alone': the generator on CPU 0. ratio_2_over_1 compares the shared ones",
+            ratio_2_over_1: super::queue_ratio(runs),
             runs: runs.iter().map(queue_run_json).collect(),
         },
     }
 }
 
 /// Writes the JSON and the SVG, copies them to `latest.*`, and renders the table.
+/// `--node`: the node section alone, as `node-<time>.json` and `.svg` (and `node-latest.*`).
+pub fn write_node(
+    bench: &Bench,
+    dir: &Path,
+    started: SystemTime,
+    elapsed: Duration,
+    error: Option<&anyhow::Error>,
+) -> Result<Outcome> {
+    let mut problems = Vec::new();
+    if let Some(e) = error {
+        problems.push(format!("the bench stopped early: {e:#}"));
+    }
+    let (stamp, rfc) = super::utc(started);
+    let table = match &bench.node {
+        Some(n) => {
+            problems.extend(n.problems.iter().cloned());
+            super::node::table(n)
+        }
+        None => "storage node: not measured\n".to_owned(),
+    };
+    #[derive(Serialize)]
+    struct NodeOnly<'a> {
+        schema: &'static str,
+        started: String,
+        duration_s: f64,
+        ok: bool,
+        problems: &'a [String],
+        host: HostInfo,
+        target_cpu: usize,
+        generator_cpu: usize,
+        xblade: String,
+        aoe_bench: String,
+        node: Option<&'a super::node::NodeReport>,
+    }
+    let report = NodeOnly {
+        schema: "xblade/bench-node/1",
+        started: rfc.clone(),
+        duration_s: elapsed.as_secs_f64(),
+        ok: problems.is_empty(),
+        problems: &problems,
+        host: super::host_info(),
+        target_cpu: TARGET_CPU,
+        generator_cpu: GEN_CPU,
+        xblade: bench.bins.xblade.display().to_string(),
+        aoe_bench: bench.bins.aoe_bench.display().to_string(),
+        node: bench.node.as_ref(),
+    };
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let json = dir.join(format!("node-{stamp}.json"));
+    let svg = dir.join(format!("node-{stamp}.svg"));
+    let mut text = serde_json::to_string_pretty(&report).context("writing the report")?;
+    text.push('\n');
+    fs::write(&json, &text).with_context(|| format!("writing {}", json.display()))?;
+    fs::write(dir.join("node-latest.json"), &text).context("writing node-latest.json")?;
+    let plot = match &bench.node {
+        Some(n) => super::node::plot(n, &format!("xblade bench --node {rfc}: IOPS per export"))?,
+        None => String::new(),
+    };
+    fs::write(&svg, &plot).with_context(|| format!("writing {}", svg.display()))?;
+    fs::write(dir.join("node-latest.svg"), &plot).context("writing node-latest.svg")?;
+    Ok(Outcome {
+        table,
+        json,
+        svg,
+        problems,
+    })
+}
+
 pub fn write_all(
     bench: &Bench,
     dir: &Path,
@@ -631,9 +720,14 @@ pub fn write_all(
     elapsed: Duration,
     error: Option<&anyhow::Error>,
 ) -> Result<Outcome> {
-    let (table, mut problems) = table(bench);
+    let (mut table, mut problems) = table(bench);
     if let Some(e) = error {
         problems.insert(0, format!("the bench stopped early: {e:#}"));
+    }
+    if let Some(n) = &bench.node {
+        problems.extend(n.problems.iter().cloned());
+        table.push('\n');
+        table.push_str(&super::node::table(n));
     }
     let (stamp, rfc) = super::utc(started);
     let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
@@ -679,8 +773,16 @@ pub fn write_all(
                 cpu: TARGET_CPU,
             })
             .collect(),
+        node: bench.node.as_ref(),
     };
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if let Some(n) = &bench.node {
+        let title = format!("xblade bench {rfc}: storage node, IOPS per export");
+        let plot = super::node::plot(n, &title)?;
+        let node_svg = dir.join(format!("bench-{stamp}-node.svg"));
+        fs::write(&node_svg, &plot).with_context(|| format!("writing {}", node_svg.display()))?;
+        fs::write(dir.join("latest-node.svg"), &plot).context("writing latest-node.svg")?;
+    }
     let json = dir.join(format!("bench-{stamp}.json"));
     let svg = dir.join(format!("bench-{stamp}.svg"));
     let mut text = serde_json::to_string_pretty(&report).context("writing the report")?;

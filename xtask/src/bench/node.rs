@@ -1,0 +1,1255 @@
+//! A storage node's load (`cargo xtask bench --node`, and the last section of the full bench):
+//! 16 exports on the target's one interface, 4 initiators, for xblade, vblade and the ceilings.
+//!
+//! - **Exports**: shelf 1, slots 0–7 RAM-backed (files on tmpfs, `/dev/shm/xbl-node/`), slots
+//!   8–15 file-backed (files on the root filesystem, `target/lab/node/`, written out in full so
+//!   that reads reach the disk), [`NODE_MIB`] MiB each.
+//! - **Initiators**: 4 macvlans on the initiator's veth end (`xbl-n0`..`xbl-n3`, separate MACs),
+//!   each with one `aoe-bench run` driving 4 exports (2 RAM, 2 file: initiator k has slots 2k,
+//!   2k+1, 8+2k, 9+2k) with 1 KiB random reads and writes (`--rw randrw`, 70% reads), window 16
+//!   per export, `--verify`. One process per initiator drives its 4 exports from one thread
+//!   (`-t e1.a,e1.b,...`): 16 processes spinning and yielding on the generators' one core would
+//!   measure the scheduler, not the target (and an interface takes one XDP program, so 4
+//!   processes per macvlan could not share it anyway). All 4 on CPU 0, the target on CPU 1.
+//! - **Targets**, one at a time on the target's veth end: xblade (one daemon, one TOML with the
+//!   16 exports, started as `taskset -c 1 xblade serve --config F`: its default CPU placement
+//!   inside the CPU set it is given), vblade as Debian deploys it (16 processes, one per export,
+//!   `ionice -c2 -n7 vblade SHELF SLOT IF FILE $options` as `vblade@.service` runs it, all under
+//!   `taskset -c 1`; options `-d -s` on the file-backed exports so that writes are as durable
+//!   as xblade's, none on tmpfs), and `aoe-bench echo --slots 16` (no storage: the ceiling of
+//!   this topology, generators included). fio (8 jobs, one per disk file, the same pattern and
+//!   depth, `--sync=dsync`, on CPU 1) is the disk's ceiling for the file-backed half.
+//! - **CPU time per answered frame**: utime + stime of every thread of the target process
+//!   (`/proc/PID/stat`, which counts exited threads too), of all 16 vblade processes, or of
+//!   echo, from just before the generators start to just after they end, divided by the
+//!   responses the generators received. xblade's workers spin only while spinning pays
+//!   (`IdleSpin`); that time is *in* xblade's figure, not taken out: it can only make xblade
+//!   look worse, so a target met with it is met without it.
+//! - **Fairness**: each export's IOPS over the mean of its class (RAM or file: the two classes
+//!   differ by design), slowest and fastest.
+//!
+//! Failures (a generator error, a verify error, a target that would not start) are problems:
+//! the bench exits non-zero. Whether the issue's targets are met is reported, never asserted.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::{
+    cmd::{check_interrupted, from_argv, shell_words, CommandExt as _},
+    lab::Lab,
+    project_root,
+};
+
+use super::{
+    embedded_json, procs, report, Bench, Service, GEN_CPU, READY_TIMEOUT, STOP_GRACE, TARGET_CPU,
+};
+
+/// Exports: slots 0..EXPORTS of shelf [`NODE_SHELF`], the first half RAM-backed.
+pub const EXPORTS: u8 = 16;
+pub const NODE_SHELF: u16 = 1;
+/// Initiators (macvlans `xbl-n0`..), each driving [`PER_INITIATOR`] exports.
+pub const INITIATORS: usize = 4;
+pub const PER_INITIATOR: usize = 4;
+/// Size of each export, MiB.
+pub const NODE_MIB: u64 = 32;
+/// Window per export.
+pub const NODE_QD: u32 = 16;
+/// Percent reads of the mix.
+pub const NODE_READ_PCT: u8 = 70;
+
+/// What backs an export.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Class {
+    /// A file on tmpfs (xblade maps it).
+    Ram,
+    /// A file on the root filesystem (O_DIRECT, durable writes).
+    File,
+}
+
+pub fn class_of(slot: u8) -> Class {
+    if slot < EXPORTS / 2 {
+        Class::Ram
+    } else {
+        Class::File
+    }
+}
+
+/// The slots initiator `k` drives: two RAM-backed, two file-backed.
+pub fn slots_of(k: usize) -> [u8; PER_INITIATOR] {
+    let k = k as u8;
+    let half = EXPORTS / 2;
+    [2 * k, 2 * k + 1, half + 2 * k, half + 2 * k + 1]
+}
+
+/// The node's stores and initiators on a lab that is up. Dropping it removes the macvlans
+/// and the store files.
+pub struct NodeLab {
+    pub lab: Lab,
+    /// Store of each slot.
+    pub stores: Vec<PathBuf>,
+    /// Initiator interfaces (macvlans in the initiator namespace).
+    pub initiators: Vec<String>,
+    pub sectors: u64,
+    ram_dir: PathBuf,
+}
+
+impl NodeLab {
+    /// Creates the 16 stores (kept from an earlier run when their size is right) and
+    /// `initiators` macvlans `xbl-n0`.. on the initiator's veth end.
+    pub fn setup(lab: &Lab, initiators: usize) -> Result<NodeLab> {
+        let ram_dir = PathBuf::from("/dev/shm/xbl-node");
+        let disk_dir = project_root().join("target").join("lab").join("node");
+        for d in [&ram_dir, &disk_dir] {
+            fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let bytes = NODE_MIB << 20;
+        let mut stores = Vec::new();
+        for slot in 0..EXPORTS {
+            let path = match class_of(slot) {
+                Class::Ram => ram_dir.join(format!("e{NODE_SHELF}.{slot}.img")),
+                Class::File => disk_dir.join(format!("e{NODE_SHELF}.{slot}.img")),
+            };
+            let fresh = fs::metadata(&path).map_or(true, |m| m.len() != bytes);
+            if fresh {
+                write_zeros(&path, bytes)?;
+            }
+            stores.push(path);
+        }
+        let mut node = NodeLab {
+            lab: lab.clone(),
+            stores,
+            initiators: Vec::new(),
+            sectors: bytes / 512,
+            ram_dir,
+        };
+        let ns = lab.init_ns.clone();
+        // New links in the initiator namespace come up without IPv6, so they stay silent.
+        let _ = from_argv(&[
+            "ip",
+            "netns",
+            "exec",
+            &ns,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv6.conf.default.disable_ipv6=1",
+        ])
+        .capture_within(Duration::from_secs(10));
+        for k in 0..initiators {
+            let name = format!("xbl-n{k}");
+            // A leftover from an interrupted run.
+            let _ = from_argv(&["ip", "-n", &ns, "link", "del", &name])
+                .capture_within(Duration::from_secs(10));
+            from_argv(&[
+                "ip",
+                "-n",
+                &ns,
+                "link",
+                "add",
+                &name,
+                "link",
+                &lab.init_if,
+                "type",
+                "macvlan",
+                "mode",
+                "bridge",
+            ])
+            .capture_within(Duration::from_secs(10))?
+            .check()?;
+            node.initiators.push(name.clone());
+            from_argv(&["ip", "-n", &ns, "link", "set", &name, "up"])
+                .capture_within(Duration::from_secs(10))?
+                .check()?;
+        }
+        Ok(node)
+    }
+
+    /// `xblade serve`'s configuration: the 16 exports on the target's interface, queue 0, no
+    /// CPUs named (the default placement inside the CPU set xblade is started with).
+    pub fn xblade_toml(&self, control: &Path, state_dir: &Path) -> String {
+        let mut s = format!(
+            "# cargo xtask bench --node / soak: {EXPORTS} exports, half RAM-backed\n\
+             [daemon]\ncontrol = {:?}\nstate_dir = {:?}\n\n\
+             [[interface]]\nname = {:?}\nqueues = [0]\n",
+            control.display().to_string(),
+            state_dir.display().to_string(),
+            self.lab.target_if
+        );
+        for (slot, path) in self.stores.iter().enumerate() {
+            s.push_str(&format!(
+                "\n[[export]]\nshelf = {NODE_SHELF}\nslot = {slot}\npath = {:?}\n",
+                path.display().to_string()
+            ));
+        }
+        s
+    }
+
+    /// One initiator's `aoe-bench run` over its 4 exports (`slots`), from the initiator
+    /// namespace, on CPU [`GEN_CPU`].
+    pub fn gen_argv(
+        &self,
+        aoe_bench: &Path,
+        k: usize,
+        slots: &[u8],
+        rest: &[String],
+    ) -> Vec<String> {
+        let targets: Vec<String> = slots.iter().map(|s| format!("e{NODE_SHELF}.{s}")).collect();
+        let mut a: Vec<String> = vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            self.lab.init_ns.clone(),
+            aoe_bench.display().to_string(),
+            "run".into(),
+            "-i".into(),
+            self.initiators[k].clone(),
+            "--cpu".into(),
+            GEN_CPU.to_string(),
+            "-t".into(),
+            targets.join(","),
+        ];
+        a.extend(rest.iter().cloned());
+        a
+    }
+}
+
+impl Drop for NodeLab {
+    fn drop(&mut self) {
+        for name in &self.initiators {
+            let _ = from_argv(&["ip", "-n", &self.lab.init_ns, "link", "del", name])
+                .capture_within(Duration::from_secs(10));
+        }
+        // The RAM stores hold memory: remove them. The disk files stay for the next run.
+        let _ = fs::remove_dir_all(&self.ram_dir);
+    }
+}
+
+/// Writes `bytes` zero bytes to `path` (real extents on a disk filesystem), synced.
+fn write_zeros(path: &Path, bytes: u64) -> Result<()> {
+    let mut f = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let block = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n])
+            .with_context(|| format!("writing {}", path.display()))?;
+        left -= n as u64;
+    }
+    f.sync_all()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------
+// Results.
+
+/// One export under one target.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExportRun {
+    pub name: String,
+    pub class: Class,
+    pub iops: f64,
+    pub mb_s: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub retransmits: u64,
+    pub errors: u64,
+    pub verify_checked_sectors: u64,
+    pub verify_errors: u64,
+    /// Latency buckets (upper bound ns, count), to merge into the class's percentiles.
+    #[serde(skip)]
+    pub buckets: Vec<(u64, u64)>,
+}
+
+/// A set of exports (all, RAM-backed, file-backed) under one target.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub exports: usize,
+    pub iops: f64,
+    pub mb_s: f64,
+    /// Over every request of these exports.
+    pub p50_us: f64,
+    pub p99_us: f64,
+    /// Slowest and fastest export's IOPS over the mean of the set.
+    pub slowest_over_mean: f64,
+    pub fastest_over_mean: f64,
+}
+
+impl Summary {
+    fn of<'a>(exports: impl Iterator<Item = &'a ExportRun>) -> Summary {
+        let v: Vec<&ExportRun> = exports.collect();
+        if v.is_empty() {
+            return Summary::default();
+        }
+        let iops: f64 = v.iter().map(|e| e.iops).sum();
+        let mean = iops / v.len() as f64;
+        let min = v.iter().map(|e| e.iops).fold(f64::INFINITY, f64::min);
+        let max = v.iter().map(|e| e.iops).fold(0.0, f64::max);
+        let mut merged: BTreeMap<u64, u64> = BTreeMap::new();
+        for e in &v {
+            for &(ns, c) in &e.buckets {
+                *merged.entry(ns).or_default() += c;
+            }
+        }
+        Summary {
+            exports: v.len(),
+            iops,
+            mb_s: v.iter().map(|e| e.mb_s).sum(),
+            p50_us: quantile(&merged, 0.5) / 1e3,
+            p99_us: quantile(&merged, 0.99) / 1e3,
+            slowest_over_mean: if mean > 0.0 { min / mean } else { 0.0 },
+            fastest_over_mean: if mean > 0.0 { max / mean } else { 0.0 },
+        }
+    }
+}
+
+/// The value at quantile `q` of merged histogram buckets (upper bound, count): the upper bound
+/// of the bucket holding the `ceil(q * n)`-th value, as aoe-bench reports its own.
+pub fn quantile(buckets: &BTreeMap<u64, u64>, q: f64) -> f64 {
+    let total: u64 = buckets.values().sum();
+    if total == 0 {
+        return f64::NAN;
+    }
+    let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
+    let mut seen = 0;
+    for (&ns, &c) in buckets {
+        seen += c;
+        if seen >= rank {
+            return ns as f64;
+        }
+    }
+    buckets.keys().next_back().map_or(f64::NAN, |&n| n as f64)
+}
+
+/// One target under the node load.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetRun {
+    pub target: &'static str,
+    /// Every generator ran clean (no errors, no verify errors) and the target stayed up.
+    pub ok: bool,
+    pub problems: Vec<String>,
+    pub all: Summary,
+    pub ram: Summary,
+    pub file: Summary,
+    /// Responses the generators received.
+    pub frames: u64,
+    /// CPU time of the target's processes over the window, in clock ticks, and per frame.
+    pub cpu_ticks: u64,
+    pub cpu_us_per_frame: Option<f64>,
+    /// The target's CPU time over the window's length (100: one core's worth).
+    pub cpu_busy_pct: f64,
+    pub window_s: f64,
+    pub exports: Vec<ExportRun>,
+    pub target_commands: Vec<String>,
+    pub generator_commands: Vec<String>,
+    pub generator_results: Vec<Value>,
+}
+
+/// fio on the 8 disk files: the disk's ceiling for the file-backed half.
+#[derive(Clone, Debug, Serialize)]
+pub struct FioHalf {
+    pub iops: f64,
+    pub mb_s: f64,
+    pub read_p99_us: Option<f64>,
+    pub write_p99_us: Option<f64>,
+    pub command: String,
+}
+
+/// A target of the issue and whether this run met it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub what: String,
+    pub value: Option<f64>,
+    pub goal: String,
+    pub met: Option<bool>,
+}
+
+/// The node section.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeReport {
+    pub method: String,
+    pub time_s: f64,
+    pub export_mib: u64,
+    pub runs: Vec<TargetRun>,
+    pub fio_file_half: Option<FioHalf>,
+    pub fio_error: Option<String>,
+    pub verdicts: Vec<Verdict>,
+    pub problems: Vec<String>,
+}
+
+/// What the node reads of an `aoe-bench run` with several targets (`aoe-bench/runs/1`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Runs {
+    schema: String,
+    runs: Vec<OneRun>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct OneRun {
+    pub ok: bool,
+    pub stop_reason: Option<String>,
+    pub error: Option<String>,
+    pub target: RunTarget,
+    pub iops: f64,
+    pub mb_s: f64,
+    pub latency_us: Lat,
+    pub latency_buckets_ns: Vec<(u64, u64)>,
+    pub frames: RunFrames,
+    pub flow: RunFlow,
+    pub errors: RunErrors,
+    pub verify: RunVerify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RunTarget {
+    pub device: String,
+    pub slot: u8,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct Lat {
+    pub all: Pct,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct Pct {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RunFrames {
+    pub rx: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RunFlow {
+    pub retransmits: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RunErrors {
+    pub total: u64,
+    pub messages: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(crate) struct RunVerify {
+    pub checked_sectors: u64,
+    pub errors: u64,
+}
+
+/// The per-target runs of one `aoe-bench run` process's output (one target: `run/1`, several:
+/// `runs/1`), or why there are none.
+pub(crate) fn parse_runs(stdout: &str, stderr: &str) -> Result<(Vec<OneRun>, Value)> {
+    let Some(j) = embedded_json::<Value>(stdout) else {
+        let why = stderr
+            .lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("aoe-bench: error: "))
+            .map(str::to_owned)
+            .unwrap_or_else(|| procs::tail(stderr, 3));
+        bail!("aoe-bench printed no report: {why}");
+    };
+    match j.get("schema").and_then(Value::as_str) {
+        Some("aoe-bench/runs/1") => {
+            let r = Runs::deserialize(&j).context("reading aoe-bench's runs/1 report")?;
+            debug_assert_eq!(r.schema, "aoe-bench/runs/1");
+            Ok((r.runs, j))
+        }
+        Some("aoe-bench/run/1") => {
+            let r = OneRun::deserialize(&j).context("reading aoe-bench's run/1 report")?;
+            Ok((vec![r], j))
+        }
+        other => bail!("aoe-bench printed a report of schema {other:?}, not run/1 or runs/1"),
+    }
+}
+
+impl ExportRun {
+    fn of(r: &OneRun) -> ExportRun {
+        ExportRun {
+            name: r.target.device.clone(),
+            class: class_of(r.target.slot),
+            iops: r.iops,
+            mb_s: r.mb_s,
+            p50_us: r.latency_us.all.p50.unwrap_or(f64::NAN),
+            p99_us: r.latency_us.all.p99.unwrap_or(f64::NAN),
+            retransmits: r.flow.retransmits,
+            errors: r.errors.total,
+            verify_checked_sectors: r.verify.checked_sectors,
+            verify_errors: r.verify.errors,
+            buckets: r.latency_buckets_ns.clone(),
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Running it.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NodeTarget {
+    Xblade,
+    Vblade,
+    Echo,
+}
+
+impl NodeTarget {
+    fn name(self) -> &'static str {
+        match self {
+            NodeTarget::Xblade => "xblade",
+            NodeTarget::Vblade => "vblade",
+            NodeTarget::Echo => "echo",
+        }
+    }
+}
+
+/// Runs the node section on the lab the bench brought up (1 queue, MTU 1500).
+pub(super) fn run(bench: &mut Bench, time_s: f64) -> Result<NodeReport> {
+    bench.ensure_lab(1500, 1)?;
+    let node = NodeLab::setup(bench.lab(), INITIATORS)?;
+    let mut report = NodeReport {
+        method: format!(
+            "{EXPORTS} exports e{NODE_SHELF}.0-{} on {} ({} RAM-backed on tmpfs, {} file-backed \
+             on the root filesystem, {NODE_MIB} MiB each); {INITIATORS} initiators (macvlans \
+             xbl-n0..) each with one aoe-bench process driving {PER_INITIATOR} exports, \
+             1 KiB randrw {NODE_READ_PCT}% reads, QD {NODE_QD} per export, --verify, on CPU \
+             {GEN_CPU}; targets on CPU {TARGET_CPU}",
+            EXPORTS - 1,
+            node.lab.target_if,
+            EXPORTS / 2,
+            EXPORTS / 2
+        ),
+        time_s,
+        export_mib: NODE_MIB,
+        runs: Vec::new(),
+        fio_file_half: None,
+        fio_error: None,
+        verdicts: Vec::new(),
+        problems: Vec::new(),
+    };
+    for t in [NodeTarget::Xblade, NodeTarget::Vblade, NodeTarget::Echo] {
+        check_interrupted()?;
+        let run = measure(bench, &node, t, time_s)?;
+        let line = format!(
+            "node {}: {} IOPS ({} RAM, {} file), {:.1} MB/s, p50 {} p99 {} µs, {} µs/frame, CPU {:.0}%{}",
+            t.name(),
+            report::si(run.all.iops),
+            report::si(run.ram.iops),
+            report::si(run.file.iops),
+            run.all.mb_s,
+            report::us(run.all.p50_us),
+            report::us(run.all.p99_us),
+            run.cpu_us_per_frame
+                .map_or("?".into(), |c| format!("{c:.2}")),
+            run.cpu_busy_pct,
+            if run.ok {
+                String::new()
+            } else {
+                format!("  PROBLEM: {}", run.problems.join("; "))
+            }
+        );
+        bench.done += 1;
+        eprintln!("bench [{:>3}/{}] {line}", bench.done, bench.total);
+        for p in &run.problems {
+            report.problems.push(format!("node {}: {p}", t.name()));
+        }
+        report.runs.push(run);
+    }
+    check_interrupted()?;
+    match fio_file_half(&node, time_s) {
+        Ok(f) => {
+            bench.done += 1;
+            eprintln!(
+                "bench [{:>3}/{}] node fio on the 8 disk files: {} IOPS, {:.1} MB/s",
+                bench.done,
+                bench.total,
+                report::si(f.iops),
+                f.mb_s
+            );
+            report.fio_file_half = Some(f);
+        }
+        Err(e) => {
+            check_interrupted()?;
+            eprintln!("bench: node fio: {e:#}");
+            report.fio_error = Some(format!("{e:#}"));
+        }
+    }
+    report.verdicts = verdicts(&report);
+    Ok(report)
+}
+
+/// Starts `t` with the 16 exports, runs the 4 generators at once, stops it.
+fn measure(bench: &Bench, node: &NodeLab, t: NodeTarget, time_s: f64) -> Result<TargetRun> {
+    let mut run = TargetRun {
+        target: t.name(),
+        ok: false,
+        problems: Vec::new(),
+        all: Summary::default(),
+        ram: Summary::default(),
+        file: Summary::default(),
+        frames: 0,
+        cpu_ticks: 0,
+        cpu_us_per_frame: None,
+        cpu_busy_pct: 0.0,
+        window_s: 0.0,
+        exports: Vec::new(),
+        target_commands: Vec::new(),
+        generator_commands: Vec::new(),
+        generator_results: Vec::new(),
+    };
+    let services = match start(bench, node, t) {
+        Ok(s) => s,
+        Err(e) => {
+            check_interrupted()?;
+            run.problems
+                .push(format!("{} did not start: {e:#}", t.name()));
+            return Ok(run);
+        }
+    };
+    let mut services = services;
+    run.target_commands = services.iter().map(|s| shell_words(&s.argv)).collect();
+    let rest: Vec<String> = [
+        "--rw",
+        "randrw",
+        "--mix",
+        &NODE_READ_PCT.to_string(),
+        "--bs",
+        "2",
+        "--qd",
+        &NODE_QD.to_string(),
+        "--verify",
+        "--time",
+        &time_s.to_string(),
+        "--json",
+        "--no-progress",
+        "--discover-timeout-ms",
+        "5000",
+    ]
+    .map(String::from)
+    .to_vec();
+    let argvs: Vec<Vec<String>> = (0..INITIATORS)
+        .map(|k| {
+            let mut r = rest.clone();
+            if t == NodeTarget::Echo {
+                // Echo stores nothing: a read-back has nothing to verify.
+                r.retain(|a| a != "--verify");
+            }
+            r.extend(["--seed".into(), (100 * (k + 1)).to_string()]);
+            node.gen_argv(&bench.bins.aoe_bench, k, &slots_of(k), &r)
+        })
+        .collect();
+    let pids: Vec<u32> = services.iter().map(Service::pid).collect();
+    let ticks = || -> u64 { pids.iter().map(|&p| procs::ticks(p, "\0").process).sum() };
+    let before = ticks();
+    let t0 = std::time::Instant::now();
+    let limit = Duration::from_secs_f64(time_s + 60.0);
+    let outs: Vec<Result<crate::cmd::Captured>> = std::thread::scope(|s| {
+        let hs: Vec<_> = argvs
+            .iter()
+            .map(|a| s.spawn(move || from_argv(a).capture_within(limit)))
+            .collect();
+        hs.into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("generator thread panicked"))
+            })
+            .collect()
+    });
+    run.window_s = t0.elapsed().as_secs_f64();
+    let after = ticks();
+    check_interrupted()?;
+    for s in &mut services {
+        if let Some(status) = s.exited() {
+            run.problems.push(format!(
+                "{} exited during the run ({status}): {}",
+                s.name,
+                s.tail()
+            ));
+        }
+    }
+    for (argv, out) in argvs.iter().zip(outs) {
+        run.generator_commands.push(shell_words(argv));
+        let out = match out {
+            Ok(o) => o,
+            Err(e) => {
+                run.problems.push(format!("{e:#}"));
+                continue;
+            }
+        };
+        match parse_runs(&out.stdout_text(), &out.stderr_text()) {
+            Ok((runs, j)) => {
+                for r in &runs {
+                    let e = ExportRun::of(r);
+                    if !r.ok || e.errors > 0 || e.verify_errors > 0 {
+                        run.problems.push(format!(
+                            "{}: {} errors, {} verify errors, stopped by {}{}",
+                            e.name,
+                            e.errors,
+                            e.verify_errors,
+                            r.stop_reason.as_deref().unwrap_or("?"),
+                            r.error
+                                .as_ref()
+                                .or(r.errors.messages.first())
+                                .map(|m| format!(" (first: {m})"))
+                                .unwrap_or_default()
+                        ));
+                    }
+                    run.frames += r.frames.rx;
+                    run.exports.push(e);
+                }
+                run.generator_results.push(j);
+            }
+            Err(e) => run.problems.push(format!("{e:#}")),
+        }
+    }
+    for s in &mut services {
+        let status = s.stop(STOP_GRACE)?;
+        // vblade dies of SIGTERM; xblade and echo exit 0 after draining.
+        if t != NodeTarget::Vblade && !status.success() {
+            run.problems.push(format!(
+                "{} exited with {status} when stopped: {}",
+                s.name,
+                s.tail()
+            ));
+        }
+    }
+    run.exports.sort_by_key(|e| {
+        e.name
+            .rsplit('.')
+            .next()
+            .and_then(|s| s.parse::<u32>().ok())
+            .unwrap_or(u32::MAX)
+    });
+    if run.exports.len() != usize::from(EXPORTS) && run.problems.is_empty() {
+        run.problems.push(format!(
+            "{} of {EXPORTS} exports reported",
+            run.exports.len()
+        ));
+    }
+    run.all = Summary::of(run.exports.iter());
+    run.ram = Summary::of(run.exports.iter().filter(|e| e.class == Class::Ram));
+    run.file = Summary::of(run.exports.iter().filter(|e| e.class == Class::File));
+    run.cpu_ticks = after.saturating_sub(before);
+    let hz = procs::clock_ticks_per_sec();
+    if run.frames > 0 {
+        run.cpu_us_per_frame = Some(run.cpu_ticks as f64 * 1e6 / hz / run.frames as f64);
+    }
+    run.cpu_busy_pct = run.cpu_ticks as f64 / hz / run.window_s.max(1e-9) * 100.0;
+    run.ok = run.problems.is_empty();
+    Ok(run)
+}
+
+/// Starts the target: one xblade, 16 vblades or one echo, each ready.
+fn start(bench: &Bench, node: &NodeLab, t: NodeTarget) -> Result<Vec<Service>> {
+    let lab = &node.lab;
+    let netns = |a: &mut Vec<String>| {
+        a.extend(["ip", "netns", "exec", &lab.target_ns].map(String::from));
+    };
+    let cpu = TARGET_CPU.to_string();
+    let mut out = Vec::new();
+    match t {
+        NodeTarget::Xblade => {
+            let dir = bench.logs.join("node-xblade");
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(dir.join("state"))
+                .with_context(|| format!("creating {}", dir.display()))?;
+            let toml = dir.join("xblade.toml");
+            fs::write(
+                &toml,
+                node.xblade_toml(&dir.join("control.sock"), &dir.join("state")),
+            )
+            .with_context(|| format!("writing {}", toml.display()))?;
+            let mut a = Vec::new();
+            netns(&mut a);
+            a.extend(["taskset".into(), "-c".into(), cpu]);
+            a.push(bench.bins.xblade.display().to_string());
+            a.extend([
+                "serve".into(),
+                "--config".into(),
+                toml.display().to_string(),
+            ]);
+            let mut svc = Service::start("xblade", &a, &bench.logs.join("node-xblade.log"))?;
+            svc.wait_ready("serving workers=", READY_TIMEOUT)?;
+            out.push(svc);
+        }
+        NodeTarget::Vblade => {
+            for (slot, path) in node.stores.iter().enumerate() {
+                let mut a = Vec::new();
+                netns(&mut a);
+                a.extend(
+                    ["taskset", "-c", &cpu, "ionice", "-c2", "-n7", "vblade"].map(String::from),
+                );
+                if class_of(slot as u8) == Class::File {
+                    a.extend(["-d".into(), "-s".into()]);
+                }
+                a.extend([
+                    NODE_SHELF.to_string(),
+                    slot.to_string(),
+                    lab.target_if.clone(),
+                    path.display().to_string(),
+                ]);
+                let log = bench.logs.join(format!("node-vblade-{slot}.log"));
+                let mut svc = Service::start(&format!("vblade e{NODE_SHELF}.{slot}"), &a, &log)?;
+                svc.wait_ready("pid ", READY_TIMEOUT)?;
+                out.push(svc);
+            }
+        }
+        NodeTarget::Echo => {
+            let mut a = Vec::new();
+            netns(&mut a);
+            a.push(bench.bins.aoe_bench.display().to_string());
+            a.extend(
+                [
+                    "echo",
+                    "-i",
+                    &lab.target_if,
+                    "--shelf",
+                    &NODE_SHELF.to_string(),
+                    "--slot",
+                    "0",
+                    "--slots",
+                    &EXPORTS.to_string(),
+                    "--sectors",
+                    &node.sectors.to_string(),
+                    "--cpu",
+                    &cpu,
+                    "--json",
+                ]
+                .map(String::from),
+            );
+            let mut svc = Service::start("echo", &a, &bench.logs.join("node-echo.log"))?;
+            svc.wait_ready("ready", READY_TIMEOUT)?;
+            out.push(svc);
+        }
+    }
+    Ok(out)
+}
+
+/// fio on the 8 disk files at once: the same pattern and depth per file, durable writes, on
+/// the target's CPU.
+fn fio_file_half(node: &NodeLab, time_s: f64) -> Result<FioHalf> {
+    let mut argv: Vec<String> = [
+        "fio",
+        "--ioengine=io_uring",
+        "--direct=1",
+        "--rw=randrw",
+        &format!("--rwmixread={NODE_READ_PCT}"),
+        "--bs=1024",
+        &format!("--iodepth={NODE_QD}"),
+        "--sync=dsync",
+        "--time_based",
+        &format!("--runtime={}ms", (time_s * 1000.0) as u64),
+        &format!("--cpus_allowed={TARGET_CPU}"),
+        "--lat_percentiles=1",
+        "--norandommap",
+        "--randrepeat=0",
+        "--group_reporting",
+        "--output-format=json",
+    ]
+    .map(String::from)
+    .to_vec();
+    for (slot, path) in node.stores.iter().enumerate() {
+        if class_of(slot as u8) == Class::File {
+            argv.push(format!("--name=e{NODE_SHELF}.{slot}"));
+            argv.push(format!("--filename={}", path.display()));
+        }
+    }
+    let out = from_argv(&argv)
+        .capture_within(Duration::from_secs_f64(time_s + 60.0))?
+        .check()?;
+    let j: Value = embedded_json(&out.stdout_text()).context("fio printed no JSON")?;
+    let job = j
+        .get("jobs")
+        .and_then(|v| v.get(0))
+        .context("fio's JSON has no jobs")?;
+    if job.get("error").and_then(Value::as_i64).unwrap_or(0) != 0 {
+        bail!("fio reported error {}", job["error"]);
+    }
+    let num = |dir: &str, k: &str| job.get(dir).and_then(|d| d.get(k)).and_then(Value::as_f64);
+    let p99 = |dir: &str| {
+        job.get(dir)
+            .and_then(|d| d.get("lat_ns").or_else(|| d.get("clat_ns")))
+            .and_then(|l| l.get("percentile"))
+            .and_then(|p| p.get("99.000000"))
+            .and_then(Value::as_f64)
+            .map(|ns| ns / 1e3)
+    };
+    Ok(FioHalf {
+        iops: num("read", "iops").unwrap_or(0.0) + num("write", "iops").unwrap_or(0.0),
+        mb_s: (num("read", "bw_bytes").unwrap_or(0.0) + num("write", "bw_bytes").unwrap_or(0.0))
+            / 1e6,
+        read_p99_us: p99("read"),
+        write_p99_us: p99("write"),
+        command: shell_words(&argv),
+    })
+}
+
+/// The issue's targets against this run's figures.
+fn verdicts(r: &NodeReport) -> Vec<Verdict> {
+    let get = |name: &str| r.runs.iter().find(|t| t.target == name && t.ok);
+    let (x, v, e) = (get("xblade"), get("vblade"), get("echo"));
+    let mut out = Vec::new();
+    let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    };
+    let mut push = |what: String, value: Option<f64>, goal: &str, met: fn(f64) -> bool| {
+        out.push(Verdict {
+            what,
+            met: value.map(met),
+            value,
+            goal: goal.to_owned(),
+        });
+    };
+    type Pick = fn(&TargetRun) -> &Summary;
+    let sets: [(&str, Pick); 3] = [
+        ("all", |t| &t.all),
+        ("ram", |t| &t.ram),
+        ("file", |t| &t.file),
+    ];
+    for (set, pick) in sets {
+        let s = |t: Option<&TargetRun>| t.map(|t| pick(t).iops);
+        push(
+            format!("{set} exports: xblade / vblade IOPS"),
+            ratio(s(x), s(v)),
+            ">= 1.5",
+            |v| v >= 1.5,
+        );
+        let p99 = |t: Option<&TargetRun>| t.map(|t| pick(t).p99_us);
+        push(
+            format!("{set} exports: xblade / vblade p99 latency"),
+            ratio(p99(x), p99(v)),
+            "< 1 (lower p99)",
+            |v| v < 1.0,
+        );
+        push(
+            format!("{set} exports: xblade / echo IOPS (same-topology ceiling)"),
+            ratio(s(x), s(e)),
+            ">= 0.9",
+            |v| v >= 0.9,
+        );
+        if set != "all" {
+            push(
+                format!("{set} exports: xblade slowest export / mean"),
+                x.map(|t| pick(t).slowest_over_mean),
+                ">= 0.8",
+                |v| v >= 0.8,
+            );
+        }
+    }
+    if let Some(f) = &r.fio_file_half {
+        push(
+            "file exports: xblade / fio on the 8 disk files IOPS (disk ceiling)".into(),
+            ratio(x.map(|t| t.file.iops), Some(f.iops)),
+            "(reported)",
+            |_| true,
+        );
+    }
+    push(
+        "target CPU time per answered frame: xblade / vblade".into(),
+        ratio(
+            x.and_then(|t| t.cpu_us_per_frame),
+            v.and_then(|t| t.cpu_us_per_frame),
+        ),
+        "<= 0.5",
+        |v| v <= 0.5,
+    );
+    out
+}
+
+// ------------------------------------------------------------------------------------------------
+// Table and plot.
+
+/// The node section of the table.
+pub fn table(r: &NodeReport) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "Storage node: {}; {} s per target\n",
+        r.method, r.time_s
+    ));
+    s.push_str(&format!(
+        "{:<8} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6} {:>15} {:>15}\n",
+        "target",
+        "IOPS",
+        "MB/s",
+        "p50 µs",
+        "p99 µs",
+        "RAM IOPS",
+        "file IOPS",
+        "µs/frame",
+        "CPU%",
+        "RAM min/max",
+        "file min/max"
+    ));
+    for t in &r.runs {
+        if !t.ok && t.exports.is_empty() {
+            s.push_str(&format!(
+                "{:<8} ERROR: {}\n",
+                t.target,
+                t.problems.join("; ")
+            ));
+            continue;
+        }
+        s.push_str(&format!(
+            "{:<8} {:>9} {:>8.1} {:>9} {:>9} {:>9} {:>9} {:>8} {:>6.0} {:>15} {:>15}{}\n",
+            t.target,
+            report::si(t.all.iops),
+            t.all.mb_s,
+            report::us(t.all.p50_us),
+            report::us(t.all.p99_us),
+            report::si(t.ram.iops),
+            report::si(t.file.iops),
+            t.cpu_us_per_frame.map_or("?".into(), |c| format!("{c:.2}")),
+            t.cpu_busy_pct,
+            format!(
+                "{:.2}/{:.2}",
+                t.ram.slowest_over_mean, t.ram.fastest_over_mean
+            ),
+            format!(
+                "{:.2}/{:.2}",
+                t.file.slowest_over_mean, t.file.fastest_over_mean
+            ),
+            if t.ok { "" } else { "  (PROBLEM)" }
+        ));
+    }
+    if let Some(f) = &r.fio_file_half {
+        s.push_str(&format!(
+            "{:<8} {:>9} {:>8.1} {:>9} {:>9} {:>9} {:>9}   (fio: the 8 disk files, the disk's ceiling for the file half)\n",
+            "fio",
+            report::si(f.iops),
+            f.mb_s,
+            "",
+            f.read_p99_us.map_or("?".into(), report::us),
+            "",
+            report::si(f.iops),
+        ));
+    }
+    if let Some(e) = &r.fio_error {
+        s.push_str(&format!("fio      n/a: {e}\n"));
+    }
+    s.push_str("p50/p99 by class (µs):");
+    for t in r.runs.iter().filter(|t| !t.exports.is_empty()) {
+        s.push_str(&format!(
+            "  {} RAM {}/{}, file {}/{};",
+            t.target,
+            report::us(t.ram.p50_us),
+            report::us(t.ram.p99_us),
+            report::us(t.file.p50_us),
+            report::us(t.file.p99_us)
+        ));
+    }
+    s.push('\n');
+    s.push_str(
+        "min/max: slowest and fastest export's IOPS over its class's mean. µs/frame: CPU time of \
+         every thread of the target (all 16 vblades) per answered frame, idle spinning included.\n",
+    );
+    s.push_str("Targets of the issue (reported, not asserted):\n");
+    for v in &r.verdicts {
+        s.push_str(&format!(
+            "  {:<68} {:>7}  goal {:<16} {}\n",
+            v.what,
+            v.value.map_or("n/a".into(), |x| format!("{x:.2}")),
+            v.goal,
+            match v.met {
+                Some(true) => "met",
+                Some(false) => "NOT MET",
+                None => "n/a",
+            }
+        ));
+    }
+    s
+}
+
+/// The node section's SVG: each export's IOPS under each target (and the class means).
+pub fn plot(r: &NodeReport, title: &str) -> Result<String> {
+    use plotters::prelude::*;
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (880, 420)).into_drawing_area();
+        root.fill(&WHITE)
+            .map_err(|e| anyhow::anyhow!("drawing the node SVG: {e}"))?;
+        let top = r
+            .runs
+            .iter()
+            .flat_map(|t| t.exports.iter().map(|e| e.iops))
+            .fold(0.0, f64::max)
+            .max(1.0)
+            * 1.1;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 16))
+            .margin(12)
+            .x_label_area_size(36)
+            .y_label_area_size(64)
+            .build_cartesian_2d(-0.5f64..(f64::from(EXPORTS) - 0.5), 0f64..top)
+            .map_err(|e| anyhow::anyhow!("drawing the node SVG: {e}"))?;
+        chart
+            .configure_mesh()
+            .x_desc("export (slot; 0-7 RAM-backed, 8-15 file-backed)")
+            .y_desc("IOPS")
+            .x_labels(usize::from(EXPORTS))
+            .x_label_formatter(&|x| format!("{}", x.round() as i64))
+            .y_label_formatter(&|y| report::si(*y))
+            .draw()
+            .map_err(|e| anyhow::anyhow!("drawing the node SVG: {e}"))?;
+        let colours = [
+            ("xblade", RGBColor(0xd6, 0x27, 0x28)),
+            ("vblade", RGBColor(0x1f, 0x77, 0xb4)),
+            ("echo", RGBColor(0x2c, 0xa0, 0x2c)),
+        ];
+        for t in &r.runs {
+            let colour = colours
+                .iter()
+                .find(|(n, _)| *n == t.target)
+                .map_or(BLACK, |c| c.1);
+            let points: Vec<(f64, f64)> = t
+                .exports
+                .iter()
+                .enumerate()
+                .map(|(i, e)| (i as f64, e.iops))
+                .collect();
+            let label = format!(
+                "{}: {} IOPS in all, p99 {} µs",
+                t.target,
+                report::si(t.all.iops),
+                report::us(t.all.p99_us)
+            );
+            chart
+                .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+                .map_err(|e| anyhow::anyhow!("drawing the node SVG: {e}"))?
+                .label(label)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2))
+                });
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+                .map_err(|e| anyhow::anyhow!("drawing the node SVG: {e}"))?;
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| anyhow::anyhow!("drawing the node SVG: {e}"))?;
+        root.present()
+            .map_err(|e| anyhow::anyhow!("drawing the node SVG: {e}"))?;
+    }
+    Ok(svg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initiators_share_the_exports() {
+        let mut all: Vec<u8> = (0..INITIATORS).flat_map(slots_of).collect();
+        all.sort_unstable();
+        assert_eq!(all, (0..EXPORTS).collect::<Vec<_>>());
+        for k in 0..INITIATORS {
+            let ram = slots_of(k)
+                .iter()
+                .filter(|&&s| class_of(s) == Class::Ram)
+                .count();
+            assert_eq!(ram, PER_INITIATOR / 2, "initiator {k}");
+        }
+    }
+
+    #[test]
+    fn summaries_and_percentiles() {
+        let e = |slot: u8, iops: f64, buckets: Vec<(u64, u64)>| ExportRun {
+            name: format!("e1.{slot}"),
+            class: class_of(slot),
+            iops,
+            mb_s: iops / 1000.0,
+            p50_us: 0.0,
+            p99_us: 0.0,
+            retransmits: 0,
+            errors: 0,
+            verify_checked_sectors: 0,
+            verify_errors: 0,
+            buckets,
+        };
+        let v = [
+            e(0, 80.0, vec![(1000, 98), (5000, 2)]),
+            e(1, 120.0, vec![(2000, 100)]),
+        ];
+        let s = Summary::of(v.iter());
+        assert_eq!(s.iops, 200.0);
+        assert!((s.slowest_over_mean - 0.8).abs() < 1e-9);
+        assert!((s.fastest_over_mean - 1.2).abs() < 1e-9);
+        // 200 requests: 98 in the 1000 ns bucket, 100 in 2000, 2 in 5000: the 100th and the
+        // 198th are in 2000, the 199th in 5000.
+        assert_eq!(s.p50_us, 2.0);
+        assert_eq!(s.p99_us, 2.0);
+        let merged: BTreeMap<u64, u64> = [(1000, 98), (2000, 100), (5000, 2)].into();
+        assert_eq!(quantile(&merged, 0.995), 5000.0);
+        assert!(quantile(&BTreeMap::new(), 0.5).is_nan());
+        assert_eq!(Summary::of([].iter()).exports, 0);
+    }
+
+    #[test]
+    fn reads_one_and_several_target_reports() {
+        let one = r#"{"schema": "aoe-bench/run/1", "ok": true, "iops": 5.0,
+            "target": {"device": "e1.9", "slot": 9}, "frames": {"rx": 7},
+            "latency_buckets_ns": [[1000, 3]]}"#;
+        let (runs, _) = parse_runs(one, "").unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!((runs[0].target.slot, runs[0].frames.rx), (9, 7));
+        assert_eq!(ExportRun::of(&runs[0]).class, Class::File);
+        let several = format!(r#"{{"schema": "aoe-bench/runs/1", "runs": [{one}, {one}]}}"#);
+        assert_eq!(parse_runs(&several, "").unwrap().0.len(), 2);
+        let err = parse_runs("", "aoe-bench: error: no answer from e1.3\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no answer from e1.3"),
+            "{err:#}"
+        );
+        assert!(parse_runs(r#"{"schema": "aoe-bench/echo/1"}"#, "").is_err());
+    }
+
+    #[test]
+    fn configuration_names_every_export() {
+        let lab = Lab {
+            target_ns: "xbl-t".into(),
+            init_ns: "xbl-i".into(),
+            target_if: "xbl-tv".into(),
+            init_if: "xbl-iv".into(),
+            ram_image: None,
+            disk_image: None,
+            loop_dev: None,
+        };
+        let node = NodeLab {
+            lab,
+            stores: (0..EXPORTS)
+                .map(|s| PathBuf::from(format!("/x/{s}.img")))
+                .collect(),
+            initiators: Vec::new(),
+            sectors: 0,
+            ram_dir: PathBuf::from("/nonexistent/xbl-node-test"),
+        };
+        let toml = node.xblade_toml(Path::new("/c.sock"), Path::new("/st"));
+        assert_eq!(toml.matches("[[export]]").count(), usize::from(EXPORTS));
+        assert!(toml.contains("path = \"/x/15.img\"") && toml.contains("name = \"xbl-tv\""));
+        assert!(toml.contains("control = \"/c.sock\""));
+        std::mem::forget(node);
+    }
+}
