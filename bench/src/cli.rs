@@ -184,8 +184,11 @@ pub struct RunArgs {
     #[command(flatten)]
     pub port: PortArgs,
     /// Target as eSHELF.SLOT (e.g. e1.0). Several (`-t e1.0 -t e1.1`, or `-t e1.0,e1.1`)
-    /// are driven from this one thread and socket, each with its own window of --qd, its own
-    /// workload (seed --seed + its position) and its own report.
+    /// are driven from this one thread, each with its own window of --qd, its own workload
+    /// (seed --seed + its position) and its own report. With several interfaces (`-i a,b`:
+    /// one socket and MAC each, so one process can be several initiators) the targets are
+    /// dealt to them in order, as many each: `-i a,b -t e1.0,e1.1,e1.2,e1.3` drives e1.0 and
+    /// e1.1 through a, e1.2 and e1.3 through b.
     #[arg(short = 't', long, value_parser = parse_target, value_name = "eS.L", required = true, value_delimiter = ',')]
     pub target: Vec<(u16, u8)>,
     /// I/O pattern.

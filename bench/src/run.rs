@@ -28,7 +28,7 @@ use crate::cli::{RunArgs, Rw, Wait};
 use crate::discover::{self, TargetInfo};
 use crate::flow::{ms, Answer, Done, Nanos, RttEstimator, Tracker};
 use crate::hist::Histogram;
-use crate::net::{self, Packet, Port};
+use crate::net::{self, Packet, Port, PortStats};
 use crate::pattern::{self, Expect};
 use crate::report::{fmt_bytes, fmt_ns, fmt_rate, Latency};
 
@@ -394,6 +394,8 @@ struct Engine {
     rx_descs: u64,
     /// `ios.total` at the last progress line.
     progress_ios: u64,
+    /// Index of the port (interface) this engine sends and receives through.
+    port: usize,
 }
 
 impl Engine {
@@ -669,17 +671,21 @@ impl Engine {
     }
 }
 
-/// The engine a received frame is for, by its AoE address (bytes 16..19: major, minor); frames
-/// for no engine go to the first, which counts them as ignored.
-fn route(engines: &[Engine], head: &[u8]) -> usize {
-    if engines.len() == 1 || head.len() < 19 {
+/// The engine of port `port` a received frame is for, by its AoE address (bytes 16..19:
+/// major, minor); frames for none go to the port's first engine, which counts them as ignored.
+fn route(engines: &[Engine], port: usize, head: &[u8]) -> usize {
+    if engines.len() == 1 {
         return 0;
+    }
+    let first = engines.iter().position(|e| e.port == port).unwrap_or(0);
+    if head.len() < 19 {
+        return first;
     }
     let (shelf, slot) = (u16::from_be_bytes([head[16], head[17]]), head[18]);
     engines
         .iter()
-        .position(|e| (e.shelf, e.slot) == (shelf, slot))
-        .unwrap_or(0)
+        .position(|e| e.port == port && (e.shelf, e.slot) == (shelf, slot))
+        .unwrap_or(first)
 }
 
 /// The progress line: every engine added up.
@@ -708,9 +714,9 @@ fn progress(engines: &[Engine], elapsed: Nanos, last: &mut (Nanos, u64)) {
     *last = (elapsed, total);
 }
 
-/// The main loop: every engine over one port, until each has stopped (time, size, signal or
+/// The main loop: every engine over its port, until each has stopped (time, size, signal or
 /// its own stall). Each engine's `end` is when it stopped.
-fn drive(engines: &mut [Engine], port: &mut Port, stop: &AtomicBool) -> Result<()> {
+fn drive(engines: &mut [Engine], ports: &mut [Port], stop: &AtomicBool) -> Result<()> {
     let start = Instant::now();
     let clock = || start.elapsed().as_nanos() as Nanos;
     let show = engines[0].plan.progress;
@@ -727,11 +733,14 @@ fn drive(engines: &mut [Engine], port: &mut Port, stop: &AtomicBool) -> Result<(
         let now = clock();
         let mut busy = false;
 
-        if port.recv(RX_BATCH) > 0 {
+        for (pi, port) in ports.iter_mut().enumerate() {
+            if port.recv(RX_BATCH) == 0 {
+                continue;
+            }
             busy = true;
             while port.next_packet(&mut pkt) {
                 let p = port.packet(&pkt);
-                let i = route(engines, p.head());
+                let i = route(engines, pi, p.head());
                 let e = &mut engines[i];
                 e.rx_frames += 1;
                 e.rx_descs += pkt.len() as u64;
@@ -749,11 +758,13 @@ fn drive(engines: &mut [Engine], port: &mut Port, stop: &AtomicBool) -> Result<(
         for k in 0..n {
             let e = &mut engines[(first + k) % n];
             if e.end.is_none() {
-                busy |= e.step(port, now, scan, stop);
+                busy |= e.step(&mut ports[e.port], now, scan, stop);
             }
         }
         first = (first + 1) % n;
-        port.flush()?;
+        for port in ports.iter_mut() {
+            port.flush()?;
+        }
 
         if engines.iter().all(|e| e.end.is_some()) {
             break;
@@ -773,8 +784,11 @@ fn drive(engines: &mut [Engine], port: &mut Port, stop: &AtomicBool) -> Result<(
                 let outstanding = engines.iter().any(|e| e.tracker.outstanding() > 0);
                 if wait == Wait::Yield && outstanding {
                     std::thread::yield_now();
+                } else if ports.len() == 1 {
+                    ports[0].wait(MAX_SLEEP)?;
                 } else {
-                    port.wait(MAX_SLEEP)?;
+                    // Several sockets: a short sleep, then every ring is looked at again.
+                    std::thread::sleep(Duration::from_micros(100));
                 }
             }
         }
@@ -904,14 +918,34 @@ fn plan(args: &RunArgs, target: &TargetInfo, port: &Port) -> Result<Plan> {
 
 /// `aoe-bench run`. Returns whether the run was clean (no errors of any kind).
 pub fn run(args: &RunArgs, stop: &AtomicBool) -> Result<bool> {
-    let mut port = Port::open(&args.port, Role::Initiator, FILL_TARGET)?;
+    let names: Vec<&str> = args.port.interface.split(',').collect();
+    if names.iter().any(|n| n.is_empty()) || !args.target.len().is_multiple_of(names.len()) {
+        bail!(
+            "-i {}: with several interfaces the targets are dealt to them in order, as many \
+             each: {} target(s) do not divide among {} interface(s)",
+            args.port.interface,
+            args.target.len(),
+            names.len()
+        );
+    }
+    let per_port = args.target.len() / names.len();
+    let mut ports = Vec::new();
+    for name in &names {
+        let pa = crate::cli::PortArgs {
+            interface: (*name).to_owned(),
+            ..args.port.clone()
+        };
+        ports.push(Port::open(&pa, Role::Initiator, FILL_TARGET)?);
+    }
     let timeout = Duration::from_millis(args.discover_timeout_ms);
     let mut engines = Vec::new();
     for (i, &(shelf, slot)) in args.target.iter().enumerate() {
         if args.target[..i].contains(&(shelf, slot)) {
             bail!("-t e{shelf}.{slot} is given twice: each target may be driven once");
         }
-        let found = discover::probe(&mut port, shelf, slot, timeout, true, stop)?;
+        let pi = i / per_port;
+        let port = &mut ports[pi];
+        let found = discover::probe(port, shelf, slot, timeout, true, stop)?;
         let Some(target) = found.into_iter().next() else {
             let why = port.queue_note(true).map_or_else(String::new, |n| {
                 format!(" Or its answers land on another queue: {n}")
@@ -923,7 +957,7 @@ pub fn run(args: &RunArgs, stop: &AtomicBool) -> Result<bool> {
                 args.discover_timeout_ms
             );
         };
-        let mut plan = plan(args, &target, &port)?;
+        let mut plan = plan(args, &target, port)?;
         // Each target its own LBA sequence (and pattern): --seed, --seed + 1, ...
         plan.seed = args.seed.wrapping_add(i as u64);
         if !args.json {
@@ -944,33 +978,48 @@ pub fn run(args: &RunArgs, stop: &AtomicBool) -> Result<bool> {
                 }
             );
         }
-        engines.push((
-            Engine::new(&plan, &target, &port, args.port.spin_us),
-            target,
-        ));
+        let mut engine = Engine::new(&plan, &target, port, args.port.spin_us);
+        engine.port = pi;
+        engines.push((engine, target));
     }
-    let before_stats = port.stats;
+    let before: Vec<PortStats> = ports.iter().map(|p| p.stats).collect();
     let (mut es, targets): (Vec<Engine>, Vec<TargetInfo>) = engines.into_iter().unzip();
-    drive(&mut es, &mut port, stop)?;
-    let ps = port.stats;
-    // Frames of more fragments than any MTU makes: malformed, ignored.
-    es[0].errors.ignored_frames += ps.rx_bad - before_stats.rx_bad;
-    let xsk = port.xsk_statistics().map(|s| XskReport {
-        rx_dropped: s.rx_dropped,
-        rx_ring_full: s.rx_ring_full,
-        rx_fill_ring_empty: s.rx_fill_ring_empty_descs,
-        tx_ring_empty: s.tx_ring_empty_descs,
-        rx_invalid_descs: s.rx_invalid_descs,
-        tx_invalid_descs: s.tx_invalid_descs,
-    });
-    let xdp = port.steering_counters().map(|c| XdpReport {
-        redirected: c.redirected,
-        dropped: c.dropped,
-        passed: c.passed,
-    });
+    drive(&mut es, &mut ports, stop)?;
+    // Frames of more fragments than any MTU makes: malformed, ignored (by the port's first
+    // engine).
+    for (pi, port) in ports.iter().enumerate() {
+        if let Some(e) = es.iter_mut().find(|e| e.port == pi) {
+            e.errors.ignored_frames += port.stats.rx_bad - before[pi].rx_bad;
+        }
+    }
+    let xsk: Vec<Option<XskReport>> = ports
+        .iter()
+        .map(|port| {
+            port.xsk_statistics().map(|s| XskReport {
+                rx_dropped: s.rx_dropped,
+                rx_ring_full: s.rx_ring_full,
+                rx_fill_ring_empty: s.rx_fill_ring_empty_descs,
+                tx_ring_empty: s.tx_ring_empty_descs,
+                rx_invalid_descs: s.rx_invalid_descs,
+                tx_invalid_descs: s.tx_invalid_descs,
+            })
+        })
+        .collect();
+    let xdp: Vec<Option<XdpReport>> = ports
+        .iter()
+        .map(|port| {
+            port.steering_counters().map(|c| XdpReport {
+                redirected: c.redirected,
+                dropped: c.dropped,
+                passed: c.passed,
+            })
+        })
+        .collect();
     let single = es.len() == 1;
     let mut reports = Vec::new();
     for (e, target) in es.iter().zip(targets) {
+        let (port, before_stats) = (&ports[e.port], before[e.port]);
+        let ps = port.stats;
         let secs = (e.end.unwrap_or(0) as f64 / 1e9).max(1e-9);
         let mut frames = Frames {
             tx: e.tx_frames,
@@ -996,10 +1045,10 @@ pub fn run(args: &RunArgs, stop: &AtomicBool) -> Result<bool> {
             target,
             secs,
             frames,
-            &port,
+            port,
             args.port.queue,
-            xsk.clone(),
-            xdp.clone(),
+            xsk[e.port].clone(),
+            xdp[e.port].clone(),
         ));
     }
     let ok = reports.iter().all(|r| r.ok);
@@ -1021,8 +1070,12 @@ pub fn run(args: &RunArgs, stop: &AtomicBool) -> Result<bool> {
         let multi = MultiReport {
             schema: "aoe-bench/runs/1",
             ok,
-            interface: port.ifname().to_owned(),
-            local_mac: mac_to_string(&port.mac()),
+            interface: names.join(","),
+            local_mac: ports
+                .iter()
+                .map(|p| mac_to_string(&p.mac()))
+                .collect::<Vec<_>>()
+                .join(","),
             targets: reports.len(),
             duration_s: secs,
             iops: sum(|r| r.iops),
@@ -1030,8 +1083,16 @@ pub fn run(args: &RunArgs, stop: &AtomicBool) -> Result<bool> {
             write_iops: sum(|r| r.write_iops),
             mb_s: sum(|r| r.mb_s),
             latency_us: Latency::of(&all),
-            frames_tx: ps.tx_frames - before_stats.tx_frames,
-            frames_rx: ps.rx_frames - before_stats.rx_frames,
+            frames_tx: ports
+                .iter()
+                .zip(&before)
+                .map(|(p, b)| p.stats.tx_frames - b.tx_frames)
+                .sum(),
+            frames_rx: ports
+                .iter()
+                .zip(&before)
+                .map(|(p, b)| p.stats.rx_frames - b.rx_frames)
+                .sum(),
             errors: reports.iter().map(|r| r.errors.total).sum(),
             verify_errors: reports.iter().map(|r| r.verify.errors).sum(),
             runs: reports,
@@ -1133,6 +1194,7 @@ impl Engine {
             tx_descs: 0,
             rx_descs: 0,
             progress_ios: 0,
+            port: 0,
             plan: plan.clone(),
         }
     }

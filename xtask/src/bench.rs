@@ -114,7 +114,8 @@ pub struct Args {
     #[arg(long)]
     keep_lab: bool,
     /// Only the storage node's load: 16 exports, 4 initiators, xblade against vblade's 16
-    /// processes and the echo ceiling (about 2 minutes; --time: each target's run, default 8)
+    /// processes and the echo ceiling (about 2 minutes; --time: each of a target's 2 runs,
+    /// default 6)
     #[arg(long)]
     node: bool,
 }
@@ -158,8 +159,8 @@ struct Opts {
     node_time_s: f64,
 }
 
-/// Seconds each target runs under the node load.
-const NODE_TIME: f64 = 8.0;
+/// Seconds each target runs under the node load (twice: two rounds).
+const NODE_TIME: f64 = 6.0;
 
 impl Opts {
     fn new(args: Args) -> Result<Opts> {
@@ -991,8 +992,8 @@ impl Bench {
     }
 
     fn count_measurements(&self, groups: &[Group]) -> usize {
-        // The node section: xblade, vblade, echo, fio.
-        let node = if self.opts.quick { 0 } else { 4 };
+        // The node section: xblade, vblade, xblade without verify, echo (twice each), fio.
+        let node = if self.opts.quick { 0 } else { 5 };
         if self.opts.node_only {
             return node;
         }

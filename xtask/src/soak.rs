@@ -5,8 +5,9 @@
 //!   initiators of `cargo xtask bench --node`; xblade is `taskset -c 1 xblade serve --config F`
 //!   with `[daemon] control` and `state_dir` in the run's scratch directory
 //!   (`target/soak/run/`).
-//! - Each initiator runs one `aoe-bench run` for the whole soak over its 4 exports: 1 KiB
-//!   random reads and writes (70% reads), window 16 per export, `--verify`, `--stall-secs 60`.
+//! - One `aoe-bench run` for the whole soak is the 4 initiators (one socket and MAC each, on
+//!   `xbl-n0`..`xbl-n3`), each over its 4 exports: 1 KiB random reads and writes (70% reads),
+//!   window 16 per export, `--verify`, `--stall-secs 60`.
 //! - Churn, every minute: at second 5 `xblade remove e1.7` (a RAM-backed export), at second 7
 //!   `xblade add --shelf 1 --slot 7 --path P` (its initiator's requests meanwhile go
 //!   unanswered and are retransmitted: nothing may be lost); from second 20 to 35 a fifth
@@ -84,6 +85,9 @@ struct Sample {
     /// Per export, over the 10 s before (None for the first sample).
     iops: Option<BTreeMap<String, f64>>,
     iops_total: Option<f64>,
+    /// The RAM-backed and the file-backed exports' share of it.
+    iops_ram: Option<f64>,
+    iops_file: Option<f64>,
 }
 
 /// A remove, add or visit, and how it went.
@@ -192,39 +196,41 @@ fn soak(
     let secs = u64::from(args.minutes) * 60;
     let mut gens = Vec::new();
     let mut gen_commands = Vec::new();
-    for k in 0..INITIATORS {
-        let rest: Vec<String> = [
-            "--rw",
-            "randrw",
-            "--mix",
-            &NODE_READ_PCT.to_string(),
-            "--bs",
-            "2",
-            "--qd",
-            &NODE_QD.to_string(),
-            "--verify",
-            "--seed",
-            &(1000 * (k + 1)).to_string(),
-            // Past the last sample: the samples never see the initiators stop.
-            "--time",
-            &(secs + TAIL_S).to_string(),
-            "--stall-secs",
-            "60",
-            "--json",
-            "--no-progress",
-            "--discover-timeout-ms",
-            "5000",
-        ]
-        .map(String::from)
-        .to_vec();
-        let argv = node.gen_argv(&bins.aoe_bench, k, &node::slots_of(k), &rest);
-        gen_commands.push(shell_words(&argv));
-        gens.push(Service::start(
-            &format!("initiator {k}"),
-            &argv,
-            &scratch.join(format!("initiator-{k}.log")),
-        )?);
-    }
+    // The 4 initiators from one aoe-bench process (one socket and MAC each), as in the node
+    // bench: 4 processes yielding on one core measure the scheduler's time slices.
+    let rest: Vec<String> = [
+        "--rw",
+        "randrw",
+        "--mix",
+        &NODE_READ_PCT.to_string(),
+        "--bs",
+        "2",
+        "--qd",
+        &NODE_QD.to_string(),
+        "--verify",
+        "--seed",
+        "1000",
+        // Past the last sample: the samples never see the initiators stop.
+        "--time",
+        &(secs + TAIL_S).to_string(),
+        "--stall-secs",
+        "60",
+        "--json",
+        "--no-progress",
+        "--discover-timeout-ms",
+        "5000",
+    ]
+    .map(String::from)
+    .to_vec();
+    let slots: Vec<[u8; node::PER_INITIATOR]> = (0..INITIATORS).map(node::slots_of).collect();
+    let all: Vec<(usize, &[u8])> = slots.iter().enumerate().map(|(k, s)| (k, &s[..])).collect();
+    let argv = node.gen_argv_many(&bins.aoe_bench, &all, &rest);
+    gen_commands.push(shell_words(&argv));
+    gens.push(Service::start(
+        "initiators",
+        &argv,
+        &scratch.join("initiators.log"),
+    )?);
     eprintln!(
         "soak: {} minute(s): xblade pid {pid}, {INITIATORS} initiators over {} exports; \
          e{NODE_SHELF}.{CHURN_SLOT} removed and added back each minute, a 5th initiator \
@@ -371,6 +377,19 @@ fn soak(
                             })
                             .collect();
                         s.iops_total = Some(iops.values().sum());
+                        let class = |c: node::Class| {
+                            iops.iter()
+                                .filter(|(k, _)| {
+                                    k.rsplit('.')
+                                        .next()
+                                        .and_then(|l| l.parse::<u8>().ok())
+                                        .is_some_and(|l| node::class_of(l) == c)
+                                })
+                                .map(|(_, v)| v)
+                                .sum::<f64>()
+                        };
+                        s.iops_ram = Some(class(node::Class::Ram));
+                        s.iops_file = Some(class(node::Class::File));
                         s.iops = Some(iops);
                     }
                     eprintln!(
@@ -397,7 +416,7 @@ fn soak(
         }
         if g.exited().is_none() {
             problems.push(format!(
-                "initiator {k} still runs 90 s after its time: stopped"
+                "aoe-bench process {k} still runs 90 s after its time: stopped"
             ));
             let _ = g.stop(Duration::from_secs(5));
         }
@@ -407,7 +426,7 @@ fn soak(
                 for r in &runs {
                     if !r.ok || r.errors.total > 0 || r.verify.errors > 0 {
                         problems.push(format!(
-                            "initiator {k}, {}: {} errors, {} verify errors, stopped by {}{}",
+                            "aoe-bench {k}, {}: {} errors, {} verify errors, stopped by {}{}",
                             r.target.device,
                             r.errors.total,
                             r.verify.errors,
@@ -421,7 +440,7 @@ fn soak(
                     }
                 }
                 eprintln!(
-                    "soak: initiator {k}: {}",
+                    "soak: aoe-bench {k}: {}",
                     runs.iter()
                         .map(|r| format!(
                             "{} {:.0} IOPS, {} sectors verified, {} errors",
@@ -432,7 +451,7 @@ fn soak(
                 );
                 results.push(j);
             }
-            Err(e) => problems.push(format!("initiator {k}: {e:#}")),
+            Err(e) => problems.push(format!("aoe-bench {k}: {e:#}")),
         }
     }
     if let Some((mut v, _)) = visitor.take() {
@@ -533,6 +552,8 @@ fn sample(pid: u32, t: f64, xctl: &dyn Fn(&[&str]) -> (bool, String)) -> Result<
         ios,
         iops: None,
         iops_total: None,
+        iops_ram: None,
+        iops_file: None,
     })
 }
 
@@ -545,10 +566,20 @@ fn spread(v: &[f64]) -> Option<f64> {
 
 /// Mean total IOPS of the samples whose 10 s window lies in `[from, to)` seconds.
 fn iops_between(samples: &[Sample], from: f64, to: f64) -> Option<f64> {
+    mean_between(samples, from, to, |s| s.iops_total)
+}
+
+/// Mean of `f` over the samples whose 10 s window lies in `[from, to)` seconds.
+fn mean_between(
+    samples: &[Sample],
+    from: f64,
+    to: f64,
+    f: impl Fn(&Sample) -> Option<f64>,
+) -> Option<f64> {
     let v: Vec<f64> = samples
         .iter()
         .filter(|s| s.t_s - 10.0 >= from - 1.0 && s.t_s <= to + 1.0)
-        .filter_map(|s| s.iops_total)
+        .filter_map(f)
         .collect();
     (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
 }
@@ -588,6 +619,32 @@ fn checks(samples: &[Sample], minutes: u32) -> Vec<Check> {
         goal: format!("<= {DRIFT}"),
         ok: drift.is_some_and(|d| d <= DRIFT),
     });
+    // Which half moved, shown (not a criterion).
+    for (name, f) in [
+        (
+            "RAM-backed",
+            (|s: &Sample| s.iops_ram) as fn(&Sample) -> Option<f64>,
+        ),
+        ("file-backed", |s: &Sample| s.iops_file),
+    ] {
+        let (a, b) = (
+            mean_between(samples, a0, a1, f),
+            mean_between(samples, b0, b1, f),
+        );
+        out.push(Check {
+            what: format!(
+                "  of which {name} exports: {} against {}",
+                b.map_or("n/a".into(), |v| format!("{v:.0}")),
+                a.map_or("n/a".into(), |v| format!("{v:.0}"))
+            ),
+            value: match (a, b) {
+                (Some(a), Some(b)) if a > 0.0 => Some((b - a) / a),
+                _ => None,
+            },
+            goal: "(shown)".into(),
+            ok: true,
+        });
+    }
     out
 }
 
@@ -717,6 +774,8 @@ mod tests {
             ios: BTreeMap::new(),
             iops: None,
             iops_total: iops,
+            iops_ram: None,
+            iops_file: None,
         }
     }
 
@@ -748,7 +807,7 @@ mod tests {
             })
             .collect();
         let c = checks(&leak, 3);
-        assert!(!c[0].ok && c[1].ok && c[2].ok, "{c:?}");
+        assert!(!c[0].ok && c[1].ok && c[2].ok && c[3].ok, "{c:?}");
         let slower: Vec<Sample> = good
             .iter()
             .map(|x| Sample {
