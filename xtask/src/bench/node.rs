@@ -558,9 +558,10 @@ pub(super) fn run(bench: &mut Bench, time_s: f64) -> Result<NodeReport> {
         method: format!(
             "{EXPORTS} exports e{NODE_SHELF}.0-{} on {} ({} RAM-backed on tmpfs, {} file-backed \
              on the root filesystem, {NODE_MIB} MiB each); {INITIATORS} initiators (macvlans \
-             xbl-n0..) each with one aoe-bench process driving {PER_INITIATOR} exports, \
-             1 KiB randrw {NODE_READ_PCT}% reads, QD {NODE_QD} per export, --verify, on CPU \
-             {GEN_CPU}; targets on CPU {TARGET_CPU}",
+             xbl-n0..) each driving {PER_INITIATOR} exports, all from one aoe-bench process \
+             (one socket per initiator) on CPU {GEN_CPU}, 1 KiB randrw {NODE_READ_PCT}% \
+             reads, QD {NODE_QD} per export, --verify (xblade-noverify and echo: without); \
+             targets on CPU {TARGET_CPU}",
             EXPORTS - 1,
             node.lab.target_if,
             EXPORTS / 2,

@@ -231,10 +231,21 @@ pub fn table(bench: &Bench) -> (String, Vec<String>) {
     }
     if let QueueCmp::Done(runs) = &bench.queues {
         if let Some(r) = super::queue_ratio(runs) {
+            let pairs = runs
+                .iter()
+                .find(|q| q.queues == 2 && q.placement == super::Placement::Shared)
+                .map(|q| &q.pair_ratios[..])
+                .unwrap_or_default();
             let _ = writeln!(
                 out,
-                "  2 queues / 1 queue, same placement: {r:.3} ({:+.1}% CPU time per frame)",
-                (r - 1.0) * 100.0
+                "  2 queues / 1 queue, same placement: {r:.3} ({:+.1}% CPU time per frame; median \
+                 of the adjacent pairs {})",
+                (r - 1.0) * 100.0,
+                pairs
+                    .iter()
+                    .map(|p| format!("{p:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
         }
     }
@@ -496,7 +507,8 @@ enum QueuesJson<'a> {
     Done {
         status: &'static str,
         method: &'static str,
-        /// 2 queues over 1 queue, CPU time per frame, both with shared cores.
+        /// 2 queues over 1 queue, CPU time per frame, both with shared cores: the median of the
+        /// adjacent pairs' ratios (`pair_ratios` of the 2-queue run).
         ratio_2_over_1: Option<f64>,
         runs: Vec<QueueRunJson<'a>>,
     },
@@ -506,6 +518,7 @@ enum QueuesJson<'a> {
 struct QueueRunJson<'a> {
     queues: u32,
     placement: &'static str,
+    pair_ratios: &'a [f64],
     repetitions: u32,
     iops: f64,
     frames: u64,
@@ -607,6 +620,7 @@ fn queue_run_json(r: &QueueRun) -> QueueRunJson<'_> {
     QueueRunJson {
         queues: r.queues,
         placement: r.placement.name(),
+        pair_ratios: &r.pair_ratios,
         repetitions: r.repetitions,
         iops: r.iops,
         frames: r.frames,
@@ -637,7 +651,8 @@ fn queues_json(q: &QueueCmp) -> QueuesJson<'_> {
                      xbl-mq over the initiator's veth end, pinned to CPU q, XPS tx-q = CPU q. \
                      1 queue 'shared core': the generator on CPU 1 with the worker (XPS: both \
                      CPUs to tx-0), as each worker of the 2-queue run shares its core; 'worker \
-                     alone': the generator on CPU 0. ratio_2_over_1 compares the shared ones",
+                     alone': the generator on CPU 0. ratio_2_over_1: the median over the adjacent \
+                     pairs of shared runs of 2-queue over 1-queue CPU time per frame",
             ratio_2_over_1: super::queue_ratio(runs),
             runs: runs.iter().map(queue_run_json).collect(),
         },
