@@ -433,8 +433,27 @@ fn jumbo_frames_with_xblade() {
             let _ = std::fs::remove_file(&self.0);
         }
     }
+    struct RmDir(String);
+    impl Drop for RmDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
     let _rm = Rm(img.clone());
-    let args = ["2", "5", lab.if_target(), &img];
+    // A scratch control socket and state directory: never the machine's /run/xblade or
+    // /var/lib/xblade.
+    let (sock, state) = (format!("{img}.sock"), format!("{img}.state"));
+    let _rm_state = (Rm(sock.clone()), RmDir(state.clone()));
+    let args = [
+        "--control",
+        &sock,
+        "--state-dir",
+        &state,
+        "2",
+        "5",
+        lab.if_target(),
+        &img,
+    ];
     let target = Echo::spawn(
         lab.exec(lab.ns_target(), xblade.to_str().unwrap(), &args),
         "serving",

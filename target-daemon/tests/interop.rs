@@ -175,6 +175,10 @@ fn preflight_errors_say_what_to_do() {
             .args(prefix)
             .arg(env!("CARGO_BIN_EXE_xblade"))
             .args(args)
+            .arg("--control")
+            .arg(lab.control_path())
+            .arg("--state-dir")
+            .arg(lab.state_dir())
             .output()
             .unwrap();
         (
