@@ -102,6 +102,8 @@ impl Totals {
         t.quiesces += c.quiesces;
         t.data_sectors += c.data_sectors;
         t.solo_skipped += c.solo_skipped;
+        t.switches += c.switches;
+        t.switched += sim.switches_applied();
         let tw = &mut self.w;
         tw.reads += w.reads;
         tw.writes += w.writes;
@@ -132,10 +134,11 @@ impl Totals {
              worker: {} reads, {} writes, {} flushes, {} dropped, no_slot {}, no_frame {}, {} ordered waits, \
              {} retries, {} multi-descriptor reads, {} gathered writes; disk: {} SqFull, {} soft failures ({} short), \
              {} hard, {} retries exhausted, {} early data moves; {} sectors of read data checked; {} drains; \
-             {} state resyncs",
+             {} state resyncs; {} export-list changes handed over, {} applied",
             c.delivered, c.nic_drops, c.pairs, c.answered, c.failed, w.reads, w.writes, w.flushes, w.dropped,
             w.no_slot, w.no_frame, w.ordered_waits, w.retries, w.multi_desc_reads, w.gathered_writes, d.refused,
-            d.soft, d.short, d.hard, d.exhausted, d.early, c.data_sectors, c.quiesces, c.resyncs
+            d.soft, d.short, d.hard, d.exhausted, d.early, c.data_sectors, c.quiesces, c.resyncs,
+            c.switches, c.switched
         )
     }
 }

@@ -324,6 +324,9 @@ pub struct Counters {
     pub resyncs: u64,
     pub quiesces: u64,
     pub data_sectors: u64,
+    /// Export-list changes handed to the worker (its own list again) and applied.
+    pub switches: u64,
+    pub switched: u64,
 }
 
 /// Content of a sector written by content id `content` at `lba`: the id and the LBA, then a
@@ -393,10 +396,17 @@ pub struct Sim {
     /// Chunk credits consumed by failed multi-chunk reads: (file, first byte, end, step).
     consumed_chunk_credits: Vec<(u32, u64, u64, u64)>,
     pub c: Counters,
+    /// Runtime export-list changes: their own random stream (so the scenario and traffic of a
+    /// seed are what they were before this existed), and the last generation handed over.
+    switch_rng: Rng,
+    generation: u64,
     mark: Vec<u64>,
     mark_stamp: u64,
     _dir: tempfile::TempDir,
 }
+
+/// Chance per step of a runtime export-list change.
+const P_SWITCH: f64 = 0.004;
 
 /// Fails the simulation with the seed and step.
 macro_rules! fail {
@@ -552,6 +562,8 @@ impl Sim {
             answered_io: (0..n).map(|_| BTreeMap::new()).collect(),
             consumed_chunk_credits: Vec::new(),
             c: Counters::default(),
+            switch_rng: Rng::new(seed ^ 0x5357_4954_4348_4553),
+            generation: 0,
             mark: vec![0; frame_count],
             mark_stamp: 0,
             _dir: dir,
@@ -588,12 +600,23 @@ impl Sim {
         }
         self.drain();
         self.check_frames();
+        if self.switches_applied() != self.generation {
+            fail!(
+                self,
+                "the worker applied export-list change {} of {} after draining",
+                self.switches_applied(),
+                self.generation
+            );
+        }
     }
 
     /// One step: the worker turns, the disk's clock ticks, the NIC transmits.
     pub fn step(&mut self) {
         self.step += 1;
         WHERE.with(|w| w.set((self.seed, self.step)));
+        if self.switch_rng.chance(P_SWITCH) {
+            self.switch_exports();
+        }
         let turns = self.rng.range(1, self.sc.max_turns);
         self.turns(turns, true);
         self.worker.storage_mut().tick(self.step);
@@ -604,6 +627,22 @@ impl Sim {
         };
         self.transmit(max);
         self.check_memory();
+    }
+
+    /// Hand the worker its own export list again, as `xblade add`/`remove` hands a changed
+    /// one: it must stop taking requests, drain, rebuild its tables and go on, with nothing
+    /// lost, misordered or answered twice (the oracle's invariants hold throughout).
+    fn switch_exports(&mut self) {
+        self.generation += 1;
+        let control = self.worker.control();
+        control.lock().change = Some((self.generation, self.exports.clone()));
+        control.ask();
+        self.c.switches += 1;
+    }
+
+    /// How many export-list changes the worker has applied.
+    pub fn switches_applied(&self) -> u64 {
+        self.worker.control().lock().applied
     }
 
     /// A packet from an initiator reaches the NIC. Returns false when a packet that must be
