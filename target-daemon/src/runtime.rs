@@ -252,19 +252,14 @@ impl Runtime {
         if let Some(w) = &self.writer {
             w.watch(&export);
         }
-        let gen = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut on = Vec::new();
-        for p in st.ports.iter_mut() {
-            if !e.on(&p.name) {
-                continue;
-            }
-            let mut list = p.exports.clone();
-            list.push(Arc::clone(&export));
-            // The ACL first: the new export's initiators must get through once it is announced.
-            crate::daemon::steer_sources(&mut p.steering, &p.name, p.mac, &list)?;
-            switch_port(p, gen, list)?;
-            on.push(p.name.clone());
-        }
+        // The ACL first: the new export's initiators must get through once it is announced.
+        let on = self.switch_ports(&mut st, true, &|p| {
+            e.on(&p.name).then(|| {
+                let mut list = p.exports.clone();
+                list.push(Arc::clone(&export));
+                list
+            })
+        })?;
         st.exports.push(Live {
             cfg: e,
             export: Arc::clone(&export),
@@ -283,22 +278,16 @@ impl Runtime {
             .position(|l| l.export.name == name)
             .ok_or_else(|| no_such_export(name, &st))?;
         let export = Arc::clone(&st.exports[i].export);
-        let gen = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        for p in st.ports.iter_mut() {
-            if !p.exports.iter().any(|x| Arc::ptr_eq(x, &export)) {
-                continue;
-            }
-            let list: Vec<Arc<Export>> = p
-                .exports
-                .iter()
-                .filter(|x| !Arc::ptr_eq(x, &export))
-                .cloned()
-                .collect();
-            switch_port(p, gen, list)?;
-            // The ACL last: requests for the export still in flight got their answers.
-            let list = p.exports.clone();
-            crate::daemon::steer_sources(&mut p.steering, &p.name, p.mac, &list)?;
-        }
+        // The ACL last: requests for the export still in flight get their answers.
+        self.switch_ports(&mut st, false, &|p| {
+            p.exports.iter().any(|x| Arc::ptr_eq(x, &export)).then(|| {
+                p.exports
+                    .iter()
+                    .filter(|x| !Arc::ptr_eq(x, &export))
+                    .cloned()
+                    .collect()
+            })
+        })?;
         st.exports.remove(i);
         let (shelf, slot) = (export.shelf(), export.slot());
         st.cfg
@@ -306,6 +295,46 @@ impl Runtime {
             .retain(|e| (e.shelf, e.slot) != (shelf, slot));
         tracing::info!(export = %name, "export removed at run time");
         Ok(format!("{name} removed"))
+    }
+
+    /// Switch every port for which `new_list` gives a list to it, with the XDP ACL set from
+    /// the new list before (`acl_first`) or after the switch. If a port fails, the ports
+    /// already switched get their old lists (and ACLs) back, so nothing changed. Returns the
+    /// names of the ports switched.
+    fn switch_ports(
+        &self,
+        st: &mut State,
+        acl_first: bool,
+        new_list: &dyn Fn(&Port) -> Option<Vec<Arc<Export>>>,
+    ) -> Result<Vec<String>> {
+        let mut done: Vec<(usize, Vec<Arc<Export>>)> = Vec::new();
+        let mut failure = None;
+        for (i, p) in st.ports.iter_mut().enumerate() {
+            let Some(list) = new_list(p) else { continue };
+            let old = p.exports.clone();
+            let r = switch_with_acl(p, &self.generation, list, acl_first);
+            match r {
+                Ok(()) => done.push((i, old)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let Some(e) = failure else {
+            return Ok(done
+                .iter()
+                .filter_map(|(i, _)| st.ports.get(*i).map(|p| p.name.clone()))
+                .collect());
+        };
+        for (i, old) in done {
+            if let Some(p) = st.ports.get_mut(i) {
+                if let Err(e) = switch_with_acl(p, &self.generation, old, !acl_first) {
+                    tracing::error!(iface = %p.name, "could not restore the interface's exports after a failed change: {e:#}");
+                }
+            }
+        }
+        Err(e)
     }
 
     /// Apply configuration `new` (re-read from the file): remove, add and replace exports so
@@ -424,12 +453,40 @@ impl Runtime {
     }
 }
 
-/// Hand every worker of `p` the export list `list` (generation `gen`) and wait for them.
-fn switch_port(p: &mut Port, gen: u64, list: Vec<Arc<Export>>) -> Result<()> {
-    for w in &p.workers {
-        w.control
-            .change(gen, list.clone(), SWITCH_TIMEOUT)
-            .map_err(|e| anyhow!("{} queue {}: {e}", p.name, w.queue))?;
+/// Switch port `p` to `list`, setting its XDP ACL from the new list before (`acl_first`) or
+/// after.
+fn switch_with_acl(
+    p: &mut Port,
+    gens: &AtomicU64,
+    list: Vec<Arc<Export>>,
+    acl_first: bool,
+) -> Result<()> {
+    if acl_first {
+        crate::daemon::steer_sources(&mut p.steering, &p.name, p.mac, &list)?;
+    }
+    switch_port(p, gens, list)?;
+    if !acl_first {
+        let list = p.exports.clone();
+        crate::daemon::steer_sources(&mut p.steering, &p.name, p.mac, &list)?;
+    }
+    Ok(())
+}
+
+/// Hand every worker of `p` the export list `list` and wait for them. If one does not take
+/// it, the workers that did are handed their old list back, so the port's workers never serve
+/// different lists.
+fn switch_port(p: &mut Port, gens: &AtomicU64, list: Vec<Arc<Export>>) -> Result<()> {
+    let gen = gens.fetch_add(1, Ordering::AcqRel) + 1;
+    for (i, w) in p.workers.iter().enumerate() {
+        if let Err(e) = w.control.change(gen, list.clone(), SWITCH_TIMEOUT) {
+            let back = gens.fetch_add(1, Ordering::AcqRel) + 1;
+            for done in p.workers.iter().take(i) {
+                if let Err(e) = done.control.change(back, p.exports.clone(), SWITCH_TIMEOUT) {
+                    tracing::error!(iface = %p.name, queue = done.queue, "could not hand the worker its old export list back: {e}");
+                }
+            }
+            return Err(anyhow!("{} queue {}: {e}", p.name, w.queue));
+        }
     }
     p.exports = list;
     Ok(())

@@ -104,6 +104,7 @@ impl Totals {
         t.solo_skipped += c.solo_skipped;
         t.switches += c.switches;
         t.switched += sim.switches_applied();
+        t.cancels += c.cancels;
         let tw = &mut self.w;
         tw.reads += w.reads;
         tw.writes += w.writes;
@@ -134,11 +135,11 @@ impl Totals {
              worker: {} reads, {} writes, {} flushes, {} dropped, no_slot {}, no_frame {}, {} ordered waits, \
              {} retries, {} multi-descriptor reads, {} gathered writes; disk: {} SqFull, {} soft failures ({} short), \
              {} hard, {} retries exhausted, {} early data moves; {} sectors of read data checked; {} drains; \
-             {} state resyncs; {} export-list changes handed over, {} applied",
+             {} state resyncs; {} export-list changes handed over, {} withdrawn before applied",
             c.delivered, c.nic_drops, c.pairs, c.answered, c.failed, w.reads, w.writes, w.flushes, w.dropped,
             w.no_slot, w.no_frame, w.ordered_waits, w.retries, w.multi_desc_reads, w.gathered_writes, d.refused,
             d.soft, d.short, d.hard, d.exhausted, d.early, c.data_sectors, c.quiesces, c.resyncs,
-            c.switches, c.switched
+            c.switches, c.cancels
         )
     }
 }

@@ -142,6 +142,9 @@ pub struct Shared {
     pub applied: u64,
     /// Why the last change failed, if it did.
     pub failed: Option<String>,
+    /// Changes up to this generation are withdrawn: a worker that has not applied one yet
+    /// never will (the control plane gave up waiting for it to quiesce).
+    pub cancelled: u64,
 }
 
 /// Shared between one worker and the control plane.
@@ -201,9 +204,19 @@ impl Control {
                 }
             }
             if Instant::now() >= end {
+                // Withdraw it, under the lock the worker applies changes under: either it
+                // applied it already (success after all), or it never will.
+                let mut s = self.lock();
+                if s.applied >= gen {
+                    return Ok(());
+                }
+                s.cancelled = s.cancelled.max(gen);
+                s.change = None;
+                drop(s);
+                self.ask();
                 return Err(format!(
                     "the worker did not take the change within {} s (requests of its exports \
-                     still in flight in a store that does not answer?)",
+                     still in flight in a store that does not answer?); nothing changed on it",
                     timeout.as_secs()
                 ));
             }

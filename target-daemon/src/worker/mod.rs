@@ -473,9 +473,17 @@ impl<P: Packets, S: Storage> Worker<P, S> {
         let control = Arc::clone(&self.control);
         let mut shared = control.lock();
         if let Some((gen, list)) = shared.change.take() {
-            if gen > shared.applied {
+            if gen > shared.applied && gen > shared.cancelled {
                 self.switching = Some((gen, list));
             }
+        }
+        // A change the control plane withdrew is dropped: the worker takes requests again.
+        if self
+            .switching
+            .as_ref()
+            .is_some_and(|(gen, _)| *gen <= shared.cancelled)
+        {
+            self.switching = None;
         }
         self.publish(&mut shared);
         drop(shared);
@@ -504,10 +512,15 @@ impl<P: Packets, S: Storage> Worker<P, S> {
         let Some((gen, list)) = self.switching.take() else {
             return Ok(());
         };
-        let result = self.store.set_exports(&list);
+        // Under the lock from the check to `applied`: a change is either applied or withdrawn
+        // (`Control::change`), never both.
         let control = Arc::clone(&self.control);
-        if let Err(e) = result {
-            control.lock().failed = Some(format!(
+        let mut shared = control.lock();
+        if gen <= shared.cancelled {
+            return Ok(());
+        }
+        if let Err(e) = self.store.set_exports(&list) {
+            shared.failed = Some(format!(
                 "worker {} queue {}: switching exports: {e}",
                 self.ifname, self.queue
             ));
@@ -532,7 +545,6 @@ impl<P: Packets, S: Storage> Worker<P, S> {
         for i in fresh {
             self.announce_export(i);
         }
-        let mut shared = control.lock();
         shared.applied = gen;
         shared.failed = None;
         self.publish(&mut shared);

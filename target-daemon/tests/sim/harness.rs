@@ -327,6 +327,8 @@ pub struct Counters {
     /// Export-list changes handed to the worker (its own list again) and applied.
     pub switches: u64,
     pub switched: u64,
+    /// Changes withdrawn before the worker applied them.
+    pub cancels: u64,
 }
 
 /// Content of a sector written by content id `content` at `lba`: the id and the LBA, then a
@@ -400,6 +402,7 @@ pub struct Sim {
     /// seed are what they were before this existed), and the last generation handed over.
     switch_rng: Rng,
     generation: u64,
+    last_cancelled: bool,
     mark: Vec<u64>,
     mark_stamp: u64,
     _dir: tempfile::TempDir,
@@ -564,6 +567,7 @@ impl Sim {
             c: Counters::default(),
             switch_rng: Rng::new(seed ^ 0x5357_4954_4348_4553),
             generation: 0,
+            last_cancelled: false,
             mark: vec![0; frame_count],
             mark_stamp: 0,
             _dir: dir,
@@ -600,11 +604,17 @@ impl Sim {
         }
         self.drain();
         self.check_frames();
-        if self.switches_applied() != self.generation {
+        let applied = self.switches_applied();
+        if self.last_cancelled && applied >= self.generation {
             fail!(
                 self,
-                "the worker applied export-list change {} of {} after draining",
-                self.switches_applied(),
+                "the worker applied export-list change {applied}, which was withdrawn"
+            );
+        }
+        if !self.last_cancelled && applied != self.generation {
+            fail!(
+                self,
+                "the worker applied export-list change {applied} of {} after draining",
                 self.generation
             );
         }
@@ -632,9 +642,29 @@ impl Sim {
     /// Hand the worker its own export list again, as `xblade add`/`remove` hands a changed
     /// one: it must stop taking requests, drain, rebuild its tables and go on, with nothing
     /// lost, misordered or answered twice (the oracle's invariants hold throughout).
+    ///
+    /// Like the control plane, it hands one change at a time; while one is pending it may give
+    /// up on it instead (as after its timeout): the worker must then never apply it, and take
+    /// requests again.
     fn switch_exports(&mut self) {
-        self.generation += 1;
         let control = self.worker.control();
+        let pending = control.lock().applied < self.generation && !self.last_cancelled;
+        if pending {
+            if self.switch_rng.chance(0.5) {
+                let mut s = control.lock();
+                if s.applied < self.generation {
+                    s.cancelled = self.generation;
+                    s.change = None;
+                    self.last_cancelled = true;
+                    self.c.cancels += 1;
+                }
+                drop(s);
+                control.ask();
+            }
+            return;
+        }
+        self.generation += 1;
+        self.last_cancelled = false;
         control.lock().change = Some((self.generation, self.exports.clone()));
         control.ask();
         self.c.switches += 1;
