@@ -198,33 +198,14 @@ fn soak(
     let mut gen_commands = Vec::new();
     // The 4 initiators from one aoe-bench process (one socket and MAC each), as in the node
     // bench: 4 processes yielding on one core measure the scheduler's time slices.
-    let rest: Vec<String> = [
-        "--rw",
-        "randrw",
-        "--mix",
-        &NODE_READ_PCT.to_string(),
-        "--bs",
-        "2",
-        "--qd",
-        &NODE_QD.to_string(),
-        "--verify",
-        "--seed",
-        "1000",
-        // Past the last sample: the samples never see the initiators stop.
-        "--time",
+    // Past the last sample: the samples never see the initiators stop.
+    let argv = node.load_argv(
+        &bins.aoe_bench,
         &(secs + TAIL_S).to_string(),
-        "--stall-secs",
-        "60",
-        "--json",
-        "--no-progress",
-        "--discover-timeout-ms",
-        "5000",
-    ]
-    .map(String::from)
-    .to_vec();
-    let slots: Vec<[u8; node::PER_INITIATOR]> = (0..INITIATORS).map(node::slots_of).collect();
-    let all: Vec<(usize, &[u8])> = slots.iter().enumerate().map(|(k, s)| (k, &s[..])).collect();
-    let argv = node.gen_argv_many(&bins.aoe_bench, &all, &rest);
+        "1000",
+        true,
+        &["--stall-secs", "60"],
+    );
     gen_commands.push(shell_words(&argv));
     gens.push(Service::start(
         "initiators",

@@ -213,6 +213,47 @@ impl NodeLab {
 
     /// One `aoe-bench run` for several initiators (`(k, slots)`: initiator k's interface
     /// drives those slots; as many slots each), one socket per initiator, from one thread.
+    /// The node load from one aoe-bench process, the 4 initiators over all 16 exports: 1 KiB
+    /// random reads and writes (`NODE_READ_PCT` reads) at `NODE_QD` per export for `time`
+    /// seconds, with `seed`, verified if `verify`; `extra` options after the common ones.
+    pub fn load_argv(
+        &self,
+        aoe_bench: &Path,
+        time: &str,
+        seed: &str,
+        verify: bool,
+        extra: &[&str],
+    ) -> Vec<String> {
+        let (read_pct, qd) = (NODE_READ_PCT.to_string(), NODE_QD.to_string());
+        let mut rest: Vec<String> = [
+            "--rw",
+            "randrw",
+            "--mix",
+            &read_pct,
+            "--bs",
+            "2",
+            "--qd",
+            &qd,
+            "--seed",
+            seed,
+            "--time",
+            time,
+            "--json",
+            "--no-progress",
+            "--discover-timeout-ms",
+            "5000",
+        ]
+        .map(String::from)
+        .to_vec();
+        if verify {
+            rest.push("--verify".into());
+        }
+        rest.extend(extra.iter().map(|a| a.to_string()));
+        let slots: Vec<[u8; PER_INITIATOR]> = (0..INITIATORS).map(slots_of).collect();
+        let all: Vec<(usize, &[u8])> = slots.iter().enumerate().map(|(k, s)| (k, &s[..])).collect();
+        self.gen_argv_many(aoe_bench, &all, &rest)
+    }
+
     pub fn gen_argv_many(
         &self,
         aoe_bench: &Path,
@@ -675,35 +716,16 @@ fn measure(bench: &Bench, node: &NodeLab, t: NodeTarget, time_s: f64) -> Result<
     };
     let mut services = services;
     run.target_commands = services.iter().map(|s| shell_words(&s.argv)).collect();
-    let rest: Vec<String> = [
-        "--rw",
-        "randrw",
-        "--mix",
-        &NODE_READ_PCT.to_string(),
-        "--bs",
-        "2",
-        "--qd",
-        &NODE_QD.to_string(),
-        "--verify",
-        "--time",
+    // Echo stores nothing: a read-back has nothing to verify; xblade is run like it once for
+    // the comparison with echo.
+    let verify = !matches!(t, NodeTarget::Echo | NodeTarget::XbladeNoVerify);
+    let argvs = [node.load_argv(
+        &bench.bins.aoe_bench,
         &time_s.to_string(),
-        "--json",
-        "--no-progress",
-        "--discover-timeout-ms",
-        "5000",
-    ]
-    .map(String::from)
-    .to_vec();
-    let mut r = rest.clone();
-    if matches!(t, NodeTarget::Echo | NodeTarget::XbladeNoVerify) {
-        // Echo stores nothing: a read-back has nothing to verify; xblade is run like it once
-        // for the comparison with echo.
-        r.retain(|a| a != "--verify");
-    }
-    r.extend(["--seed".into(), "100".into()]);
-    let slots: Vec<[u8; PER_INITIATOR]> = (0..INITIATORS).map(slots_of).collect();
-    let all: Vec<(usize, &[u8])> = slots.iter().enumerate().map(|(k, s)| (k, &s[..])).collect();
-    let argvs = [node.gen_argv_many(&bench.bins.aoe_bench, &all, &r)];
+        "100",
+        verify,
+        &[],
+    )];
     let pids: Vec<u32> = services.iter().map(Service::pid).collect();
     let ticks = || -> u64 { pids.iter().map(|&p| procs::ticks(p, "\0").process).sum() };
     let before = ticks();
