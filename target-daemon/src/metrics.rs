@@ -206,7 +206,7 @@ impl Collector for StatusCollector {
                 ("queue", w.queue.to_string()),
             ]
         };
-        let worker_counters: [Def<WorkerStatus>; 7] = [
+        let worker_counters: [Def<WorkerStatus>; 8] = [
             ("worker_rx_frames", "Frames the worker received.", |w| {
                 w.rx_frames
             }),
@@ -239,11 +239,27 @@ impl Collector for StatusCollector {
                 "Requests that waited for an overlapping earlier one.",
                 |w| w.ordered_waits,
             ),
+            (
+                "worker_sleeps",
+                "Times the worker slept for want of work.",
+                |w| w.sleeps,
+            ),
         ];
         for (name, help, get) in worker_counters {
             let samples = s.workers.iter().map(|w| (worker(w), counter(get(w))));
             family(enc, name, help, samples.collect())?;
         }
+        let spin = s
+            .workers
+            .iter()
+            .map(|w| (worker(w), ConstCounter::new(w.spin_ns as f64 / 1e9)));
+        family(
+            enc,
+            "worker_spin_seconds",
+            "Time the worker spent spinning idle (polling for work that was not there): CPU \
+             time that served no frame.",
+            spin.collect(),
+        )?;
         let worker_gauges: [Def<WorkerStatus>; 2] = [
             (
                 "worker_in_flight",
@@ -605,6 +621,8 @@ mod tests {
                     retries: 3,
                     ordered_waits: 4,
                     in_flight: 2,
+                    spin_ns: 1_500_000_000,
+                    sleeps: 7,
                 },
                 WorkerStatus {
                     interface: "eth1".into(),
@@ -658,6 +676,8 @@ mod tests {
             r#"xblade_worker_no_frame_total{interface="eth1",queue="0"} 2"#,
             r#"xblade_worker_retries_total{interface="eth1",queue="0"} 3"#,
             r#"xblade_worker_ordered_waits_total{interface="eth1",queue="0"} 4"#,
+            r#"xblade_worker_sleeps_total{interface="eth1",queue="0"} 7"#,
+            r#"xblade_worker_spin_seconds_total{interface="eth1",queue="0"} 1.5"#,
             r#"xblade_worker_in_flight{interface="eth1",queue="1"} 1"#,
             r#"xblade_worker_responsive{interface="eth1",queue="0"} 1"#,
             r#"xblade_worker_responsive{interface="eth1",queue="1"} 0"#,
@@ -686,7 +706,7 @@ mod tests {
                 assert!(line.starts_with(&family), "{line} outside family {family}");
             }
         }
-        assert_eq!(families, 28, "{text}");
+        assert_eq!(families, 30, "{text}");
         // Counters end in _total, nothing else does.
         for line in all.iter().filter(|l| l.starts_with("# TYPE ")) {
             let counter = line.ends_with(" counter");

@@ -203,6 +203,8 @@ impl Runtime {
                     retries: p.stats.retries,
                     ordered_waits: p.stats.ordered_waits,
                     in_flight: p.in_flight,
+                    spin_ns: p.stats.spin_ns,
+                    sleeps: p.stats.sleeps,
                 });
             }
         }

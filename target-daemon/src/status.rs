@@ -199,6 +199,13 @@ pub struct WorkerStatus {
     pub ordered_waits: u64,
     /// Requests in flight on this worker.
     pub in_flight: u64,
+    /// Nanoseconds the worker spent spinning idle (polling its rings for work that was not
+    /// there before finding some or sleeping): part of its CPU time that served no frame.
+    #[serde(default)]
+    pub spin_ns: u64,
+    /// Times it slept for want of work.
+    #[serde(default)]
+    pub sleeps: u64,
 }
 
 /// `aa:bb:cc:dd:ee:ff`.

@@ -95,6 +95,16 @@ fn status_counts_what_the_initiator_did() {
     assert!(i.xdp.redirected > w + r, "{:?}", i.xdp);
     assert_eq!(s.workers.len(), 1);
     assert!(s.workers[0].responsive);
+    // Idle between requests (one at a time), the worker spun before sleeping: that time is
+    // counted, and it is less than the daemon has been up.
+    let wk = &s.workers[0];
+    assert!(wk.sleeps > 0, "{wk:?}");
+    assert!(
+        wk.spin_ns > 0 && (wk.spin_ns as f64) < s.uptime_secs * 1e9,
+        "spin_ns {} with uptime {} s",
+        wk.spin_ns,
+        s.uptime_secs
+    );
     // The human-readable form names the exports and the initiator.
     let (ok, text, err) = lab.ctl(&["status"]);
     assert!(ok, "{err}");

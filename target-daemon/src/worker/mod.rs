@@ -96,6 +96,10 @@ pub struct WorkerStats {
     pub sleeps: u64,
     /// Idle spins that found work before `poll` (see `IdleSpin`).
     pub spin_hits: u64,
+    /// Time spent spinning idle (looking for work that was not there, before finding some or
+    /// sleeping in `poll`), nanoseconds by the worker's clock: CPU time that served nothing,
+    /// for whoever divides the worker's CPU time by its frames.
+    pub spin_ns: u64,
 }
 
 /// What a worker is built from.
@@ -317,6 +321,7 @@ impl<P: Packets, S: Storage> Worker<P, S> {
     pub fn serve(mut self, stop: &AtomicBool) -> std::io::Result<WorkerStats> {
         let mut idle = 0u32;
         let mut spins = 0u32;
+        let mut spin_since: Option<Instant> = None;
         let mut drain_deadline = None;
         loop {
             let stopping = stop.load(Ordering::Relaxed);
@@ -340,11 +345,16 @@ impl<P: Packets, S: Storage> Worker<P, S> {
                 if idle > 0 && self.spin.end(true) {
                     self.stats.spin_hits += 1;
                 }
+                self.spun(spin_since.take());
                 idle = 0;
                 continue;
             }
             if idle == 0 {
                 spins = self.spin.begin();
+                // Two clock reads per idle episode that spins, none per frame.
+                if spins > 0 || self.busy_poll {
+                    spin_since = Some(Instant::now());
+                }
             }
             idle += 1;
             if self.busy_poll {
@@ -353,6 +363,7 @@ impl<P: Packets, S: Storage> Worker<P, S> {
                 continue;
             }
             if idle > spins {
+                self.spun(spin_since.take());
                 self.spin.end(false);
                 self.reap.slept();
                 self.stats.sleeps += 1;
@@ -371,6 +382,14 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             }
         }
         Ok(self.stats)
+    }
+
+    /// An idle episode that spun since `since` ended.
+    fn spun(&mut self, since: Option<Instant>) {
+        if let Some(t) = since {
+            let ns = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.stats.spin_ns = self.stats.spin_ns.saturating_add(ns);
+        }
     }
 
     /// Tell the pacing whether the last loop found work (what `run` does after every loop), so
