@@ -116,8 +116,8 @@ pub struct Args {
     #[arg(long)]
     keep_lab: bool,
     /// Only the storage node's load: 16 exports, 4 initiators, xblade against vblade's 16
-    /// processes and the echo ceiling (about 2 minutes; --time: each of a target's 2 runs,
-    /// default 6)
+    /// processes, then each class against its ceiling (echo, the disk) (about 4 minutes;
+    /// --time: each run, default 4)
     #[arg(long)]
     node: bool,
 }
@@ -162,7 +162,7 @@ struct Opts {
 }
 
 /// Seconds each target runs under the node load (twice: two rounds).
-const NODE_TIME: f64 = 6.0;
+const NODE_TIME: f64 = 4.0;
 
 impl Opts {
     fn new(args: Args) -> Result<Opts> {
@@ -996,8 +996,7 @@ impl Bench {
     }
 
     fn count_measurements(&self, groups: &[Group]) -> usize {
-        // The node section: xblade, vblade, xblade without verify, echo (twice each), fio.
-        let node = if self.opts.quick { 0 } else { 5 };
+        let node = if self.opts.quick { 0 } else { node::NODE_STEPS };
         if self.opts.node_only {
             return node;
         }
@@ -1896,7 +1895,8 @@ fn pair_ratios(runs: &[(u32, f64)]) -> Vec<f64> {
     out
 }
 
-fn median(v: &[f64]) -> Option<f64> {
+/// The median of `v` (the mean of the middle two of an even count).
+pub(crate) fn median(v: &[f64]) -> Option<f64> {
     let mut v = v.to_vec();
     v.sort_by(f64::total_cmp);
     let n = v.len();
