@@ -81,52 +81,17 @@ pub fn probe(
         port.push_with(|buf| initiator::config_request(buf, &a, ccmd::READ, b""))?;
         attempt += 1;
         let until = (Instant::now() + RESEND).min(deadline);
-        let mut first_at: Option<Instant> = None;
+        // With `first_only`, stop waiting at the first answer (not at the resend: a run over
+        // 16 targets found one by one spent 16 × 250 ms here), then give other paths (MACs)
+        // to the same target a moment to answer too.
         port.recv_until(until, stop, |f| {
-            let Ok(r) = initiator::parse_response(f) else {
-                return false;
-            };
-            if r.tag & 0xffff_0000 != QUERY_TAG || r.error.is_some() {
-                return false;
-            }
-            let Body::Config {
-                bufcnt,
-                firmware,
-                sectors,
-                string,
-                ..
-            } = r.body
-            else {
-                return false;
-            };
-            if r.shelf == SHELF_ANY || r.slot == SLOT_ANY {
-                return false;
-            }
-            if (shelf != SHELF_ANY && r.shelf != shelf) || (slot != SLOT_ANY && r.slot != slot) {
-                return false;
-            }
-            found
-                .entry((r.shelf, r.slot, r.src))
-                .or_insert_with(|| TargetInfo {
-                    device: format!("e{}.{}", r.shelf, r.slot),
-                    shelf: r.shelf,
-                    slot: r.slot,
-                    mac: mac_to_string(&r.src),
-                    mac_raw: r.src,
-                    bufcnt,
-                    firmware,
-                    scnt: sectors,
-                    config: String::from_utf8_lossy(string).into_owned(),
-                    sectors: None,
-                    size_bytes: None,
-                    model: None,
-                    serial: None,
-                    identify_firmware: None,
-                });
-            // One target wanted: give other paths (MACs) a moment, then stop.
-            first_only && first_at.get_or_insert_with(Instant::now).elapsed() > RESEND / 10
+            note_answer(&mut found, f, shelf, slot) && first_only
         })?;
         if first_only && !found.is_empty() {
+            port.recv_until(Instant::now() + RESEND / 10, stop, |f| {
+                note_answer(&mut found, f, shelf, slot);
+                false
+            })?;
             break;
         }
         if stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -141,6 +106,57 @@ pub fn probe(
         stop,
     )?;
     Ok(targets)
+}
+
+/// Records `f` in `found` if it is a Query Config answer from `shelf.slot` (wildcards allowed)
+/// to one of our queries; returns whether it was.
+fn note_answer(
+    found: &mut BTreeMap<(u16, u8, Mac), TargetInfo>,
+    f: &[u8],
+    shelf: u16,
+    slot: u8,
+) -> bool {
+    let Ok(r) = initiator::parse_response(f) else {
+        return false;
+    };
+    if r.tag & 0xffff_0000 != QUERY_TAG || r.error.is_some() {
+        return false;
+    }
+    let Body::Config {
+        bufcnt,
+        firmware,
+        sectors,
+        string,
+        ..
+    } = r.body
+    else {
+        return false;
+    };
+    if r.shelf == SHELF_ANY || r.slot == SLOT_ANY {
+        return false;
+    }
+    if (shelf != SHELF_ANY && r.shelf != shelf) || (slot != SLOT_ANY && r.slot != slot) {
+        return false;
+    }
+    found
+        .entry((r.shelf, r.slot, r.src))
+        .or_insert_with(|| TargetInfo {
+            device: format!("e{}.{}", r.shelf, r.slot),
+            shelf: r.shelf,
+            slot: r.slot,
+            mac: mac_to_string(&r.src),
+            mac_raw: r.src,
+            bufcnt,
+            firmware,
+            scnt: sectors,
+            config: String::from_utf8_lossy(string).into_owned(),
+            sectors: None,
+            size_bytes: None,
+            model: None,
+            serial: None,
+            identify_firmware: None,
+        });
+    true
 }
 
 /// IDENTIFY DEVICE to every target, resending to the silent ones, until all answer or
