@@ -86,7 +86,7 @@ pub const NODE_READ_PCT: u8 = 70;
 pub const NODE_ROUNDS: usize = 4;
 /// Adjacent pairs of runs (xblade, then its ceiling, or the other way round) each class's
 /// ceiling ratio is the median of.
-pub const CEILING_PAIRS: usize = 4;
+pub const CEILING_PAIRS: usize = 6;
 /// Progress steps of the node section: 4 targets, fio, 2 class ceilings.
 pub const NODE_STEPS: usize = 7;
 
