@@ -122,7 +122,7 @@ pub struct NodeLab {
     /// Store of each slot.
     pub stores: Vec<PathBuf>,
     /// Store of each slot when every export is RAM-backed (the RAM class's ceiling): the
-    /// RAM stores of slots 0–7 and 8 more on tmpfs.
+    /// RAM stores of slots 0–7 and 8 more on tmpfs, made by [`NodeLab::make_ram_stores`].
     pub ram_stores: Vec<PathBuf>,
     /// Initiator interfaces (macvlans in the initiator namespace).
     pub initiators: Vec<String>,
@@ -148,12 +148,7 @@ impl NodeLab {
                 Class::Ram => ram.clone(),
                 Class::File => disk_dir.join(format!("e{NODE_SHELF}.{slot}.img")),
             };
-            for p in [&path, &ram] {
-                let fresh = fs::metadata(p).map_or(true, |m| m.len() != bytes);
-                if fresh {
-                    write_zeros(p, bytes)?;
-                }
-            }
+            write_store(&path)?;
             stores.push(path);
             ram_stores.push(ram);
         }
@@ -342,6 +337,13 @@ impl NodeLab {
     }
 }
 
+impl NodeLab {
+    /// Makes the RAM class's 8 extra tmpfs stores (only its ceiling uses them).
+    pub fn make_ram_stores(&self) -> Result<()> {
+        self.ram_stores.iter().try_for_each(|p| write_store(p))
+    }
+}
+
 impl Drop for NodeLab {
     fn drop(&mut self) {
         for name in &self.initiators {
@@ -351,6 +353,15 @@ impl Drop for NodeLab {
         // The RAM stores hold memory: remove them. The disk files stay for the next run.
         let _ = fs::remove_dir_all(&self.ram_dir);
     }
+}
+
+/// A store of [`NODE_MIB`] MiB at `path`, kept from an earlier run when its size is right.
+fn write_store(path: &Path) -> Result<()> {
+    let bytes = NODE_MIB << 20;
+    if fs::metadata(path).map_or(true, |m| m.len() != bytes) {
+        write_zeros(path, bytes)?;
+    }
+    Ok(())
 }
 
 /// Writes `bytes` zero bytes to `path` (real extents on a disk filesystem), synced.
@@ -875,6 +886,9 @@ pub(super) fn run(bench: &mut Bench, time_s: f64) -> Result<NodeReport> {
 ///   class far below echo, so the disk is its ceiling.
 fn ceiling(bench: &Bench, node: &NodeLab, class: Class, time_s: f64) -> Result<Ceiling> {
     let t = time_s.to_string();
+    if class == Class::Ram {
+        node.make_ram_stores()?;
+    }
     let (method, stores, argv, exports) = match class {
         Class::Ram => (
             format!(
