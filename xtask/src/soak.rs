@@ -200,6 +200,7 @@ fn soak(
     // bench: 4 processes yielding on one core measure the scheduler's time slices.
     // Past the last sample: the samples never see the initiators stop.
     let argv = node.load_argv(
+        None,
         &bins.aoe_bench,
         &(secs + TAIL_S).to_string(),
         "1000",

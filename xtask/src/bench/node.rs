@@ -239,25 +239,11 @@ impl NodeLab {
         self.gen_argv_many(aoe_bench, &[(k, slots)], rest)
     }
 
-    /// One `aoe-bench run` for several initiators (`(k, slots)`: initiator k's interface
-    /// drives those slots; as many slots each), one socket per initiator, from one thread.
     /// The node load from one aoe-bench process, the 4 initiators over all 16 exports: 1 KiB
     /// random reads and writes (`NODE_READ_PCT` reads) at `NODE_QD` per export for `time`
     /// seconds, with `seed`, verified if `verify`; `extra` options after the common ones.
+    /// With `only`, just the exports of that class, each initiator its own of them.
     pub fn load_argv(
-        &self,
-        aoe_bench: &Path,
-        time: &str,
-        seed: &str,
-        verify: bool,
-        extra: &[&str],
-    ) -> Vec<String> {
-        self.load_argv_of(None, aoe_bench, time, seed, verify, extra)
-    }
-
-    /// [`NodeLab::load_argv`] driving only the exports of class `only` (all when `None`), each
-    /// initiator its own of them.
-    pub fn load_argv_of(
         &self,
         only: Option<Class>,
         aoe_bench: &Path,
@@ -303,6 +289,8 @@ impl NodeLab {
         self.gen_argv_many(aoe_bench, &all, &rest)
     }
 
+    /// One `aoe-bench run` for several initiators (`(k, slots)`: initiator k's interface
+    /// drives those slots; as many slots each), one socket per initiator, from one thread.
     pub fn gen_argv_many(
         &self,
         aoe_bench: &Path,
@@ -889,7 +877,7 @@ fn ceiling(bench: &Bench, node: &NodeLab, class: Class, time_s: f64) -> Result<C
     if class == Class::Ram {
         node.make_ram_stores()?;
     }
-    let (method, stores, argv, exports) = match class {
+    let (method, stores, only, exports) = match class {
         Class::Ram => (
             format!(
                 "all {EXPORTS} exports RAM-backed, the node load without --verify, against \
@@ -897,7 +885,7 @@ fn ceiling(bench: &Bench, node: &NodeLab, class: Class, time_s: f64) -> Result<C
                  alternating which runs first; the median ratio"
             ),
             &node.ram_stores,
-            node.load_argv(&bench.bins.aoe_bench, &t, "200", false, &[]),
+            None,
             usize::from(EXPORTS),
         ),
         Class::File => (
@@ -909,17 +897,11 @@ fn ceiling(bench: &Bench, node: &NodeLab, class: Class, time_s: f64) -> Result<C
                 EXPORTS / 2
             ),
             &node.stores,
-            node.load_argv_of(
-                Some(Class::File),
-                &bench.bins.aoe_bench,
-                &t,
-                "200",
-                false,
-                &[],
-            ),
+            Some(Class::File),
             usize::from(EXPORTS / 2),
         ),
     };
+    let argv = node.load_argv(only, &bench.bins.aoe_bench, &t, "200", false, &[]);
     let mut c = Ceiling {
         class,
         method,
@@ -928,53 +910,41 @@ fn ceiling(bench: &Bench, node: &NodeLab, class: Class, time_s: f64) -> Result<C
         xblade_runs: Vec::new(),
         problems: Vec::new(),
     };
-    for i in 0..CEILING_PAIRS {
-        let xblade_first = i % 2 == 0;
-        let mut x = None;
-        let mut ceil = None;
-        for step in 0..2 {
-            check_interrupted()?;
-            if (step == 0) == xblade_first {
-                let r = measure_load(
-                    bench,
-                    node,
-                    NodeTarget::XbladeNoVerify,
-                    stores,
-                    argv.clone(),
-                    exports,
-                    time_s,
-                )?;
-                c.problems
-                    .extend(r.problems.iter().map(|p| format!("xblade: {p}")));
-                x = r.ok.then_some(r.all.iops);
-                c.xblade_runs.push(r);
-            } else {
-                ceil = match class {
-                    Class::Ram => {
-                        let r = measure_load(
-                            bench,
-                            node,
-                            NodeTarget::Echo,
-                            stores,
-                            argv.clone(),
-                            exports,
-                            time_s,
-                        )?;
-                        c.problems
-                            .extend(r.problems.iter().map(|p| format!("echo: {p}")));
-                        r.ok.then_some(r.all.iops)
+    // One side of a pair: its IOPS if it ran clean; its problems (and xblade's run) go to `c`.
+    let side = |xblade: bool, c: &mut Ceiling| -> Result<Option<f64>> {
+        check_interrupted()?;
+        let (target, label) = match (xblade, class) {
+            (true, _) => (NodeTarget::XbladeNoVerify, "xblade"),
+            (false, Class::Ram) => (NodeTarget::Echo, "echo"),
+            (false, Class::File) => {
+                return match fio_file_half(node, time_s) {
+                    Ok(f) => Ok(Some(f.iops)),
+                    Err(e) => {
+                        check_interrupted()?;
+                        c.problems.push(format!("fio: {e:#}"));
+                        Ok(None)
                     }
-                    Class::File => match fio_file_half(node, time_s) {
-                        Ok(f) => Some(f.iops),
-                        Err(e) => {
-                            check_interrupted()?;
-                            c.problems.push(format!("fio: {e:#}"));
-                            None
-                        }
-                    },
                 };
             }
+        };
+        let r = measure_load(bench, node, target, stores, argv.clone(), exports, time_s)?;
+        c.problems
+            .extend(r.problems.iter().map(|p| format!("{label}: {p}")));
+        let iops = r.ok.then_some(r.all.iops);
+        if xblade {
+            c.xblade_runs.push(r);
         }
+        Ok(iops)
+    };
+    for i in 0..CEILING_PAIRS {
+        let xblade_first = i % 2 == 0;
+        let first = side(xblade_first, &mut c)?;
+        let second = side(!xblade_first, &mut c)?;
+        let (x, ceil) = if xblade_first {
+            (first, second)
+        } else {
+            (second, first)
+        };
         if let (Some(x), Some(e)) = (x, ceil) {
             if e > 0.0 {
                 c.pairs.push(CeilingPair {
@@ -998,6 +968,7 @@ fn measure(bench: &Bench, node: &NodeLab, t: NodeTarget, time_s: f64) -> Result<
     // the comparison with echo.
     let verify = !matches!(t, NodeTarget::Echo | NodeTarget::XbladeNoVerify);
     let argv = node.load_argv(
+        None,
         &bench.bins.aoe_bench,
         &time_s.to_string(),
         "100",
@@ -1399,19 +1370,21 @@ fn verdicts(r: &NodeReport) -> Vec<Verdict> {
         });
     };
     type Fig = fn(&RoundFigures) -> Option<f64>;
-    let rounds = |a: &str, b: &str, f: Fig| -> Option<f64> {
+    // The median over the rounds of `fa` of target `a` over `fb` of target `b`.
+    let ratio_of = |a: &str, fa: Fig, b: &str, fb: Fig| -> Option<f64> {
         let v: Vec<f64> = r
             .rounds
             .iter()
             .filter_map(|round| {
-                let fa = round.iter().find(|t| t.target == a && t.ok)?;
-                let fb = round.iter().find(|t| t.target == b && t.ok)?;
-                let (p, q) = (f(fa)?, f(fb)?);
+                let ta = round.iter().find(|t| t.target == a && t.ok)?;
+                let tb = round.iter().find(|t| t.target == b && t.ok)?;
+                let (p, q) = (fa(ta)?, fb(tb)?);
                 (q > 0.0 && p.is_finite() && q.is_finite()).then_some(p / q)
             })
             .collect();
         median(&v)
     };
+    let rounds = |a: &str, b: &str, f: Fig| ratio_of(a, f, b, f);
     let sets: [(&str, Fig, Fig); 3] = [
         ("all", |t| Some(t.iops), |t| Some(t.p99_us)),
         ("ram", |t| Some(t.ram_iops), |t| Some(t.ram_p99_us)),
@@ -1478,20 +1451,15 @@ fn verdicts(r: &NodeReport) -> Vec<Verdict> {
             |v| v >= 0.9,
         );
     }
-    // xblade's CPU without its workers' idle spinning, against vblade's (which never spins).
-    let busy: Vec<f64> = r
-        .rounds
-        .iter()
-        .filter_map(|round| {
-            let fx = round.iter().find(|t| t.target == "xblade" && t.ok)?;
-            let fv = round.iter().find(|t| t.target == "vblade" && t.ok)?;
-            let (p, q) = (fx.cpu_us_per_frame_busy?, fv.cpu_us_per_frame?);
-            (q > 0.0).then_some(p / q)
-        })
-        .collect();
     push(
         "target CPU per answered frame, xblade's idle spinning excluded: xblade / vblade".into(),
-        median(&busy),
+        // Without xblade's idle spinning, against vblade's figure (vblade never spins).
+        ratio_of(
+            "xblade",
+            |t| t.cpu_us_per_frame_busy,
+            "vblade",
+            |t| t.cpu_us_per_frame,
+        ),
         "<= 0.5",
         |v| v <= 0.5,
     );
@@ -1800,7 +1768,7 @@ mod tests {
     #[test]
     fn the_file_class_alone_is_two_exports_per_initiator() {
         let node = test_node();
-        let a = node.load_argv_of(
+        let a = node.load_argv(
             Some(Class::File),
             Path::new("/aoe-bench"),
             "1",
@@ -1815,7 +1783,7 @@ mod tests {
         assert_eq!(after("-t"), "e1.8,e1.9,e1.10,e1.11,e1.12,e1.13,e1.14,e1.15");
         assert_eq!(after("-i"), "xbl-n0,xbl-n1,xbl-n2,xbl-n3");
         assert!(!a.iter().any(|x| x == "--verify"));
-        let all = node.load_argv(Path::new("/aoe-bench"), "1", "1", true, &[]);
+        let all = node.load_argv(None, Path::new("/aoe-bench"), "1", "1", true, &[]);
         let i = all.iter().position(|x| x == "-t").expect("-t");
         assert_eq!(all[i + 1].split(',').count(), usize::from(EXPORTS));
         assert!(all.iter().any(|x| x == "--verify"));
