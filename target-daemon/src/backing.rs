@@ -70,6 +70,22 @@ pub enum Durability {
     WriteBack,
 }
 
+/// How a durable write ([`Durability::Sync`]) is made durable before it is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Each write carries `RWF_DSYNC`: one operation per write. On a block device with FUA or
+    /// no volatile cache, that is a single device command.
+    PerWrite,
+    /// Group commit, for a store whose device has a volatile write cache and no FUA (most SATA
+    /// disks and SSDs under Linux's default `libata.fua=0`, many virtual disks), where every
+    /// `RWF_DSYNC` write costs a cache flush of its own (for a file on ext4, also a hop through
+    /// a completion workqueue). While several writes of an export are outstanding, they go
+    /// without `RWF_DSYNC`, and once some have completed one `RWF_DSYNC` write (the first one's
+    /// bytes again) flushes for all of them: each is acknowledged when the commit issued after
+    /// it completed succeeds. A batch pays one flush (see the worker's `commit` module).
+    Group,
+}
+
 /// What the path turned out to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackingKind {
@@ -94,6 +110,9 @@ pub struct BackingConfig {
     pub io: IoMode,
     /// When writes are acknowledged.
     pub durability: Durability,
+    /// How durable writes are made durable; `None`: decided from what the store is
+    /// ([`Backing::commit`]).
+    pub commit: Option<Commit>,
 }
 
 impl BackingConfig {
@@ -106,6 +125,7 @@ impl BackingConfig {
             read_only: false,
             io: IoMode::Direct,
             durability: Durability::Sync,
+            commit: None,
         }
     }
 }
@@ -352,6 +372,7 @@ pub struct Backing {
     read_only: bool,
     io_mode: IoMode,
     durability: Durability,
+    commit: Commit,
     /// A regular file on tmpfs or ramfs (see [`Backing::in_memory`]).
     in_memory: bool,
 }
@@ -366,6 +387,14 @@ impl Backing {
         assert!(logical_block_size >= SECTOR_SIZE as u32);
         let (dio, dio_reported) = dio_rules(&file, cfg, logical_block_size)?;
         let in_memory = store_in_memory(kind, crate::sys::fs_magic(file.as_raw_fd()));
+        // The device that takes the writes: the block device itself, or the one holding the
+        // file's filesystem (none known, as for network or multi-device filesystems: per write).
+        let commit = cfg.commit.unwrap_or_else(|| {
+            file.metadata().map_or(Commit::PerWrite, |m| match kind {
+                BackingKind::File => block_commit(m.dev()),
+                BackingKind::BlockDevice => block_commit(m.rdev()),
+            })
+        });
 
         let geometry = export_geometry(size_bytes, cfg.offset_sectors, cfg.len_sectors)
             .map_err(|e| e.at(path))?;
@@ -396,6 +425,7 @@ impl Backing {
             read_only: cfg.read_only,
             io_mode: cfg.io,
             durability: cfg.durability,
+            commit,
             in_memory,
         })
     }
@@ -469,6 +499,11 @@ impl Backing {
     /// When writes may be acknowledged.
     pub fn durability(&self) -> Durability {
         self.durability
+    }
+
+    /// How durable writes are made durable (see [`Commit`]).
+    pub fn commit(&self) -> Commit {
+        self.commit
     }
 
     /// Direct or buffered.
@@ -582,6 +617,29 @@ fn open_exclusive_settled(cfg: &BackingConfig, kind: BackingKind) -> io::Result<
 pub fn store_in_memory(kind: BackingKind, fs_magic: Option<i64>) -> bool {
     kind == BackingKind::File
         && fs_magic.is_some_and(|m| m == crate::sys::TMPFS_MAGIC || m == crate::sys::RAMFS_MAGIC)
+}
+
+/// How durable writes to block device `rdev` (the store, or the device under its filesystem)
+/// are best made durable: group commit when the device has a volatile write cache and no FUA
+/// (each `RWF_DSYNC` write would then cost a cache flush), else a `RWF_DSYNC` write each (a FUA
+/// write, or a plain one). Unknown (no such device in sysfs): per write.
+fn block_commit(rdev: u64) -> Commit {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    let dev = PathBuf::from(format!("/sys/dev/block/{major}:{minor}"));
+    // A partition has no queue directory of its own: its disk's is one level up.
+    let queue = [dev.join("queue"), dev.join("../queue")]
+        .into_iter()
+        .find(|q| q.is_dir());
+    let read = |name: &str| {
+        queue
+            .as_ref()
+            .and_then(|q| std::fs::read_to_string(q.join(name)).ok())
+            .map(|s| s.trim().to_string())
+    };
+    match (read("write_cache").as_deref(), read("fua").as_deref()) {
+        (Some("write back"), Some("0")) => Commit::Group,
+        _ => Commit::PerWrite,
+    }
 }
 
 fn open_checked(cfg: &BackingConfig) -> Result<(File, BackingKind), BackingError> {

@@ -111,6 +111,7 @@ fn backing_config(e: &config::Export) -> BackingConfig {
         } else {
             Durability::Sync
         },
+        commit: None,
     }
 }
 
@@ -122,6 +123,7 @@ fn log_export_ready(e: &config::Export, sectors: u64, backing: &Backing) {
         sectors,
         io = ?backing.io_mode(),
         durability = ?backing.durability(),
+        commit = ?backing.commit(),
         read_only = e.read_only,
         kind = ?backing.kind(),
         in_memory = backing.in_memory(),
@@ -130,8 +132,13 @@ fn log_export_ready(e: &config::Export, sectors: u64, backing: &Backing) {
             " (in memory: mapped, one copy per request, no system call). VOLATILE: the store \
              is on tmpfs/ramfs, so its contents are lost when the host reboots or loses \
              power; acknowledged writes are durable only as long as the host runs"
+        } else if backing.durability() == Durability::Sync
+            && backing.commit() == crate::backing::Commit::Group
+        {
+            " (io_uring; writes acknowledged once durable: the device has a volatile cache and \
+             no FUA, so concurrent writes share one cache flush, group commit)"
         } else if backing.durability() == Durability::Sync {
-            " (io_uring; writes acknowledged once durable)"
+            " (io_uring; writes acknowledged once durable: RWF_DSYNC on each)"
         } else {
             " (io_uring; --write-back: writes acknowledged before they are durable, FLUSH \
              makes them so)"

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use aoe::target::{ExportState, StateChange};
 
-use crate::backing::{Backing, Durability};
+use crate::backing::{Backing, Commit, Durability};
 
 /// One export: what it is called, where its bytes live, and its AoE state.
 pub struct Export {
@@ -170,9 +170,16 @@ impl Export {
         version
     }
 
-    /// Whether writes must be durable before they are acknowledged (RWF_DSYNC).
+    /// Whether writes must be durable before they are acknowledged.
     pub fn durable_writes(&self) -> bool {
         self.backing.durability() == Durability::Sync
+    }
+
+    /// Whether durable writes are made durable by group commit (concurrent writes share one
+    /// cache flush) rather than `RWF_DSYNC` on each. Never for an in-memory store (mapped:
+    /// there is no device cache to flush).
+    pub fn group_commit(&self) -> bool {
+        self.durable_writes() && !self.backing.in_memory() && self.backing.commit() == Commit::Group
     }
 
     /// Whether (shelf, slot) of a request addresses this export (wildcards independent).

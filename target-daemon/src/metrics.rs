@@ -206,7 +206,7 @@ impl Collector for StatusCollector {
                 ("queue", w.queue.to_string()),
             ]
         };
-        let worker_counters: [Def<WorkerStatus>; 8] = [
+        let worker_counters: [Def<WorkerStatus>; 9] = [
             ("worker_rx_frames", "Frames the worker received.", |w| {
                 w.rx_frames
             }),
@@ -243,6 +243,12 @@ impl Collector for StatusCollector {
                 "worker_sleeps",
                 "Times the worker slept for want of work.",
                 |w| w.sleeps,
+            ),
+            (
+                "worker_commits",
+                "Group commits: cache flushes each of which made a batch of completed durable \
+                 writes durable.",
+                |w| w.commits,
             ),
         ];
         for (name, help, get) in worker_counters {
@@ -623,6 +629,7 @@ mod tests {
                     in_flight: 2,
                     spin_ns: 1_500_000_000,
                     sleeps: 7,
+                    commits: 3,
                 },
                 WorkerStatus {
                     interface: "eth1".into(),
@@ -677,6 +684,7 @@ mod tests {
             r#"xblade_worker_retries_total{interface="eth1",queue="0"} 3"#,
             r#"xblade_worker_ordered_waits_total{interface="eth1",queue="0"} 4"#,
             r#"xblade_worker_sleeps_total{interface="eth1",queue="0"} 7"#,
+            r#"xblade_worker_commits_total{interface="eth1",queue="0"} 3"#,
             r#"xblade_worker_spin_seconds_total{interface="eth1",queue="0"} 1.5"#,
             r#"xblade_worker_in_flight{interface="eth1",queue="1"} 1"#,
             r#"xblade_worker_responsive{interface="eth1",queue="0"} 1"#,
@@ -706,7 +714,7 @@ mod tests {
                 assert!(line.starts_with(&family), "{line} outside family {family}");
             }
         }
-        assert_eq!(families, 30, "{text}");
+        assert_eq!(families, 31, "{text}");
         // Counters end in _total, nothing else does.
         for line in all.iter().filter(|l| l.starts_with("# TYPE ")) {
             let counter = line.ends_with(" counter");

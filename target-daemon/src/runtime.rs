@@ -205,6 +205,7 @@ impl Runtime {
                     in_flight: p.in_flight,
                     spin_ns: p.stats.spin_ns,
                     sleeps: p.stats.sleeps,
+                    commits: p.stats.commits,
                 });
             }
         }

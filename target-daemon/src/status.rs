@@ -206,6 +206,10 @@ pub struct WorkerStatus {
     /// Times it slept for want of work.
     #[serde(default)]
     pub sleeps: u64,
+    /// Group commits: cache flushes each of which made a batch of completed durable writes
+    /// durable.
+    #[serde(default)]
+    pub commits: u64,
 }
 
 /// `aa:bb:cc:dd:ee:ff`.

@@ -393,6 +393,85 @@ fn acknowledged_writes_are_on_the_block_device_at_the_ack() {
     assert!(status.success(), "xblade exit {status}:\n{log}");
 }
 
+/// Writes that arrive together on a device with a volatile cache and no FUA share cache flushes
+/// (group commit, `worker/commit.rs`), and each is still acknowledged only once it is in the
+/// device's backing file and a flush issued after it was sent has completed: bursts of 16
+/// writes, at most one group commit per 4 writes. (The device's own flush count is no measure:
+/// the block layer merges concurrent flushes, 77-143 for these 256 writes either way.)
+#[test]
+fn concurrent_writes_share_commits_and_are_durable_at_the_ack() {
+    let name = "concurrent_writes_share_commits_and_are_durable_at_the_ack";
+    if !privileged(name) {
+        return;
+    }
+    let lab = Lab::new();
+    let file = lab.image("loop.img", 8 * MIB);
+    let lo = LoopDev::new(&file, &["--sector-size", "512"]);
+    lo.expect_write_cache_without_fua();
+    let d = Running(Some(lab.xblade(&["1", "0", "{if}", lo.path()])));
+    let mut c = lab.client();
+    discover(&mut c, d.get(), 1, 0);
+
+    let lbas = scattered_lbas(256, 8 * MIB / SECTOR);
+    let start = lo.flushes();
+    let mut unflushed = Vec::new();
+    for (round, burst) in lbas.chunks(16).enumerate() {
+        let sent = lo.flushes();
+        let mut waiting = std::collections::HashMap::new();
+        for (i, &lba) in burst.iter().enumerate() {
+            let data = pattern(0xc0_0000 + (round * 16 + i) as u64, lba, 2);
+            let a = c.addr();
+            let mut f = vec![0u8; 2048];
+            let n = initiator::ata_request(&mut f, &a, &AtaRequest::write(lba, &data));
+            c.send(&f[..n]);
+            waiting.insert(a.tag, (lba, data));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !waiting.is_empty() && Instant::now() < deadline {
+            let Some(r) = c.recv() else { continue };
+            let tag = u32::from_be_bytes([r[20], r[21], r[22], r[23]]);
+            let Some((lba, data)) = waiting.remove(&tag) else {
+                continue;
+            };
+            let flushed = lo.flushes() > sent;
+            let (s, e, _) = Client::ata_regs(&r);
+            assert_eq!((s, e), (ata::STATUS_OK, 0), "write at {lba}");
+            assert!(
+                common::file_bytes(&file, lba * SECTOR, data.len()) == data,
+                "the write at {lba} was acknowledged before it was in {}'s backing file",
+                lo.path()
+            );
+            if !flushed {
+                unflushed.push(lba);
+            }
+        }
+        assert!(
+            waiting.is_empty(),
+            "{} of a burst of 16 writes unanswered within 5 s\n{}",
+            waiting.len(),
+            d.get().log()
+        );
+    }
+    let flushes = lo.flushes() - start;
+    let (status, log) = d.stop();
+    assert!(status.success(), "xblade exit {status}:\n{log}");
+    let commits = common::counter(&log, "commits");
+    let n = lbas.len() as u64;
+    assert!(
+        unflushed.is_empty(),
+        "{} of {n} writes were acknowledged before any flush completed after they were sent \
+         (LBAs {unflushed:?})",
+        unflushed.len()
+    );
+    assert!(
+        commits > 0 && commits <= n / 4,
+        "{n} writes in bursts of 16: {commits} group commits ({flushes} flushes of {}); \
+         expected the writes to share commits\n{}",
+        lo.path(),
+        export_ready_line(&log)
+    );
+}
+
 /// ext4 on a loop device over a tmpfs file, mounted in a temporary directory; unmounted and
 /// detached on drop (also when the test panics).
 struct Ext4 {
@@ -637,7 +716,8 @@ fn in_memory_store_is_reported_volatile() {
         "in_memory=false",
         "kind=BlockDevice",
         "durability=Sync",
-        "(io_uring; writes acknowledged once durable)",
+        "commit=",
+        "(io_uring; writes acknowledged once durable",
     ] {
         assert!(
             ready.contains(want),

@@ -206,6 +206,7 @@ fn quiet_scenario(mtu: u16, capacity: usize) -> Scenario {
             mask: Vec::new(),
             extra_mask: false,
             write_back: false,
+            per_write: false,
             hot: 0,
         })
         .collect();

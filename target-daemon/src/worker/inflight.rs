@@ -33,6 +33,11 @@ pub(crate) struct Pending {
     pub bounce: Option<u32>,
     /// When the request arrived (the worker's loop clock).
     pub arrived: std::time::Instant,
+    /// Its operations were handed to the storage side (it no longer waits in `ranges`).
+    pub issued: bool,
+    /// A write issued with `RWF_DSYNC` (durable when it completes); one of a group-committing
+    /// export without it waits for a commit (`commit`).
+    pub dsync: bool,
 }
 
 impl Pending {
@@ -148,6 +153,11 @@ impl InFlight {
         self.slots.get_mut(slot as usize)?.as_mut()
     }
 
+    /// Every request in the table.
+    pub fn each_mut(&mut self) -> impl Iterator<Item = &mut Pending> {
+        self.slots.iter_mut().flatten()
+    }
+
     /// Take the request out of `slot` and free the slot.
     #[inline]
     pub fn release(&mut self, slot: u32) -> Option<Pending> {
@@ -213,6 +223,8 @@ mod tests {
             retries: 0,
             chunks: Vec::new(),
             bounce: None,
+            issued: false,
+            dsync: false,
         }
     }
 

@@ -39,8 +39,23 @@ pub enum Op {
         /// Durable before completion.
         dsync: bool,
     },
-    /// `fdatasync` of the store.
+    /// `fdatasync` of the store: a FLUSH CACHE request, ordered after every earlier write.
     Fsync,
+    /// A group commit: `len` bytes from `ptr` written again to `offset` with `RWF_DSYNC` (the
+    /// bytes of a completed write the commit covers, still parked: the same data, so writing
+    /// them again changes nothing). On a device with a volatile cache and no FUA, such a write
+    /// ends with a cache flush, which makes durable every write that completed before it was
+    /// issued; it runs alongside later writes (which the next commit covers). Unlike an
+    /// `fdatasync`, which io_uring hands to one of its worker threads, it completes like any
+    /// direct write.
+    Commit {
+        /// Source (the covered write's parked UMEM chunk or bounce slot).
+        ptr: *const u8,
+        /// Bytes.
+        len: u32,
+        /// Store offset.
+        offset: u64,
+    },
 }
 
 // SAFETY: an `Op`'s pointers refer to the UMEM or bounce region owned by the same worker that
@@ -209,6 +224,13 @@ impl Storage for Engines {
                 unsafe {
                     self.uring
                         .push_write(file, ptr, len, offset, user_data, dsync)
+                }
+            }
+            Op::Commit { ptr, len, offset } => {
+                // SAFETY: as for a write.
+                unsafe {
+                    self.uring
+                        .push_write(file, ptr, len, offset, user_data, true)
                 }
             }
             Op::Fsync => self.uring.push_fsync(file, true, user_data),

@@ -96,7 +96,7 @@ impl Mapped {
                     map.prefetch(offset.saturating_sub(base), len as usize);
                     sys::prefetch_for_write(ptr, len as usize);
                 }
-                Op::Write { len, offset, .. } => {
+                Op::Write { len, offset, .. } | Op::Commit { len, offset, .. } => {
                     map.prefetch(offset.saturating_sub(base), len as usize)
                 }
                 Op::Fsync => {}
@@ -129,7 +129,8 @@ fn copy(export: &Export, map: &sys::FileMap, op: Op) -> i32 {
         }
         Op::Write {
             ptr, len, offset, ..
-        } => {
+        }
+        | Op::Commit { ptr, len, offset } => {
             // The store was allocated in full at start-up, so the copy cannot fault for memory.
             // SAFETY: as for the read (only read); a read-only export never decides a write.
             unsafe { map.write_from(offset.saturating_sub(base), ptr, len as usize) };

@@ -7,6 +7,7 @@ use aoe::wire::ATA_HLEN;
 use xsk::if_xdp::XDP_PKT_CONTD;
 use xsk::Frame;
 
+use super::commit::commit_of;
 use super::control::ExportTally;
 use super::inflight::{op_len, slot_op, Pending};
 use super::io::{Packets, Storage};
@@ -18,7 +19,7 @@ use crate::uring::Completion;
 pub(crate) const MAX_RETRIES: u8 = 8;
 
 /// Errors worth trying again: the store was busy or short of resources, not broken.
-fn transient(errno: i32) -> bool {
+pub(super) fn transient(errno: i32) -> bool {
     matches!(
         errno,
         libc::EAGAIN | libc::EBUSY | libc::EINTR | libc::ENOMEM
@@ -29,6 +30,9 @@ impl<P: Packets, S: Storage> Worker<P, S> {
     /// A storage completion: when the request's last operation is done, build the response in
     /// place and queue it.
     pub(super) fn finish(&mut self, c: Completion) {
+        if let Some(export) = commit_of(c.user_data) {
+            return self.finish_commit(export, c.result);
+        }
         let (slot, op) = slot_op(c.user_data);
         let chunk = self.chunk as u32;
         let Some(p) = self.inflight.get_mut(slot) else {
@@ -55,16 +59,41 @@ impl<P: Packets, S: Storage> Worker<P, S> {
                 self.stats.retries += 1;
                 return self.issue_op(slot, op);
             }
-            p.error.get_or_insert(e);
+            if p.ops() == 1 {
+                // Its own failure, over one a failed group commit set on it (`commit`).
+                p.error = Some(e);
+            } else {
+                p.error.get_or_insert(e);
+            }
         }
         if p.ops_left > 1 {
             p.ops_left -= 1;
             return;
         }
-        // The last operation. The outcome is worked out from the slot in place, before the
-        // `Pending` moves, once, out of the table and into `reply_io` (see ARCHITECTURE.md on
-        // store forwarding).
+        // The last operation. A durable write of a group-committing export is answered when
+        // a commit covering it completes.
+        if p.error.is_none()
+            && !p.dsync
+            && matches!(p.decision, Decision::Write { .. })
+            && self.commits.group(p.export)
+        {
+            let export = p.export;
+            return self.park_write(slot, export);
+        }
+        self.conclude(slot);
+    }
+
+    /// The request in `slot` is done (its outcome in the slot): count it, release it, reply.
+    pub(super) fn conclude(&mut self, slot: u32) {
         let now = *self.clock.get_or_insert_with(std::time::Instant::now);
+        let Some(p) = self.inflight.get_mut(slot) else {
+            return;
+        };
+        if matches!(p.decision, Decision::Write { .. }) {
+            self.commits.write_done(p.export);
+        }
+        // The outcome is worked out from the slot in place, before the `Pending` moves, once,
+        // out of the table and into `reply_io` (see ARCHITECTURE.md on store forwarding).
         let name = self.exports.get(p.export).map_or("?", |e| e.name.as_str());
         let tally = self.tallies.get_mut(p.export);
         let outcome = account(&mut self.stats, tally, name, p, now);

@@ -6,6 +6,7 @@ use aoe::target::{self, Decision};
 use aoe::wire::{Header, ATA_HLEN, ETHERTYPE_AOE, SECTOR};
 use xsk::Frame;
 
+use super::commit::commit_of;
 use super::inflight::{slot_op, user_data, Pending, Refused};
 use super::io::{Op, Packets, Storage};
 use super::ranges::Access;
@@ -251,6 +252,8 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             chunks,
             bounce,
             arrived: self.now(),
+            issued: false,
+            dsync: false,
         };
         self.inflight.put(slot, p);
         if self
@@ -277,7 +280,19 @@ impl<P: Packets, S: Storage> Worker<P, S> {
 
     /// Issue every operation of the request in `slot`.
     pub(super) fn issue_request(&mut self, slot: u32) {
-        let ops = self.inflight.get_mut(slot).map_or(0, |p| p.ops());
+        let Some(p) = self.inflight.get_mut(slot) else {
+            return;
+        };
+        p.issued = true;
+        if matches!(p.decision, Decision::Write { .. }) {
+            let durable = self
+                .exports
+                .get(p.export)
+                .is_some_and(|e| e.durable_writes());
+            // Decided once, so that a retry goes the same way.
+            p.dsync = durable && self.commits.write_issued(p.export);
+        }
+        let ops = p.ops();
         for op in 0..ops {
             self.issue_op(slot, op);
         }
@@ -286,25 +301,47 @@ impl<P: Packets, S: Storage> Worker<P, S> {
     /// Issue operation `op` of the request in `slot`, after any the storage side had no room
     /// for (they go first, in order).
     pub(super) fn issue_op(&mut self, slot: u32, op: u32) {
-        if !self.deferred.is_empty() || !self.push_op(slot, op) {
-            self.deferred.push_back(user_data(slot, op));
+        self.issue_data(user_data(slot, op));
+    }
+
+    /// Issue the operation `user_data` names (a request's, or an export's commit), after any
+    /// the storage side had no room for.
+    pub(super) fn issue_data(&mut self, ud: u64) {
+        if !self.deferred.is_empty() || !self.push_data(ud) {
+            self.deferred.push_back(ud);
         }
     }
 
     /// Issue the deferred operations while the storage side has room.
     pub(super) fn drain_deferred(&mut self) {
         while let Some(&ud) = self.deferred.front() {
-            let (slot, op) = slot_op(ud);
-            if !self.push_op(slot, op) {
+            if !self.push_data(ud) {
                 break;
             }
             self.deferred.pop_front();
         }
     }
 
-    /// Hand operation `op` of the request in `slot` to the storage side; false when it has no
-    /// room (a request no longer present needs nothing: true).
-    fn push_op(&mut self, slot: u32, op: u32) -> bool {
+    /// Hand the operation `ud` names to the storage side; false when it has no room (a
+    /// request no longer present needs nothing: true).
+    fn push_data(&mut self, ud: u64) -> bool {
+        if let Some(export) = commit_of(ud) {
+            let Some(Op::Write {
+                ptr, len, offset, ..
+            }) = self
+                .commits
+                .first_covered(export)
+                .and_then(|slot| self.op_of(slot, 0))
+                .map(|(_, o)| o)
+            else {
+                return true;
+            };
+            let o = Op::Commit { ptr, len, offset };
+            // SAFETY: a covered write's chunk or bounce slot stays parked in the table, untouched,
+            // until the commit's completion is reaped (`finish_commit` answers it only then).
+            return unsafe { self.store.push(export as u32, o, ud) }.is_ok();
+        }
+        let (slot, op) = slot_op(ud);
         let Some((file, o)) = self.op_of(slot, op) else {
             return true;
         };
@@ -345,7 +382,7 @@ impl<P: Packets, S: Storage> Worker<P, S> {
                 },
                 len: p.bytes,
                 offset: p.offset,
-                dsync: self.exports.get(p.export)?.durable_writes(),
+                dsync: p.dsync,
             },
             Decision::Flush => Op::Fsync,
             Decision::Reply(_) | Decision::Drop => return None,

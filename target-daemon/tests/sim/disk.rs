@@ -6,6 +6,13 @@
 //! which is what makes an ordering bug visible): a READ copies the store into the operation's
 //! memory, a WRITE copies that memory into the store; a short transfer or a failed write moves
 //! a prefix only.
+//!
+//! The disk has a volatile cache, modelled at its most forgetful: `durable` is what a power cut
+//! would leave. A `RWF_DSYNC` write reaches it as it moves; any other write only when an
+//! flush *handed over after that write completed* completes successfully: an `fdatasync` (FLUSH)
+//! or a group commit (a `RWF_DSYNC` write, which on a device with no FUA ends with a flush). One
+//! that fails for good loses every write in the cache when it completes (a flush may reach the
+//! device after writes handed over later have completed).
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -21,7 +28,17 @@ use crate::rng::Rng;
 pub enum Kind {
     Read,
     Write,
+    /// A FLUSH request's `fdatasync`: ordered after every earlier write of its file.
     Fsync,
+    /// A group commit: a covered write's bytes written again with `RWF_DSYNC`.
+    Commit,
+}
+
+impl Kind {
+    /// Whether it moves data into the store.
+    pub fn writes(self) -> bool {
+        matches!(self, Kind::Write | Kind::Commit)
+    }
 }
 
 /// How the disk misbehaves (probabilities per operation hand-over).
@@ -94,14 +111,37 @@ struct DOp {
     apply_at: u64,
     done_at: u64,
     applied: bool,
+    /// A write with `RWF_DSYNC`.
+    dsync: bool,
+    /// An `fdatasync`: the cache entries it covers (sequence numbers below this), set when
+    /// it is handed over.
+    covers: u64,
+    /// An `fdatasync` that failed for good: what it covers is lost.
+    lost: bool,
 }
+
+/// A write in the volatile cache: (sequence number, offset, bytes).
+type Cached = (u64, u64, Vec<u8>);
 
 /// (user data, file, kind, offset, len, address): one operation, and its retries.
 type Ident = (u64, u32, Kind, u64, u32, usize);
 
 pub struct SimDisk {
     pub stores: Vec<Vec<u8>>,
-    durable: Vec<bool>,
+    /// What a power cut would leave of each store.
+    pub durable: Vec<Vec<u8>>,
+    /// Per file: the writes in the volatile cache, in completion order.
+    cache: Vec<Vec<Cached>>,
+    /// The next cache entry's sequence number.
+    seq: u64,
+    /// Per file: whether its export's writes must be durable when acknowledged, and whether it
+    /// makes them so by group commit.
+    sync_writes: Vec<bool>,
+    group: Vec<bool>,
+    /// Group commits that failed for good (when the worker reaped them): the writes they
+    /// covered, and the export's other writes issued without `RWF_DSYNC` before then, must be
+    /// answered with an error.
+    pub commit_credits: Vec<Credit>,
     p: DiskParams,
     rng: Rng,
     now: u64,
@@ -123,11 +163,12 @@ pub struct SimDisk {
 pub const MAX_RETRIES: u8 = 8;
 
 impl SimDisk {
-    /// `umem` is (base, length) of the UMEM, `bounce` (base, slot size, slots) of the bounce
-    /// region: the only memory an operation may name.
+    /// `sync` is, per file, whether its writes must be durable when acknowledged and whether
+    /// it makes them so by group commit. `umem` is (base, length) of the UMEM, `bounce` (base,
+    /// slot size, slots) of the bounce region: the only memory an operation may name.
     pub fn new(
         stores: Vec<Vec<u8>>,
-        durable: Vec<bool>,
+        sync: Vec<(bool, bool)>,
         p: DiskParams,
         rng: Rng,
         umem: (usize, usize),
@@ -135,8 +176,13 @@ impl SimDisk {
         bounce: Option<(usize, usize, usize)>,
     ) -> SimDisk {
         SimDisk {
+            durable: stores.clone(),
+            cache: vec![Vec::new(); stores.len()],
             stores,
-            durable,
+            seq: 0,
+            sync_writes: sync.iter().map(|s| s.0).collect(),
+            group: sync.iter().map(|s| s.1).collect(),
+            commit_credits: Vec::new(),
             p,
             rng,
             now: 0,
@@ -202,7 +248,12 @@ impl SimDisk {
         for i in due {
             let early = self.running[i].done_at > now;
             self.n.early += u64::from(early);
-            apply(&mut self.stores, &mut self.running[i]);
+            apply(
+                &mut self.stores,
+                &mut self.durable,
+                &mut self.cache,
+                &mut self.running[i],
+            );
         }
         let mut done = Vec::new();
         let mut i = 0;
@@ -216,10 +267,45 @@ impl SimDisk {
         self.rng.shuffle(&mut done);
         for mut op in done {
             if !op.applied {
-                apply(&mut self.stores, &mut op);
+                apply(
+                    &mut self.stores,
+                    &mut self.durable,
+                    &mut self.cache,
+                    &mut op,
+                );
             }
+            self.settle(&op);
             self.n.completed += 1;
             self.cq.push_back(op);
+        }
+    }
+
+    /// The volatile cache when `op` completes: a write without `RWF_DSYNC` enters it; a
+    /// successful `fdatasync` makes what it covers durable, one that failed for good loses it.
+    fn settle(&mut self, op: &DOp) {
+        let f = op.file as usize;
+        // A commit's flush follows its write: it happened if the write completed in full.
+        let flushed = match op.kind {
+            Kind::Fsync => op.result == 0,
+            Kind::Commit => op.result == op.len as i32,
+            _ => false,
+        };
+        match op.kind {
+            Kind::Write if !op.dsync && op.moves > 0 => {
+                let at = op.offset as usize;
+                let bytes = self.stores[f][at..at + op.moves as usize].to_vec();
+                self.cache[f].push((self.seq, op.offset, bytes));
+                self.seq += 1;
+            }
+            Kind::Fsync | Kind::Commit if op.lost => self.cache[f].clear(),
+            Kind::Fsync | Kind::Commit if flushed => {
+                let n = self.cache[f].partition_point(|c| c.0 < op.covers);
+                for (_, offset, bytes) in self.cache[f].drain(..n) {
+                    let at = offset as usize;
+                    self.durable[f][at..at + bytes.len()].copy_from_slice(&bytes);
+                }
+            }
+            _ => {}
         }
     }
 
@@ -251,11 +337,7 @@ impl SimDisk {
                 Kind::Fsync => (0, u64::MAX),
                 _ => (op.offset, op.offset + u64::from(op.len).max(1) - 1),
             };
-            if op.file == file
-                && (kind == Kind::Write || op.kind == Kind::Write)
-                && first <= b
-                && a <= last
-            {
+            if op.file == file && (kind.writes() || op.kind.writes()) && first <= b && a <= last {
                 panic!(
                     "storage push conflicts with an unreaped {:?} of the same file at {}+{} (ud {:#x}): {}",
                     op.kind,
@@ -344,7 +426,8 @@ impl SimDisk {
                 // The worker's retries are spent: the request fails with this error.
                 self.n.exhausted += 1;
                 self.streak.remove(&id);
-                self.credits.push(Credit {
+                op.lost = true;
+                self.credit(Credit {
                     file: op.file,
                     kind: op.kind,
                     offset: op.offset,
@@ -365,13 +448,14 @@ impl SimDisk {
                 libc::EIO
             };
             op.result = -e;
+            op.lost = true;
             // A failed write may have reached the medium in part.
             op.moves = if op.kind == Kind::Fsync {
                 0
             } else {
                 self.rng.below(u64::from(len) + 1) as u32
             };
-            self.credits.push(Credit {
+            self.credit(Credit {
                 file: op.file,
                 kind: op.kind,
                 offset: op.offset,
@@ -389,6 +473,7 @@ impl SimDisk {
             };
             op.moves = len;
         }
+        op.covers = self.seq;
         let mut latency = self.rng.below(self.p.latency + 1);
         if self.rng.chance(self.p.p_slow) {
             latency *= 10;
@@ -408,6 +493,14 @@ impl SimDisk {
         self.running.push(op);
     }
 
+    /// A failure the worker must report. A group commit's is recorded when the worker reaps
+    /// it (`reap`): it fails every write issued before then.
+    fn credit(&mut self, credit: Credit) {
+        if credit.kind != Kind::Commit {
+            self.credits.push(credit);
+        }
+    }
+
     fn submit_some(&mut self, partial: bool) {
         let n = if partial {
             self.rng.below(self.queued.len() as u64 + 1) as usize
@@ -421,8 +514,9 @@ impl SimDisk {
     }
 }
 
-/// Moves an operation's data (`op.moves` bytes).
-fn apply(stores: &mut [Vec<u8>], op: &mut DOp) {
+/// Moves an operation's data (`op.moves` bytes); a `RWF_DSYNC` write's is durable as it lands,
+/// and what the cache held of those bytes is stale.
+fn apply(stores: &mut [Vec<u8>], durable: &mut [Vec<u8>], cache: &mut [Vec<Cached>], op: &mut DOp) {
     op.applied = true;
     let k = op.moves as usize;
     let at = op.offset as usize;
@@ -434,33 +528,75 @@ fn apply(stores: &mut [Vec<u8>], op: &mut DOp) {
             // SAFETY: the worker keeps it alive and untouched until this completion is reaped.
             unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), op.ptr, k) };
         }
-        Kind::Write => {
+        Kind::Write | Kind::Commit => {
             let dst = &mut stores[op.file as usize][at..at + k];
             // SAFETY: as for the read; the range is only read.
             unsafe { std::ptr::copy_nonoverlapping(op.ptr.cast_const(), dst.as_mut_ptr(), k) };
+            if op.dsync {
+                let src = &stores[op.file as usize][at..at + k];
+                durable[op.file as usize][at..at + k].copy_from_slice(src);
+                punch(&mut cache[op.file as usize], op.offset, k as u64);
+            }
         }
         Kind::Fsync => {}
     }
 }
 
+/// Drops bytes `at..at + len` from the cache entries (keeping their order).
+fn punch(cache: &mut Vec<Cached>, at: u64, len: u64) {
+    let end = at + len;
+    if len == 0
+        || !cache
+            .iter()
+            .any(|c| c.1 < end && at < c.1 + c.2.len() as u64)
+    {
+        return;
+    }
+    let mut kept = Vec::with_capacity(cache.len() + 1);
+    for (seq, offset, bytes) in cache.drain(..) {
+        let stop = offset + bytes.len() as u64;
+        if stop <= at || end <= offset {
+            kept.push((seq, offset, bytes));
+            continue;
+        }
+        if offset < at {
+            kept.push((seq, offset, bytes[..(at - offset) as usize].to_vec()));
+        }
+        if end < stop {
+            kept.push((seq, end, bytes[(end - offset) as usize..].to_vec()));
+        }
+    }
+    *cache = kept;
+}
+
 impl Storage for SimDisk {
     unsafe fn push(&mut self, file: u32, op: Op, user_data: u64) -> Result<(), SqFull> {
-        let (kind, offset, len, ptr) = match op {
-            Op::Read { ptr, len, offset } => (Kind::Read, offset, len, ptr),
+        let f = file as usize;
+        let group = self.group.get(f).copied().unwrap_or(false);
+        let (kind, offset, len, ptr, dsync) = match op {
+            Op::Read { ptr, len, offset } => (Kind::Read, offset, len, ptr, false),
             Op::Write {
                 ptr,
                 len,
                 offset,
                 dsync,
             } => {
-                let want = self.durable.get(file as usize).copied().unwrap_or(true);
-                assert_eq!(
-                    dsync, want,
+                // A group-committing export's writes carry it or not (see `worker::commit`).
+                let want = self.sync_writes.get(f).copied().unwrap_or(true);
+                assert!(
+                    dsync == want || group,
                     "write to file {file} with dsync {dsync}, but the export's durability says {want}"
                 );
-                (Kind::Write, offset, len, ptr.cast_mut())
+                (Kind::Write, offset, len, ptr.cast_mut(), dsync)
             }
-            Op::Fsync => (Kind::Fsync, 0, 0, std::ptr::null_mut()),
+            Op::Fsync => (Kind::Fsync, 0, 0, std::ptr::null_mut(), false),
+            Op::Commit { ptr, len, offset } => {
+                assert!(
+                    group,
+                    "group commit of file {file}, whose export does not commit by groups"
+                );
+                (Kind::Commit, offset, len, ptr.cast_mut(), true)
+            }
         };
         let addr = ptr as usize;
         self.validate(file, kind, offset, len, addr, user_data);
@@ -482,6 +618,9 @@ impl Storage for SimDisk {
             apply_at: 0,
             done_at: 0,
             applied: false,
+            dsync,
+            covers: 0,
+            lost: false,
         });
         if self.rng.chance(self.p.p_submit_on_push) {
             self.submit_some(false);
@@ -498,6 +637,21 @@ impl Storage for SimDisk {
     fn reap(&mut self, out: &mut Vec<Completion>, max: usize) -> usize {
         let n = max.min(self.cq.len());
         for op in self.cq.drain(..n) {
+            if op.kind == Kind::Commit && op.lost {
+                let credit = Credit {
+                    file: op.file,
+                    kind: Kind::Commit,
+                    offset: 0,
+                    len: 0,
+                    // A short transfer is the worker's EIO.
+                    errno: if op.result < 0 { -op.result } else { libc::EIO },
+                    chunk_op: false,
+                    // The harness's step: while the worker turns, the disk's clock still says
+                    // the previous one (it ticks after the turns).
+                    step: self.now + 1,
+                };
+                self.commit_credits.push(credit);
+            }
             out.push(Completion {
                 user_data: op.ud,
                 result: op.result,
@@ -530,7 +684,8 @@ impl Storage for SimDisk {
             self.queued.is_empty() && self.running.is_empty() && self.cq.is_empty(),
             "exports changed with operations queued or in flight"
         );
-        self.durable = exports.iter().map(|e| e.durable_writes()).collect();
+        self.sync_writes = exports.iter().map(|e| e.durable_writes()).collect();
+        self.group = exports.iter().map(|e| e.group_commit()).collect();
         Ok(())
     }
 }

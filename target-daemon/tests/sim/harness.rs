@@ -35,7 +35,7 @@ use aoe::ata;
 use aoe::initiator::parse_response;
 use aoe::target::{self, Decision, ExportState, Iface, IoOutcome};
 use aoe::wire::{self, cmd, Header, Mac, ATA_HLEN, BROADCAST, ETHERTYPE_AOE, SECTOR};
-use xblade::backing::{Backing, BackingConfig, Durability, IoMode};
+use xblade::backing::{Backing, BackingConfig, Commit, Durability, IoMode};
 use xblade::export::Export;
 use xblade::worker::{Bounce, Worker, WorkerSetup, WorkerStats};
 use xsk::{Umem, UmemConfig};
@@ -71,6 +71,8 @@ pub struct ExportSpec {
     pub mask: Vec<usize>,
     pub extra_mask: bool,
     pub write_back: bool,
+    /// Durable writes carry RWF_DSYNC each instead of waiting for a group commit.
+    pub per_write: bool,
     /// Start of the small window most requests go to.
     pub hot: u64,
 }
@@ -103,6 +105,13 @@ pub struct Scenario {
     /// Traffic mix weights: read, write, flush, identify, config, mask, reserve, other ATA,
     /// malformed, duplicate, re-send, wildcard read, wildcard write.
     pub mix: [u32; 13],
+}
+
+impl ExportSpec {
+    /// Whether its durable writes are made durable by group commit.
+    pub fn group(&self) -> bool {
+        !self.write_back && !self.per_write
+    }
 }
 
 impl Scenario {
@@ -142,6 +151,7 @@ impl Scenario {
                     extra_mask: !mask.is_empty() && r.chance(0.5),
                     mask,
                     write_back: r.chance(0.3),
+                    per_write: false,
                     hot: match r.below(10) {
                         0..=4 => 0,
                         5..=7 => r.below(sectors - 40),
@@ -157,7 +167,7 @@ impl Scenario {
             r.range(4, 64) as usize
         };
         let p_soft = r.pick(&[0.0, 0.01, 0.05]);
-        Scenario {
+        let mut sc = Scenario {
             mtu,
             exports,
             initiators,
@@ -194,7 +204,12 @@ impl Scenario {
                 p_apply_early: r.pick(&[0.0, 0.3]),
             },
             mix: [380, 280, 20, 20, 30, 20, 20, 20, 80, 40, 30, 20, 10],
+        };
+        // Drawn last, so that the draws before are those of the seeds kept as regressions.
+        for e in &mut sc.exports {
+            e.per_write = r.chance(0.3);
         }
+        sc
     }
 }
 
@@ -264,6 +279,38 @@ pub struct WriteRec {
     pub lba: u64,
     pub payload: Rc<[u8]>,
     pub status: WStatus,
+}
+
+/// A failed reply to a write of a group-committing export.
+#[derive(Clone, Copy, Debug)]
+pub struct GroupFailure {
+    pub file: u32,
+    pub lo: u64,
+    pub hi: u64,
+    /// The earliest arrival (step) of a request with its key.
+    pub since: u64,
+    pub eio: bool,
+    pub arrival: u64,
+}
+
+impl GroupFailure {
+    /// Whether a failure of one of the write's own operations may explain it (issued after it
+    /// arrived; the disk's clock is one step behind while the worker turns).
+    fn fits(&self, c: &Credit) -> bool {
+        c.file == self.file
+            && c.kind == Kind::Write
+            && !c.chunk_op
+            && (c.errno == libc::EIO) == self.eio
+            && c.offset == self.lo
+            && u64::from(c.len) == self.hi - self.lo
+            && c.step + 1 >= self.since
+    }
+
+    /// Whether a failed group commit may explain it (the worker learned of it after the write
+    /// arrived).
+    fn fits_commit(&self, c: &Credit) -> bool {
+        c.file == self.file && c.step >= self.since && (c.errno == libc::EIO) == self.eio
+    }
 }
 
 /// A storage request as far as ordering goes (sectors `first..=last`).
@@ -397,6 +444,8 @@ pub struct Sim {
     answered_io: Vec<BTreeMap<u64, Vec<Span>>>,
     /// Chunk credits consumed by failed multi-chunk reads: (file, first byte, end, step).
     consumed_chunk_credits: Vec<(u32, u64, u64, u64)>,
+    /// Failed replies to writes of group-committing exports, matched to credits at drains.
+    group_failures: Vec<GroupFailure>,
     pub c: Counters,
     /// Runtime export-list changes: their own random stream (so the scenario and traffic of a
     /// seed are what they were before this existed), and the last generation handed over.
@@ -433,7 +482,7 @@ impl Sim {
         let mut exports = Vec::new();
         let mut states = Vec::new();
         let mut stores = Vec::new();
-        let mut durable = Vec::new();
+        let mut sync = Vec::new();
         for (e, spec) in sc.exports.iter().enumerate() {
             let path = dir.path().join(format!("e{e}.img"));
             let f = std::fs::File::create(&path).expect("create store");
@@ -446,6 +495,11 @@ impl Sim {
             } else {
                 Durability::Sync
             };
+            bcfg.commit = Some(if spec.per_write {
+                Commit::PerWrite
+            } else {
+                Commit::Group
+            });
             let backing = Backing::open(&bcfg).expect("open backing");
             let mut st = ExportState::new(spec.shelf, spec.slot, spec.sectors);
             st.read_only = spec.read_only;
@@ -462,7 +516,10 @@ impl Sim {
                 initial_sector(e, lba as u64, s);
             }
             stores.push(store);
-            durable.push(!spec.write_back);
+            let group = exports
+                .last()
+                .is_some_and(|x: &Arc<Export>| x.group_commit());
+            sync.push((!spec.write_back, group));
         }
         let iface = Iface {
             mac: TARGET_MAC,
@@ -498,7 +555,7 @@ impl Sim {
             .map(|b| (b.area().0 as usize, bounce_slot, sc.capacity));
         let disk = SimDisk::new(
             stores,
-            durable,
+            sync,
             sc.disk.clone(),
             rng.fork(),
             (ub as usize, ul),
@@ -564,6 +621,7 @@ impl Sim {
             history,
             answered_io: (0..n).map(|_| BTreeMap::new()).collect(),
             consumed_chunk_credits: Vec::new(),
+            group_failures: Vec::new(),
             c: Counters::default(),
             switch_rng: Rng::new(seed ^ 0x5357_4954_4348_4553),
             generation: 0,
@@ -1142,6 +1200,22 @@ impl Sim {
                     return Ok(Verdict::Fail(Vec::new()));
                 }
             }
+            Decision::Write { .. } if self.sc.exports[e].group() => {
+                // A write of a group-committing export fails with its own operation, or with a
+                // group commit (one that covered it, or any while it was issued: see
+                // `worker::commit`); which one cannot always be told from here (duplicates and
+                // re-sends of one write share its sectors, and their replies may be answered in
+                // each other's place), so the failures are matched to the credits when the
+                // worker is drained (`match_group_failures`). Here: some credit must fit.
+                let f = self.group_failure(idx, lo, hi, eio);
+                let disk = self.worker.storage_mut();
+                if disk.credits.iter().any(|c| f.fits(c))
+                    || disk.commit_credits.iter().any(|c| f.fits_commit(c))
+                {
+                    self.group_failures.push(f);
+                    return Ok(Verdict::Fail(Vec::new()));
+                }
+            }
             _ => {
                 if let Some(i) = (0..credits.len()).find(|&i| {
                     let c = &credits[i];
@@ -1156,6 +1230,7 @@ impl Sim {
                 }
             }
         }
+        let credits = &self.worker.storage_mut().credits;
         if found.is_empty() {
             let near: Vec<String> = credits
                 .iter()
@@ -1181,6 +1256,125 @@ impl Sim {
             ));
         }
         Ok(Verdict::Fail(found))
+    }
+
+    /// A failed reply to the write in pair `idx` (sectors' bytes `lo..hi`): what may explain it.
+    fn group_failure(&self, idx: usize, lo: u64, hi: u64, eio: bool) -> GroupFailure {
+        // The reply may be a duplicate's (same key) answered in this one's place: from the
+        // earliest such arrival.
+        let key = self.pairs[idx].key;
+        let since = self
+            .pairs
+            .iter()
+            .filter(|q| q.key == key)
+            .filter_map(|q| match &q.expect {
+                Expect::Io(io) => Some(io.step),
+                Expect::Reply(_) => None,
+            })
+            .min()
+            .unwrap_or(0);
+        GroupFailure {
+            file: self.pairs[idx].export as u32,
+            lo,
+            hi,
+            since,
+            eio,
+            arrival: self.pairs[idx].arrival,
+        }
+    }
+
+    /// The failed replies to writes of group-committing exports against the failures the disk
+    /// injected: each write failure of its own is reported by a reply of its own, and every
+    /// other failed reply is a group commit's that failed after the write arrived.
+    fn match_group_failures(&mut self) {
+        let failures = std::mem::take(&mut self.group_failures);
+        let disk = self.worker.storage_mut();
+        let own: Vec<usize> = (0..disk.credits.len())
+            .filter(|&i| failures.iter().any(|f| f.fits(&disk.credits[i])))
+            .collect();
+        let fits = |r: usize, k: usize| failures[r].fits(&disk.credits[own[k]]);
+        let flexible: Vec<bool> = failures
+            .iter()
+            .map(|f| disk.commit_credits.iter().any(|c| f.fits_commit(c)))
+            .collect();
+        // A matching of replies and own credits that takes every reply no failed commit
+        // explains, and every own credit (first the former, then augmenting from the credits,
+        // which keeps every matched reply matched).
+        let mut reply_of: Vec<Option<usize>> = vec![None; own.len()];
+        let mut credit_of: Vec<Option<usize>> = vec![None; failures.len()];
+        fn from_reply(
+            r: usize,
+            fits: &dyn Fn(usize, usize) -> bool,
+            reply_of: &mut [Option<usize>],
+            credit_of: &mut [Option<usize>],
+            seen: &mut [bool],
+        ) -> bool {
+            for k in 0..reply_of.len() {
+                if seen[k] || !fits(r, k) {
+                    continue;
+                }
+                seen[k] = true;
+                if reply_of[k].is_none_or(|r2| from_reply(r2, fits, reply_of, credit_of, seen)) {
+                    reply_of[k] = Some(r);
+                    credit_of[r] = Some(k);
+                    return true;
+                }
+            }
+            false
+        }
+        fn from_credit(
+            k: usize,
+            fits: &dyn Fn(usize, usize) -> bool,
+            reply_of: &mut [Option<usize>],
+            credit_of: &mut [Option<usize>],
+            seen: &mut [bool],
+        ) -> bool {
+            for r in 0..credit_of.len() {
+                if seen[r] || !fits(r, k) {
+                    continue;
+                }
+                seen[r] = true;
+                if credit_of[r].is_none_or(|k2| from_credit(k2, fits, reply_of, credit_of, seen)) {
+                    credit_of[r] = Some(k);
+                    reply_of[k] = Some(r);
+                    return true;
+                }
+            }
+            false
+        }
+        for (r, &flex) in flexible.iter().enumerate() {
+            if !flex {
+                let mut seen = vec![false; own.len()];
+                from_reply(r, &fits, &mut reply_of, &mut credit_of, &mut seen);
+            }
+        }
+        for k in 0..own.len() {
+            if reply_of[k].is_none() {
+                let mut seen = vec![false; failures.len()];
+                from_credit(k, &fits, &mut reply_of, &mut credit_of, &mut seen);
+            }
+        }
+        let unexplained = (0..failures.len()).find(|&r| credit_of[r].is_none() && !flexible[r]);
+        // A credit no reply took stays, and is reported as never reported.
+        let mut gone: Vec<usize> = (0..own.len())
+            .filter(|&k| reply_of[k].is_some())
+            .map(|k| own[k])
+            .collect();
+        gone.sort_unstable();
+        for i in gone.into_iter().rev() {
+            disk.credits.remove(i);
+        }
+        if let Some(r) = unexplained {
+            let f = failures[r];
+            fail!(
+                self,
+                "the write that arrived #{} (export {}, bytes {}..{}) failed, but no failure the disk injected is left to explain it",
+                f.arrival,
+                f.file,
+                f.lo,
+                f.hi
+            );
+        }
     }
 
     /// A read's data against the model of the store at the read's arrival.
@@ -1251,6 +1445,39 @@ impl Sim {
         Ok(())
     }
 
+    /// An acknowledged write of an export that promises durability is in what a power cut
+    /// would leave: each of its sectors holds its data, or a later write's (which may have run
+    /// since), or is unknown because a later write failed or is still unanswered.
+    fn check_durable(&mut self, e: usize, w: usize) -> Result<(), String> {
+        let durable = &self.worker.storage_mut().durable[e];
+        let r = &self.writes[e][w];
+        for (i, data) in r.payload.chunks(SECTOR).enumerate() {
+            let s = r.lba + i as u64;
+            let at = s as usize * SECTOR;
+            let got = &durable[at..at + SECTOR];
+            if got == data {
+                continue;
+            }
+            let later = self.history[e][s as usize].iter().any(|&l| {
+                let o = &self.writes[e][l as usize];
+                let k = (s - o.lba) as usize * SECTOR;
+                o.arrival > r.arrival
+                    && (o.status != WStatus::Ok || o.payload.get(k..k + SECTOR) == Some(got))
+            });
+            if !later {
+                return Err(format!(
+                    "the write that arrived #{} to export {e} sectors {}+{} was acknowledged, but after a power cut sector {s} would hold {}, not {}",
+                    r.arrival,
+                    r.lba,
+                    r.payload.len() / SECTOR,
+                    describe_sector(got),
+                    describe_sector(data)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn commit(&mut self, idx: usize, v: Verdict) {
         self.pairs[idx].answered = true;
         let key = self.pairs[idx].key;
@@ -1291,8 +1518,14 @@ impl Sim {
                     self.c.ok_writes += 1;
                     self.c.write_bytes += bytes;
                     self.c.gathered += u64::from(gathered);
+                    if let (Some(w), false) = (write, self.sc.exports[e].write_back) {
+                        if let Err(why) = self.check_durable(e, w) {
+                            fail!(self, "{why}");
+                        }
+                    }
                 }
                 Kind::Fsync => self.c.ok_flushes += 1,
+                Kind::Commit => unreachable!("no request decides a group commit"),
             },
             Verdict::Fail(mut found) => {
                 self.c.failed += 1;
@@ -1388,6 +1621,7 @@ impl Sim {
 
     /// After a drain: every request answered or counted, every counter as the model says.
     fn check_books(&mut self) {
+        self.match_group_failures();
         let st = self.worker.stats().clone();
         let unanswered = self.c.pairs - self.c.answered;
         if unanswered + self.c.lost_drops != st.no_slot + st.no_frame {
@@ -1430,6 +1664,10 @@ impl Sim {
                 "{n} injected disk failures were never reported, e.g. {c:?}"
             );
         }
+        // Drained: every write that could fail with them has been answered. (That the writes a
+        // failed commit covered were not acknowledged is `check_durable`'s to see: the commit
+        // lost them.)
+        disk.commit_credits.clear();
         let (soft, exhausted) = (disk.n.soft, disk.n.exhausted);
         let checks = [
             ("retries", st.retries, soft - exhausted),
