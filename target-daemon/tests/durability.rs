@@ -328,6 +328,19 @@ fn io_errors(log: &str) -> u64 {
 
 // ---------------------------------------------------------------------------------------------
 
+/// An 8 MiB loop device with a volatile write cache and no FUA (its backing file's path), served
+/// as e1.0 with default options and discovered. Bound in this order, they drop in the reverse:
+/// the daemon before the loop device it holds.
+fn loop_export(lab: &Lab) -> (PathBuf, LoopDev, Running, Client) {
+    let file = lab.image("loop.img", 8 * MIB);
+    let lo = LoopDev::new(&file, &["--sector-size", "512"]);
+    lo.expect_write_cache_without_fua();
+    let d = Running(Some(lab.xblade(&["1", "0", "{if}", lo.path()])));
+    let mut c = lab.client();
+    discover(&mut c, d.get(), 1, 0);
+    (file, lo, d, c)
+}
+
 /// Every acknowledged write to a block device is on the device when the ack arrives: the loop
 /// driver wrote it into its backing file (read here as a plain tmpfs file), and the device saw
 /// at least one flush request per write (RWF_DSYNC on a device with a volatile write cache and
@@ -340,12 +353,7 @@ fn acknowledged_writes_are_on_the_block_device_at_the_ack() {
         return;
     }
     let lab = Lab::new();
-    let file = lab.image("loop.img", 8 * MIB);
-    let lo = LoopDev::new(&file, &["--sector-size", "512"]);
-    lo.expect_write_cache_without_fua();
-    let d = Running(Some(lab.xblade(&["1", "0", "{if}", lo.path()])));
-    let mut c = lab.client();
-    discover(&mut c, d.get(), 1, 0);
+    let (file, lo, d, mut c) = loop_export(&lab);
 
     let lbas = scattered_lbas(64, 8 * MIB / SECTOR);
     let start = lo.flushes();
@@ -405,12 +413,7 @@ fn concurrent_writes_share_commits_and_are_durable_at_the_ack() {
         return;
     }
     let lab = Lab::new();
-    let file = lab.image("loop.img", 8 * MIB);
-    let lo = LoopDev::new(&file, &["--sector-size", "512"]);
-    lo.expect_write_cache_without_fua();
-    let d = Running(Some(lab.xblade(&["1", "0", "{if}", lo.path()])));
-    let mut c = lab.client();
-    discover(&mut c, d.get(), 1, 0);
+    let (file, lo, d, mut c) = loop_export(&lab);
 
     let lbas = scattered_lbas(256, 8 * MIB / SECTOR);
     let start = lo.flushes();

@@ -1302,41 +1302,23 @@ impl Sim {
         // which keeps every matched reply matched).
         let mut reply_of: Vec<Option<usize>> = vec![None; own.len()];
         let mut credit_of: Vec<Option<usize>> = vec![None; failures.len()];
-        fn from_reply(
-            r: usize,
+        // One augmenting-path step from `u` on one side to the other side (`mate_of_u`: its
+        // side's partners; `fits(u, v)`).
+        fn augment(
+            u: usize,
             fits: &dyn Fn(usize, usize) -> bool,
-            reply_of: &mut [Option<usize>],
-            credit_of: &mut [Option<usize>],
+            mate_of_u: &mut [Option<usize>],
+            mate_of_v: &mut [Option<usize>],
             seen: &mut [bool],
         ) -> bool {
-            for k in 0..reply_of.len() {
-                if seen[k] || !fits(r, k) {
+            for v in 0..mate_of_v.len() {
+                if seen[v] || !fits(u, v) {
                     continue;
                 }
-                seen[k] = true;
-                if reply_of[k].is_none_or(|r2| from_reply(r2, fits, reply_of, credit_of, seen)) {
-                    reply_of[k] = Some(r);
-                    credit_of[r] = Some(k);
-                    return true;
-                }
-            }
-            false
-        }
-        fn from_credit(
-            k: usize,
-            fits: &dyn Fn(usize, usize) -> bool,
-            reply_of: &mut [Option<usize>],
-            credit_of: &mut [Option<usize>],
-            seen: &mut [bool],
-        ) -> bool {
-            for r in 0..credit_of.len() {
-                if seen[r] || !fits(r, k) {
-                    continue;
-                }
-                seen[r] = true;
-                if credit_of[r].is_none_or(|k2| from_credit(k2, fits, reply_of, credit_of, seen)) {
-                    credit_of[r] = Some(k);
-                    reply_of[k] = Some(r);
+                seen[v] = true;
+                if mate_of_v[v].is_none_or(|u2| augment(u2, fits, mate_of_u, mate_of_v, seen)) {
+                    mate_of_v[v] = Some(u);
+                    mate_of_u[u] = Some(v);
                     return true;
                 }
             }
@@ -1345,13 +1327,14 @@ impl Sim {
         for (r, &flex) in flexible.iter().enumerate() {
             if !flex {
                 let mut seen = vec![false; own.len()];
-                from_reply(r, &fits, &mut reply_of, &mut credit_of, &mut seen);
+                augment(r, &fits, &mut credit_of, &mut reply_of, &mut seen);
             }
         }
         for k in 0..own.len() {
             if reply_of[k].is_none() {
                 let mut seen = vec![false; failures.len()];
-                from_credit(k, &fits, &mut reply_of, &mut credit_of, &mut seen);
+                let fits = |k: usize, r: usize| fits(r, k);
+                augment(k, &fits, &mut reply_of, &mut credit_of, &mut seen);
             }
         }
         let unexplained = (0..failures.len()).find(|&r| credit_of[r].is_none() && !flexible[r]);
