@@ -111,7 +111,8 @@ pub struct BackingConfig {
     /// When writes are acknowledged.
     pub durability: Durability,
     /// How durable writes are made durable; `None`: decided from what the store is
-    /// ([`Backing::commit`]).
+    /// ([`Backing::commit`]). `Some(Commit::Group)` is for the simulation, whose disk is not
+    /// the file: on a real store it needs direct I/O and a device without FUA.
     pub commit: Option<Commit>,
 }
 
@@ -389,12 +390,15 @@ impl Backing {
         let in_memory = store_in_memory(kind, crate::sys::fs_magic(file.as_raw_fd()));
         // The device that takes the writes: the block device itself, or the one holding the
         // file's filesystem (none known, as for network or multi-device filesystems: per write).
-        let commit = cfg.commit.unwrap_or_else(|| {
-            file.metadata().map_or(Commit::PerWrite, |m| match kind {
-                BackingKind::File => block_commit(m.dev()),
-                BackingKind::BlockDevice => block_commit(m.rdev()),
-            })
-        });
+        // Through the page cache, a `RWF_DSYNC` write writes back its own range only, so it
+        // cannot commit others: per write.
+        let commit = cfg
+            .commit
+            .unwrap_or_else(|| match (cfg.io, file.metadata()) {
+                (IoMode::Direct, Ok(m)) if kind == BackingKind::File => block_commit(m.dev()),
+                (IoMode::Direct, Ok(m)) => block_commit(m.rdev()),
+                _ => Commit::PerWrite,
+            });
 
         let geometry = export_geometry(size_bytes, cfg.offset_sectors, cfg.len_sectors)
             .map_err(|e| e.at(path))?;

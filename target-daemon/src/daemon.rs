@@ -486,6 +486,29 @@ pub(crate) fn steer_sources(
     Ok(())
 }
 
+/// How long a queue another AF_XDP socket holds may take to become free: the kernel frees a
+/// closed socket's queue from a workqueue (~20 ms here), so a daemon restarted at once (or a
+/// test, a bench) finds it busy for a moment. A socket that stays bound longer is a live
+/// conflict, and its error is the answer.
+const QUEUE_FREE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Bind an AF_XDP socket to queue `q` of `ifname`, waiting up to [`QUEUE_FREE_WAIT`] while the
+/// queue is busy.
+fn bind_socket(ifname: &str, q: u32, umem: &Umem, cfg: SocketConfig) -> xsk::Result<Socket> {
+    let start = std::time::Instant::now();
+    loop {
+        match Socket::new(ifname, q, umem, cfg) {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::ResourceBusy
+                    && start.elapsed() < QUEUE_FREE_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            r => return r,
+        }
+    }
+}
+
 /// Build the worker of `port`'s queue `q`: its UMEM, its AF_XDP socket (registered in the
 /// XSKMAP of `steering`), its jumbo bounce buffers, its io_uring and storage engines.
 fn build_worker(
@@ -505,7 +528,7 @@ fn build_worker(
         multi_buffer: port.multi,
         ..SocketConfig::default()
     };
-    let sock = Socket::new(port.name, q, &umem, scfg)?;
+    let sock = bind_socket(port.name, q, &umem, scfg)?;
     steering.register(q, sock.fd())?;
     let bounce = jumbo_bounce(port, &qcfg)?;
     let uring = worker_uring(cfg, port, q, &umem, bounce.as_ref())?;

@@ -12,7 +12,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use xblade::backing::{Backing, BackingConfig, BackingError, BackingKind, IoMode};
+use xblade::backing::{Backing, BackingConfig, BackingError, BackingKind, Commit, IoMode};
 use xblade::uring::{Completion, Uring, UringConfig};
 
 const MIB: usize = 1 << 20;
@@ -463,6 +463,27 @@ fn loop_device(sector_size: u32) {
         assert_eq!(r.result, -libc::EINVAL, "512 B on a {sector_size} B device");
     }
     drop(ring);
+    drop(b);
+
+    // Group commit exactly when the device has a volatile cache and no FUA (sysfs), and only
+    // with direct I/O.
+    let queue = |f: &str| {
+        let name = dev.dev.file_name().unwrap().to_string_lossy().into_owned();
+        std::fs::read_to_string(format!("/sys/block/{name}/queue/{f}")).unwrap()
+    };
+    let volatile = queue("write_cache").trim() == "write back" && queue("fua").trim() == "0";
+    let b = Backing::open(&BackingConfig::new(&dev.dev)).unwrap();
+    let want = if volatile {
+        Commit::Group
+    } else {
+        Commit::PerWrite
+    };
+    assert_eq!(b.commit(), want, "direct I/O on {}", dev.dev.display());
+    drop(b);
+    let mut cfg = BackingConfig::new(&dev.dev);
+    cfg.io = IoMode::Buffered;
+    let b = Backing::open(&cfg).unwrap();
+    assert_eq!(b.commit(), Commit::PerWrite, "buffered I/O");
     drop(b);
 
     read_only_refuses_writes(&dev.dev, IoMode::Direct);
