@@ -192,7 +192,8 @@ pub fn table(bench: &Bench) -> (String, Vec<String>) {
          *: the run had retransmissions (RTO at least 5 ms); its p99 includes them.\n\
          qd: vblade's effective QD (aoe-bench caps it at vblade's 16 buffers).\n\
          xblade / ceil: e = echo (RAM rows, no storage), f = fio io_uring O_DIRECT on the same file or device \
-         (disk and blk rows)."
+         (disk and blk rows; writes with --sync=dsync, a cache flush each on a device without FUA, where \
+         xblade's group commit shares one flush among concurrent writes: a write row may exceed 1)."
     );
     let _ = writeln!(out, "{}", backends_legend(bench));
     let _ = writeln!(
