@@ -101,6 +101,7 @@ impl Totals {
         t.resyncs += c.resyncs;
         t.quiesces += c.quiesces;
         t.data_sectors += c.data_sectors;
+        t.durable_checked += c.durable_checked;
         t.solo_skipped += c.solo_skipped;
         t.switches += c.switches;
         t.switched += sim.switches_applied();
@@ -118,6 +119,7 @@ impl Totals {
         tw.multi_desc_reads += w.multi_desc_reads;
         tw.gathered_writes += w.gathered_writes;
         tw.copied_bytes += w.copied_bytes;
+        tw.commits += w.commits;
         let d = &sim.worker.storage_mut().n;
         let td = &mut self.d;
         td.refused += d.refused;
@@ -133,12 +135,14 @@ impl Totals {
         format!(
             "{} frames delivered ({} dropped by the NIC), {} expected replies, {} answered ({} ATA errors); \
              worker: {} reads, {} writes, {} flushes, {} dropped, no_slot {}, no_frame {}, {} ordered waits, \
-             {} retries, {} multi-descriptor reads, {} gathered writes; disk: {} SqFull, {} soft failures ({} short), \
-             {} hard, {} retries exhausted, {} early data moves; {} sectors of read data checked; {} drains; \
+             {} retries, {} multi-descriptor reads, {} gathered writes, {} group commits; disk: {} SqFull, \
+             {} soft failures ({} short), {} hard, {} retries exhausted, {} early data moves; {} sectors of read data \
+             checked; {} acknowledged writes checked durable; {} drains; \
              {} state resyncs; {} export-list changes handed over, {} withdrawn before applied",
             c.delivered, c.nic_drops, c.pairs, c.answered, c.failed, w.reads, w.writes, w.flushes, w.dropped,
-            w.no_slot, w.no_frame, w.ordered_waits, w.retries, w.multi_desc_reads, w.gathered_writes, d.refused,
-            d.soft, d.short, d.hard, d.exhausted, d.early, c.data_sectors, c.quiesces, c.resyncs,
+            w.no_slot, w.no_frame, w.ordered_waits, w.retries, w.multi_desc_reads, w.gathered_writes, w.commits,
+            d.refused, d.soft, d.short, d.hard, d.exhausted, d.early, c.data_sectors, c.durable_checked,
+            c.quiesces, c.resyncs,
             c.switches, c.cancels
         )
     }

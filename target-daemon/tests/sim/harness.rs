@@ -370,6 +370,8 @@ pub struct Counters {
     pub replies: u64,
     pub resyncs: u64,
     pub quiesces: u64,
+    /// Acknowledged writes of durable exports checked against what a power cut would leave.
+    pub durable_checked: u64,
     pub data_sectors: u64,
     /// Export-list changes handed to the worker (its own list again) and applied.
     pub switches: u64,
@@ -1505,6 +1507,7 @@ impl Sim {
                         if let Err(why) = self.check_durable(e, w) {
                             fail!(self, "{why}");
                         }
+                        self.c.durable_checked += 1;
                     }
                 }
                 Kind::Fsync => self.c.ok_flushes += 1,
