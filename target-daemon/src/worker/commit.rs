@@ -26,7 +26,7 @@ use std::sync::Arc;
 use aoe::target::Decision;
 
 use super::io::{Packets, Storage};
-use super::reply::{transient, MAX_RETRIES};
+use super::reply::failure;
 use super::Worker;
 use crate::export::Export;
 
@@ -54,7 +54,9 @@ pub(super) fn commit_of(user_data: u64) -> Option<usize> {
 /// One export's writes on their way to durability.
 #[derive(Default)]
 struct Queue {
-    /// Whether the export commits by groups (else its writes carry `RWF_DSYNC`).
+    /// Whether the export's writes must be durable when answered.
+    durable: bool,
+    /// Whether it commits by groups (else its durable writes carry `RWF_DSYNC`).
     group: bool,
     /// Completed writes (slots) no commit covers yet.
     parked: Vec<u32>,
@@ -83,6 +85,7 @@ impl Commits {
             queues: exports
                 .iter()
                 .map(|e| Queue {
+                    durable: e.durable_writes(),
                     group: e.group_commit(),
                     ..Queue::default()
                 })
@@ -97,15 +100,16 @@ impl Commits {
         self.queues.get(export).is_some_and(|q| q.group)
     }
 
-    /// A durable write of export `export` is issued: whether it must carry `RWF_DSYNC` (the
-    /// export does not commit by groups, or no other write of it is outstanding).
+    /// A write of export `export` is issued: whether it must carry `RWF_DSYNC` (a durable
+    /// export that does not commit by groups, or with fewer than [`GROUP_FROM`] other writes
+    /// outstanding).
     #[inline]
     pub fn write_issued(&mut self, export: usize) -> bool {
         let Some(q) = self.queues.get_mut(export) else {
             return true;
         };
         if !q.group {
-            return true;
+            return q.durable;
         }
         q.writing += 1;
         q.writing <= GROUP_FROM
@@ -172,21 +176,14 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             tracing::error!(export, "commit completion for an unknown export");
             return;
         };
-        let error = if result < 0 {
-            Some(result.saturating_neg())
-        } else if result.unsigned_abs() != expect {
-            // Short: its flush did not happen. Issued again, like a short request.
-            Some(libc::EIO)
-        } else {
-            None
-        };
-        if let Some(e) = error {
-            if (result >= 0 || transient(e)) && q.retries < MAX_RETRIES {
-                q.retries += 1;
-                self.stats.retries += 1;
-                return self.issue_data(commit_data(export));
-            }
+        // Short: its flush did not happen; issued again, like a short request.
+        let failed = failure(result, expect, q.retries);
+        if let Some((_, true)) = failed {
+            q.retries += 1;
+            self.stats.retries += 1;
+            return self.issue_data(commit_data(export));
         }
+        let error = failed.map(|(e, _)| e);
         q.running = false;
         self.commits.due |= !q.parked.is_empty();
         let mut covered = std::mem::take(&mut q.covered);
@@ -215,9 +212,7 @@ impl<P: Packets, S: Storage> Worker<P, S> {
         }
         // The list goes back empty, keeping its capacity: no allocation per commit.
         if let Some(q) = self.commits.queues.get_mut(export) {
-            if q.covered.capacity() == 0 {
-                q.covered = covered;
-            }
+            q.covered = covered;
         }
     }
 }

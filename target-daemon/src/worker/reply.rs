@@ -19,11 +19,29 @@ use crate::uring::Completion;
 pub(crate) const MAX_RETRIES: u8 = 8;
 
 /// Errors worth trying again: the store was busy or short of resources, not broken.
-pub(super) fn transient(errno: i32) -> bool {
+fn transient(errno: i32) -> bool {
     matches!(
         errno,
         libc::EAGAIN | libc::EBUSY | libc::EINTR | libc::ENOMEM
     )
+}
+
+/// How an operation that should have moved `expect` bytes went: `None` when it did, else the
+/// errno and whether to issue it again (a transient error or a short transfer — the rest did
+/// not move; the whole operation is idempotent, and nothing overlapping runs meanwhile: see
+/// `ranges` — while `retries` are left).
+pub(super) fn failure(result: i32, expect: u32, retries: u8) -> Option<(i32, bool)> {
+    let errno = if result < 0 {
+        result.saturating_neg()
+    } else if result.unsigned_abs() != expect {
+        libc::EIO
+    } else {
+        return None;
+    };
+    Some((
+        errno,
+        (result >= 0 || transient(errno)) && retries < MAX_RETRIES,
+    ))
 }
 
 impl<P: Packets, S: Storage> Worker<P, S> {
@@ -43,17 +61,7 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             Decision::Flush => 0,
             _ => op_len(p.bytes, p.chunks.len(), op as usize, chunk),
         };
-        let failed = if c.result < 0 {
-            Some(c.result.saturating_neg())
-        } else if c.result.unsigned_abs() != expect {
-            // Short: the rest did not move. The whole operation is issued again (it is
-            // idempotent, and nothing overlapping runs meanwhile: see `ranges`).
-            Some(libc::EIO)
-        } else {
-            None
-        };
-        if let Some(e) = failed {
-            let retry = (c.result >= 0 || transient(e)) && p.retries < MAX_RETRIES;
+        if let Some((e, retry)) = failure(c.result, expect, p.retries) {
             if retry {
                 p.retries += 1;
                 self.stats.retries += 1;

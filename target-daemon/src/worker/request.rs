@@ -285,12 +285,8 @@ impl<P: Packets, S: Storage> Worker<P, S> {
         };
         p.issued = true;
         if matches!(p.decision, Decision::Write { .. }) {
-            let durable = self
-                .exports
-                .get(p.export)
-                .is_some_and(|e| e.durable_writes());
             // Decided once, so that a retry goes the same way.
-            p.dsync = durable && self.commits.write_issued(p.export);
+            p.dsync = self.commits.write_issued(p.export);
         }
         let ops = p.ops();
         for op in 0..ops {
