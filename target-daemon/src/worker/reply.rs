@@ -192,14 +192,27 @@ fn account(
     p: &Pending,
     now: std::time::Instant,
 ) -> IoOutcome {
-    let mut spare = ExportTally::default();
-    let tally = tally.unwrap_or(&mut spare);
-    tally
-        .latency
-        .record(now.saturating_duration_since(p.arrived).as_nanos() as u64);
+    // Every export has a tally; without one (never expected) only the worker counts. No
+    // stand-in tally: building one zeroes its histogram on every request.
+    let failed = p.error.is_some();
+    if let Some(t) = tally {
+        t.latency
+            .record(now.saturating_duration_since(p.arrived).as_nanos() as u64);
+        match (failed, &p.decision) {
+            (true, _) => t.errors += 1,
+            (false, Decision::Read { .. }) => {
+                t.reads += 1;
+                t.read_bytes += u64::from(p.bytes);
+            }
+            (false, Decision::Write { .. }) => {
+                t.writes += 1;
+                t.write_bytes += u64::from(p.bytes);
+            }
+            (false, _) => t.flushes += 1,
+        }
+    }
     if let Some(e) = p.error {
         stats.io_errors += 1;
-        tally.errors += 1;
         if stats.io_errors.is_power_of_two() {
             tracing::warn!(export, errno = e, error = %std::io::Error::from_raw_os_error(e), decision = ?p.decision, failures = stats.io_errors, "storage I/O failed; answering with an ATA error");
         }
@@ -209,20 +222,13 @@ fn account(
         Decision::Read { .. } => {
             stats.reads += 1;
             stats.read_bytes += u64::from(p.bytes);
-            tally.reads += 1;
-            tally.read_bytes += u64::from(p.bytes);
         }
         Decision::Write { .. } => {
             stats.writes += 1;
             stats.write_bytes += u64::from(p.bytes);
             stats.gathered_writes += u64::from(p.bounce.is_some());
-            tally.writes += 1;
-            tally.write_bytes += u64::from(p.bytes);
         }
-        _ => {
-            stats.flushes += 1;
-            tally.flushes += 1;
-        }
+        _ => stats.flushes += 1,
     }
     IoOutcome::Ok
 }
