@@ -184,9 +184,15 @@ impl Export {
 
     /// Whether (shelf, slot) of a request addresses this export (wildcards independent).
     pub fn addressed(&self, shelf: u16, slot: u8) -> bool {
-        (shelf == self.shelf || shelf == aoe::wire::SHELF_ANY)
-            && (slot == self.slot || slot == aoe::wire::SLOT_ANY)
+        addressed((self.shelf, self.slot), shelf, slot)
     }
+}
+
+/// Whether (shelf, slot) of a request addresses the export at `at` (wildcards independent).
+#[inline]
+pub fn addressed(at: (u16, u8), shelf: u16, slot: u8) -> bool {
+    (shelf == at.0 || shelf == aoe::wire::SHELF_ANY)
+        && (slot == at.1 || slot == aoe::wire::SLOT_ANY)
 }
 
 impl Drop for Export {

@@ -136,6 +136,9 @@ pub struct Worker<P = XskPackets, S = Engines> {
     pub queue: u32,
     iface: Iface,
     exports: Vec<Arc<Export>>,
+    /// Each export's (shelf, slot), in worker order: a request's addressees are found in one
+    /// dense array rather than behind every export's pointer.
+    addrs: Vec<(u16, u8)>,
     /// This worker's copy of each export's protocol state, with its version.
     snaps: Vec<(u64, ExportState)>,
     net: P,
@@ -237,6 +240,7 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             commits: Commits::new(&exports),
             ready: Vec::with_capacity(capacity),
             deferred: VecDeque::with_capacity(capacity * ops),
+            addrs: addresses(&exports),
             exports,
             spare: Vec::new(),
             partial: Vec::new(),
@@ -556,6 +560,7 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             ));
             return Err(e);
         }
+        self.addrs = addresses(&list);
         let old = std::mem::replace(&mut self.exports, list);
         let mut old_tallies = std::mem::take(&mut self.tallies);
         let mut fresh = Vec::new();
@@ -687,4 +692,9 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             b.put(slot);
         }
     }
+}
+
+/// Each export's (shelf, slot), in order.
+fn addresses(exports: &[Arc<Export>]) -> Vec<(u16, u8)> {
+    exports.iter().map(|e| (e.shelf(), e.slot())).collect()
 }

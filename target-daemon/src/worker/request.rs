@@ -109,8 +109,12 @@ impl<P: Packets, S: Storage> Worker<P, S> {
             }
         };
         let mut last = None;
-        for i in 0..self.exports.len() {
-            if !self.exports[i].addressed(shelf, slot) {
+        for i in 0..self.addrs.len() {
+            if !self
+                .addrs
+                .get(i)
+                .is_some_and(|&at| crate::export::addressed(at, shelf, slot))
+            {
                 continue;
             }
             if let Some(prev) = last.replace(i) {
