@@ -22,6 +22,7 @@ mod pattern;
 mod report;
 mod run;
 
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -74,8 +75,21 @@ fn main() -> ExitCode {
             };
         }
         Command::Completions(a) => {
-            cli::write_completions(a.shell, &mut std::io::stdout().lock());
-            return ExitCode::SUCCESS;
+            // Into memory first: clap_complete panics on a failed write (`... | head`).
+            let mut script = Vec::new();
+            cli::write_completions(a.shell, &mut script);
+            let mut out = std::io::stdout().lock();
+            return match out.write_all(&script).and_then(|()| out.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                // Its reader went away (`| head`): done, as `ls | head` is.
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!(
+                        "aoe-bench: error: writing the completion script to standard output: {e}"
+                    );
+                    ExitCode::FAILURE
+                }
+            };
         }
         _ => {}
     }

@@ -2,6 +2,8 @@
 //! `stat`, `add`, `remove`, `reload`, `mask`, `reserve`, `config-string`), or need no daemon
 //! (`import-vblade`, `man`, `completions`).
 
+use std::fmt::Display;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -79,7 +81,7 @@ pub fn run(command: Command) -> Result<ExitCode> {
             },
         ),
         Command::ImportVblade { dir } => {
-            print!("{}", xblade::import_vblade::convert(&dir)?);
+            emit(xblade::import_vblade::convert(&dir)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Man { dir } => {
@@ -87,8 +89,10 @@ pub fn run(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {
-            let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "xblade", &mut std::io::stdout());
+            // Into memory first: clap_complete panics on a failed write (`... | head`).
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "xblade", &mut script);
+            emit(String::from_utf8_lossy(&script))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve { .. } => bail!("serve is not a client command"),
@@ -123,7 +127,7 @@ fn act(control: &ControlArg, req: Request) -> Result<ExitCode> {
 fn answer(path: &Path, r: Response) -> Result<ExitCode> {
     if r.ok {
         if let Some(m) = r.message {
-            println!("{m}");
+            emit(format_args!("{m}\n"))?;
         }
         Ok(ExitCode::SUCCESS)
     } else {
@@ -173,13 +177,13 @@ fn status(json: bool, control: &ControlArg) -> Result<ExitCode> {
         } else {
             serde_json::to_string_pretty(&all)?
         };
-        println!("{out}");
+        emit(format_args!("{out}\n"))?;
     } else {
         for (i, s) in all.iter().enumerate() {
             if i > 0 {
-                println!();
+                emit("\n")?;
             }
-            print!("{}", xblade::statview::status_text(s));
+            emit(xblade::statview::status_text(s))?;
         }
     }
     Ok(if failed {
@@ -202,19 +206,44 @@ fn stat(
     let mut prev = fetch(&path)?;
     let mut at = Instant::now();
     let mut n = 0u64;
-    println!("{}", xblade::statview::stat_header());
+    emit(format_args!("{}\n", xblade::statview::stat_header()))?;
     while count.is_none_or(|c| n < c) {
         std::thread::sleep(Duration::from_secs_f64(interval));
         let cur = fetch(&path)?;
         let secs = at.elapsed().as_secs_f64();
         at = Instant::now();
         for line in xblade::statview::stat_lines(&prev, &cur, secs, only) {
-            println!("{line}");
+            emit(format_args!("{line}\n"))?;
         }
         prev = cur;
         n += 1;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Standard output was closed by its reader (`xblade stat | head -3`): the command ends there,
+/// quietly and successfully, as `ls | head` does.
+#[derive(Debug)]
+pub struct StdoutClosed;
+
+impl Display for StdoutClosed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("standard output was closed")
+    }
+}
+
+impl std::error::Error for StdoutClosed {}
+
+/// Write `text` to standard output and flush it. A reader that went away is [`StdoutClosed`]
+/// (`print!` would panic); any other failure says it was standard output that failed.
+fn emit(text: impl Display) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    write!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+            _ => anyhow::Error::new(e).context("writing to standard output"),
+        })
 }
 
 /// xblade.8, and xblade-SUBCOMMAND.8 for each subcommand.

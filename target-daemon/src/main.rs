@@ -169,6 +169,7 @@ fn main() -> ExitCode {
         Some(command) => {
             return match client::run(command) {
                 Ok(code) => code,
+                Err(e) if e.is::<client::StdoutClosed>() => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("xblade: error: {e:#}");
                     ExitCode::FAILURE

@@ -114,6 +114,57 @@ fn status_counts_what_the_initiator_did() {
     d.stop();
 }
 
+/// Runs `xblade ARGS` with its standard output a pipe nobody reads (closed before it starts,
+/// as after `| head` has what it wanted); returns (exit code, stderr).
+fn into_closed_pipe(args: &[&str]) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(common::xblade_bin())
+        .args(args)
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn completions_into_a_closed_pipe_end_quietly() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, err) = into_closed_pipe(&["completions", shell]);
+        assert_eq!(code, Some(0), "xblade completions {shell} | head: {err}");
+        assert!(err.is_empty(), "xblade completions {shell} | head: {err}");
+    }
+}
+
+#[test]
+fn stat_into_a_closed_pipe_ends_quietly() {
+    if !privileged("stat_into_a_closed_pipe_ends_quietly") {
+        return;
+    }
+    let lab = Lab::new();
+    let a = lab.image("a.img", 4 << 20);
+    let cfg = lab.config_file(&[&a], 64);
+    let d = lab.xblade(&["serve", "--config", cfg.to_str().unwrap()]);
+    let control = lab.control_path();
+    let control = control.to_str().unwrap();
+    // Without --count stat runs until its output goes away: it must end, quietly.
+    let (code, err) = into_closed_pipe(&["stat", "--interval", "0.05", "--control", control]);
+    assert_eq!(code, Some(0), "xblade stat | head: {err}");
+    assert!(err.is_empty(), "xblade stat | head: {err}");
+    let (code, err) = into_closed_pipe(&["status", "--control", control]);
+    assert_eq!((code, err.as_str()), (Some(0), ""), "xblade status | head");
+    // A daemon that is not there is still an error, with its message.
+    let gone = lab.dir.join("nobody.sock");
+    let (code, err) = into_closed_pipe(&["status", "--control", gone.to_str().unwrap()]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("xblade: error:"), "{err}");
+    d.stop();
+}
+
 #[test]
 fn stat_prints_a_line_per_export_per_interval() {
     if !privileged("stat_prints_a_line_per_export_per_interval") {
