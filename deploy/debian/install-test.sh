@@ -223,7 +223,8 @@ dpkg-query -W -f='${Conffiles}\n' xblade | grep -q '^ /etc/xblade/xblade.toml ' 
 
 step "Completions and the copyright file"
 for f in /usr/share/bash-completion/completions/xblade /usr/share/bash-completion/completions/aoe-bench \
-    /usr/share/zsh/vendor-completions/_xblade /usr/share/zsh/vendor-completions/_aoe-bench; do
+    /usr/share/zsh/vendor-completions/_xblade /usr/share/zsh/vendor-completions/_aoe-bench \
+    /usr/share/fish/vendor_completions.d/xblade.fish /usr/share/fish/vendor_completions.d/aoe-bench.fish; do
     [ -s "$f" ] || fail "$f missing or empty"
 done
 run bash -c 'source /usr/share/bash-completion/completions/xblade && complete -p xblade'

@@ -6,8 +6,9 @@
 //!    `target-daemon/Cargo.toml` takes them from:
 //!    - `xblade man target/deb-assets/man` (writes `xblade.8`, and maybe more pages), the same
 //!      for `aoe-bench` (`aoe-bench.1`);
-//!    - `xblade completions bash|zsh` on stdout, into `completions/xblade.bash` and
-//!      `completions/_xblade`; `aoe-bench.bash` and `_aoe-bench` likewise.
+//!    - `xblade completions bash|zsh|fish` on stdout, into `completions/xblade.bash`,
+//!      `completions/_xblade` and `completions/xblade.fish`; `aoe-bench.bash`, `_aoe-bench` and
+//!      `aoe-bench.fish` likewise.
 //! 3. `cargo deb -p xblade --no-build` (cargo-deb from crates.io, installed with
 //!    `cargo install cargo-deb --locked` when missing).
 //! 4. `lintian` on the .deb: every `E:` line fails the task, warnings are printed.
@@ -144,6 +145,7 @@ fn generate_assets(bin_dir: &Path, assets: &Path) -> Result<()> {
         for (shell, file) in [
             ("bash", format!("{name}.bash")),
             ("zsh", format!("_{name}")),
+            ("fish", format!("{name}.fish")),
         ] {
             let script = Command::new(&bin)
                 .args(["completions", shell])
